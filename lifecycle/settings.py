@@ -1,0 +1,170 @@
+"""The one settings object of llm-lifecycle.
+
+Every service and command reads a ``Settings`` passed in (``load_settings()`` at the edge, never a
+module-level instance). Values come from ``LIFECYCLE_*`` environment variables; ``MLFLOW_TRACKING_URI``
+is honoured as MLflow users expect. An unknown ``LIFECYCLE_*`` variable or an invalid value fails at
+start with a ``SettingsError`` naming the variable (and the allowed values, where there is a set).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "LIFECYCLE_"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or invalid; the message names the environment variable."""
+
+
+def _default_home() -> Path:
+    return Path(os.path.expanduser("~/.local/share/llm-lifecycle"))
+
+
+def _default_cache() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(xdg) / "llm-lifecycle"
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Settings for the local stack, training and serving. Env prefix ``LIFECYCLE_``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    home: Path = Field(default_factory=_default_home, description="State dir: data, logs, pids.")
+    cache_dir: Path = Field(
+        default_factory=_default_cache,
+        description="Downloads kept across state resets: Kafka jars, FerretDB binary, model cache.",
+    )
+    host: str = Field("127.0.0.1", description="Address every local service binds to.")
+
+    kafka_port: Port = Field(9092, description="Kafka broker port (the controller uses port+1).")
+    kafka_bootstrap: str = Field("", description="Bootstrap servers; default HOST:KAFKA_PORT.")
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven Central.")
+    kafka_heap: str = Field("512m", description="Kafka broker JVM heap (-Xmx).")
+    kafka_partitions: int = Field(3, ge=1, description="Partitions of each lifecycle topic.")
+
+    mongo_port: Port = Field(27017, description="MongoDB wire-protocol port.")
+    mongo_uri: str = Field("", description="MongoDB URI; default mongodb://HOST:MONGO_PORT/.")
+    mongo_db: str = Field("lifecycle", description="Database name.")
+    mongo_backend: Literal["auto", "mongod", "ferretdb"] = Field(
+        "auto", description="Local server: mongod if on PATH (auto), else FerretDB with SQLite."
+    )
+
+    mlflow_port: Port = Field(5000, description="MLflow tracking server port.")
+    mlflow_tracking_uri: str = Field(
+        "",
+        validation_alias=AliasChoices("LIFECYCLE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="Tracking URI (MLFLOW_TRACKING_URI also read); default http://HOST:MLFLOW_PORT.",
+    )
+
+    airflow_port: Port = Field(
+        8080, description="Airflow api-server (UI + REST) port; its log servers use port+1 and port+2."
+    )
+    airflow_db_url: str = Field("", description="Airflow metadata DB URL; default SQLite in HOME.")
+    airflow_admin_user: str = Field("admin", description="Airflow admin user name.")
+    airflow_parallelism: int = Field(2, ge=1, description="Task slots of the LocalExecutor.")
+
+    gateway_port: Port = Field(8000, description="REST gateway port.")
+    worker_port: Port = Field(50051, description="First gRPC inference worker port.")
+    workers: int = Field(2, ge=1, description="Inference workers started by `lifecycle serve`.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys; empty disables auth."
+    )
+
+    base_model: str = Field("HuggingFaceTB/SmolLM2-135M-Instruct", description="Base model: hub id or local HF folder.")
+    model_name: str = Field("lifecycle-assistant", description="Registered model name in MLflow.")
+    retrain_schedule: str = Field("0 3 * * 0", description="Cron of scheduled retraining.")
+    startup_timeout: float = Field(180.0, gt=0, description="Seconds to wait for each service.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of our processes.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("home", "cache_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if self.kafka_port + 1 > 65535:
+            raise ValueError("kafka_port must leave port+1 free for the KRaft controller")
+        if self.airflow_port + 2 > 65535:
+            raise ValueError("airflow_port must leave port+1 and port+2 free for Airflow's log servers")
+        if not self.kafka_bootstrap:
+            self.kafka_bootstrap = f"{self.host}:{self.kafka_port}"
+        if not self.mongo_uri:
+            self.mongo_uri = f"mongodb://{self.host}:{self.mongo_port}/"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"http://{self.host}:{self.mlflow_port}"
+        return self
+
+    # Paths under the state and cache dirs, in one place.
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def kafka_controller_port(self) -> int:
+        return self.kafka_port + 1
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + field.upper()
+
+
+def known_env_vars() -> set[str]:
+    names = {_env_name(f) for f in Settings.model_fields}
+    return names | {"MLFLOW_TRACKING_URI"}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; raise ``SettingsError`` naming the bad variable."""
+    known = known_env_vars()
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {unknown[0]}; known LIFECYCLE_ variables: "
+            + ", ".join(sorted(n for n in known if n.startswith(ENV_PREFIX)))
+        )
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        field = loc[0] if loc else ""
+        name = _env_name(field) if field in Settings.model_fields else (field or "settings")
+        got = err.get("input")
+        shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        parts.append(f"{name}: {err['msg']}{shown}")
+    return "invalid setting " + "; ".join(parts)

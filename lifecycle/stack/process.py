@@ -1,0 +1,180 @@
+"""Background processes of the local stack: spawn with a pid file, find alive, stop, measure.
+
+A pid file holds ``PID START_TICKS`` so a recycled pid is never mistaken for our process. Every
+process runs in its own session, so stopping it stops its children (JVM threads, uvicorn workers,
+Airflow task processes) too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime) comes after the ")" that closes the command name.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has exited
+        return None
+    return int(fields[19])
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The pid recorded in ``pidfile`` if that very process is still alive, else None."""
+    try:
+        pid_s, ticks_s = pidfile.read_text().split()
+        pid, ticks = int(pid_s), int(ticks_s)
+    except (OSError, ValueError):
+        return None
+    return pid if _start_ticks(pid) == ticks else None
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    pidfile: Path,
+    logfile: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start ``argv`` detached in its own session, output appended to ``logfile``."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    ticks = _start_ticks(proc.pid)
+    pidfile.write_text(f"{proc.pid} {ticks}\n")
+    return proc.pid
+
+
+def _alive(pid: int) -> bool:
+    return _start_ticks(pid) is not None
+
+
+def stop(pidfile: Path, timeout: float = 20.0) -> bool:
+    """SIGTERM the process group recorded in ``pidfile``, SIGKILL after ``timeout``. True if it ran."""
+    pid = read_pid(pidfile)
+    pidfile.unlink(missing_ok=True)
+    if pid is None:
+        return False
+    pids = [pid, *descendants(pid)]
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    if any(_alive(p) for p in pids):
+        _signal_group(pid, signal.SIGKILL)
+        for p in pids:  # children that left the group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+    _reap(pid)
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something accepts or holds ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_for(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+    interval: float = 0.25,
+) -> str:
+    """Poll ``check`` until true ("ok"), the process dies ("died") or ``timeout`` passes ("timeout")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return "ok"
+        except Exception:  # noqa: BLE001 - a probe that raises just is not ready yet
+            pass
+        if not alive():
+            return "died"
+        if time.monotonic() >= deadline:
+            return "timeout"
+        time.sleep(interval)
+
+
+def log_tail(logfile: Path, lines: int = 15) -> str:
+    try:
+        text = logfile.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])

@@ -1,0 +1,62 @@
+"""Kafka topics of SPEC.md and the client configurations every producer and consumer uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lifecycle.settings import Settings
+
+TRAINING_DATA = "lifecycle.training-data"
+MODEL_EVENTS = "lifecycle.model-events"
+INFERENCE_REQUESTS = "lifecycle.inference-requests"
+INFERENCE_RESULTS = "lifecycle.inference-results"
+PIPELINE_EVENTS = "lifecycle.pipeline-events"
+
+ALL = (TRAINING_DATA, MODEL_EVENTS, INFERENCE_REQUESTS, INFERENCE_RESULTS, PIPELINE_EVENTS)
+
+
+def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """Idempotent producer: acks=all, no duplicates on retry, order kept per partition."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        **extra,
+    }
+
+
+def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str, Any]:
+    """Consumer that commits only when told to (after its side effect), from the earliest offset."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        **extra,
+    }
+
+
+def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL, timeout: float = 30.0) -> list[str]:
+    """Create the missing topics; returns the names created. Idempotent."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [
+        NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)
+        for name in names
+        if name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
