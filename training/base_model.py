@@ -101,7 +101,7 @@ def pull_default_model(models_dir: Path, force: bool = False, report: Report = p
     model.eval()
     expected = greedy_text(model, tokenizer, CHECK_PROMPT)
     # The weights are dequantised already; only the marker stops save_pretrained.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     for holder in (model.config, model.generation_config):
         if hasattr(holder, "quantization_config"):
             delattr(holder, "quantization_config")

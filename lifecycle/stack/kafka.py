@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 from lifecycle import topics
 from lifecycle.stack.base import Launch, MissingToolError, Service, StackError
@@ -155,9 +156,12 @@ class KafkaService(Service):
         from confluent_kafka.admin import AdminClient
 
         # librdkafka logs every refused connection to stderr; while we poll, that is expected.
-        admin = AdminClient(
-            {"bootstrap.servers": self.settings.kafka_bootstrap, "socket.timeout.ms": 2000, "logger": _QUIET}
-        )
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "socket.timeout.ms": 2000,
+            "logger": _QUIET,
+        }
+        admin = AdminClient(config)
         meta = admin.list_topics(timeout=2)
         return bool(meta.brokers)
 

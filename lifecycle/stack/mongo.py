@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lifecycle.stack.base import Launch, MissingToolError, Service, StackError
 
@@ -99,12 +100,14 @@ class MongoService(Service):
     def probe(self) -> bool:
         from pymongo import MongoClient
 
+        client: MongoClient[dict[str, Any]]
         with MongoClient(self.settings.mongo_uri, serverSelectionTimeoutMS=1500) as client:
             return bool(client.admin.command("ping").get("ok"))
 
     def version(self) -> str:
         from pymongo import MongoClient
 
+        client: MongoClient[dict[str, Any]]
         try:
             with MongoClient(self.settings.mongo_uri, serverSelectionTimeoutMS=1500) as client:
                 info = client.admin.command("buildInfo")

