@@ -72,3 +72,21 @@ def tiny_llama_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     from training.base_model import build_tiny_llama
 
     return build_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped toy dataset ingested into a temporary datasets dir."""
+    from transformers import AutoTokenizer
+
+    from training.ingest import ingest
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    root = tmp_path_factory.mktemp("datasets")
+    ds = ingest(
+        REPO / "data/toy/train.jsonl", root, name="toy", eval_source=REPO / "data/toy/eval.jsonl", tokenizer=tok
+    )
+    return ds.path

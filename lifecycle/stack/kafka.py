@@ -20,6 +20,8 @@ from lifecycle import topics
 from lifecycle.stack.base import Launch, MissingToolError, Service, StackError
 
 _QUIET = logging.getLogger("lifecycle.stack.kafka.probe")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 POM = Path(__file__).with_name("kafka-pom.xml")
 LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">

@@ -1,0 +1,150 @@
+"""Training throughput: our trainer vs Hugging Face ``Trainer`` + peft, measured in the same run.
+
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--model DIR] [--dtype bfloat16]
+
+Both train the same LoRA (rank, alpha, target modules) on the same base model, the same tokenised
+toy-dataset examples (chat template, assistant-only labels), the same global batch and the same
+dtype, for the same number of optimizer steps, each in its own process. The baseline is what a user
+would write: ``Trainer`` with ``DataCollatorForSeq2Seq`` padding each batch. Reported: training
+tokens/s (real, unpadded tokens over the time of the training loop), peak RSS of each process, and
+the ratio ours / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def dataset_dir(model: str, root: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    from training.ingest import ingest
+
+    tok = AutoTokenizer.from_pretrained(model)
+    return ingest(REPO / "data/toy/train.jsonl", root, name="toy", eval_source=REPO / "data/toy/eval.jsonl",
+                  tokenizer=tok).path  # fmt: skip
+
+
+def run_measured(cmd: list[str]) -> tuple[int, float]:
+    """Run ``cmd``; return (exit code, peak RSS in MiB) of that process alone (wait4 rusage)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(("step ", "BENCH")):
+            print("   ", line.rstrip(), flush=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+def ours(args: argparse.Namespace, ds: Path, out: Path) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "training.finetune", "--base-model", args.model, "--dataset", str(ds),
+           "--out-dir", str(out), "--max-steps", str(args.steps), "--global-batch-size", str(args.global_batch),
+           "--micro-batch-size", str(args.global_batch), "--checkpoint-every", "0", "--dtype", args.dtype,
+           "--lora-r", "16", "--lora-alpha", "32", "--lora-dropout", "0", "--warmup-steps", "2"]  # fmt: skip
+    code, rss = run_measured(cmd)
+    if code:
+        raise SystemExit(f"our trainer failed with exit code {code}")
+    result = json.loads((out / "result.json").read_text())
+    return {"tokens_per_sec": result["tokens_per_sec"], "seconds": result["train_seconds"], "peak_rss_mib": rss}
+
+
+def hf_worker(args: argparse.Namespace) -> None:
+    """The baseline, in its own process: transformers.Trainer + peft, as a user would write it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from training.batching import encode_chat
+    from training.config import DEFAULT_TARGETS
+    from training.ingest import load_split
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    rows = [encode_chat(tok, r.messages, 512) for r in load_split(Path(args.dataset), "train")]
+    data = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels} for e in rows]
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    lora = LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(DEFAULT_TARGETS), task_type="CAUSAL_LM"
+    )
+    model = get_peft_model(model, lora)
+    targs = TrainingArguments(
+        output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.global_batch,
+        gradient_accumulation_steps=1, learning_rate=2e-3, warmup_steps=2, lr_scheduler_type="cosine",
+        logging_steps=10_000, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=0,
+        bf16=False, use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=targs, train_dataset=data,
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))  # fmt: skip
+    # Tokens the loop actually consumed: count them in the collator's batches.
+    seen = {"tokens": 0}
+    collate = trainer.data_collator
+
+    def counting(features: list[dict]) -> dict:
+        seen["tokens"] += sum(len(f["input_ids"]) for f in features)
+        return collate(features)
+
+    trainer.data_collator = counting
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    print(f"BENCH {json.dumps({'tokens': seen['tokens'], 'seconds': seconds})}", flush=True)
+    Path(args.out, "bench.json").write_text(
+        json.dumps({"tokens_per_sec": seen["tokens"] / seconds, "seconds": seconds})
+    )
+
+
+def baseline(args: argparse.Namespace, ds: Path, out: Path) -> dict[str, float]:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, "--hf-worker", "--model", args.model, "--dataset", str(ds), "--out", str(out),
+           "--steps", str(args.steps), "--global-batch", str(args.global_batch), "--dtype", args.dtype]  # fmt: skip
+    code, rss = run_measured(cmd)
+    if code:
+        raise SystemExit(f"baseline failed with exit code {code}")
+    result = json.loads((out / "bench.json").read_text())
+    return {**result, "peak_rss_mib": rss}
+
+
+def main() -> None:
+    from lifecycle.settings import load_settings
+    from training.base_model import DEFAULT_MODEL, resolve_base_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="base model folder (default: the pulled SmolLM2)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--global-batch", type=int, default=16)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hf_worker:
+        hf_worker(args)
+        return
+    args.model = args.model or resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        ds = dataset_dir(args.model, Path(tmp) / "datasets")
+        print(f"model {args.model}, {args.steps} steps x {args.global_batch} sequences, {args.dtype}")
+        print("ours (training.finetune):")
+        a = ours(args, ds, Path(tmp) / "ours")
+        print("baseline (transformers.Trainer + peft):")
+        b = baseline(args, ds, Path(tmp) / "hf")
+    print(f"\n{'':24}{'tokens/s':>10}{'loop s':>9}{'peak RSS MiB':>14}")
+    for name, r in (("ours", a), ("HF Trainer + peft", b)):
+        print(f"{name:24}{r['tokens_per_sec']:>10.0f}{r['seconds']:>9.1f}{r['peak_rss_mib']:>14.0f}")
+    print(f"ratio ours / baseline: {a['tokens_per_sec'] / b['tokens_per_sec']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Kafka events: build, encode (proto3 JSON), decode and publish the messages of ``proto/``.
+
+Field names stay as written in the .proto (``model_name``, not ``modelName``); parsers accept both.
+Publishing waits for the broker's acknowledgement (idempotent producer, acks=all) and raises
+``PublishError`` when it does not come, so a caller can tell "durably queued" from "not sent".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from lifecycle import topics
+from lifecycle.settings import Settings
+from lifecycle.v1 import events_pb2
+
+EVENT_TYPES: dict[str, type[Message]] = {
+    name: getattr(events_pb2, name)
+    for name in (
+        "TrainingDataArrived",
+        "ModelRegistered",
+        "ModelPromoted",
+        "ModelRolledBack",
+        "ModelLoadFailed",
+        "PipelineEvent",
+    )
+}
+
+# librdkafka's own log lines (retries while a coordinator loads, …) go here, not to stderr;
+# a delivery failure still surfaces as PublishError.
+_QUIET = logging.getLogger("lifecycle.events.kafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+class PublishError(RuntimeError):
+    """The broker did not acknowledge an event in time."""
+
+
+class EventError(ValueError):
+    """A payload is not a valid event; the message names the field."""
+
+
+def new_event(kind: type[Message], event_id: str | None = None, **fields: Any) -> Message:
+    """A message of ``kind`` with ``event_id``, ``type`` and ``occurred_at`` filled in."""
+    msg = kind()
+    json_format.ParseDict({k: v for k, v in fields.items() if v is not None}, msg)
+    msg.event_id = event_id or str(uuid.uuid4())
+    msg.type = kind.DESCRIPTOR.name
+    msg.occurred_at.FromDatetime(dt.datetime.now(dt.UTC))
+    return msg
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    return dict(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+
+
+def encode(msg: Message) -> bytes:
+    return json.dumps(to_dict(msg), separators=(",", ":")).encode()
+
+
+def decode(payload: bytes | str | dict[str, Any]) -> Message:
+    """The message a JSON payload describes (by its ``type``); ``EventError`` when it is not valid."""
+    try:
+        data = json.loads(payload) if isinstance(payload, bytes | str) else dict(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EventError(f"payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise EventError("payload must be a JSON object")
+    kind = EVENT_TYPES.get(str(data.get("type")))
+    if kind is None:
+        raise EventError(f"field 'type' is {data.get('type')!r}; known: {', '.join(EVENT_TYPES)}")
+    msg = kind()
+    try:
+        json_format.ParseDict(data, msg)
+    except json_format.ParseError as exc:
+        raise EventError(str(exc)) from None
+    if not msg.event_id:
+        raise EventError("field 'event_id' is missing")
+    return msg
+
+
+def publish(settings: Settings, topic: str, key: str, msg: Message, timeout: float = 15.0) -> None:
+    """Send one event and wait until the broker has it (all in-sync replicas)."""
+    from confluent_kafka import Producer
+
+    config = topics.producer_config(settings, **{"message.timeout.ms": int(timeout * 1000), "logger": _QUIET})
+    producer = Producer(config)
+    outcome: list[Any] = []
+    producer.produce(topic, key=key.encode(), value=encode(msg), on_delivery=lambda err, _m: outcome.append(err))
+    producer.flush(timeout + 5)
+    if not outcome:
+        raise PublishError(f"Kafka at {settings.kafka_bootstrap} did not acknowledge {topic} within {timeout:.0f}s")
+    if outcome[0] is not None:
+        raise PublishError(f"Kafka at {settings.kafka_bootstrap} refused the event on {topic}: {outcome[0]}")

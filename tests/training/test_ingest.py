@@ -1,0 +1,76 @@
+"""Ingest: bad lines named and skipped, duplicates dropped, ids stable, lineage recorded once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lifecycle.settings import Settings
+from training.ingest import IngestError, ingest, load_split, record_lineage
+
+GOOD = [
+    {"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}]} for i in range(30)
+]
+
+
+def write(path: Path, rows: list[object]) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_bad_lines_are_named_and_the_rest_goes_through(tmp_path: Path, smollm2_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    rows: list[object] = [*GOOD[:10], "{broken", {"instruction": "x"}, GOOD[3], *GOOD[10:],
+                          {"instruction": "long " * 600, "output": "y"}]  # fmt: skip
+    src = write(tmp_path / "in.jsonl", rows)
+    ds = ingest(src, tmp_path / "ds", tokenizer=AutoTokenizer.from_pretrained(smollm2_dir), max_seq_len=256)
+    assert [(r.line, r.reason.split(":")[0]) for r in ds.rejected] == [
+        (11, "invalid JSON"),
+        (12, "field 'output' must be a string, got NoneType"),
+        (34, f"{ds.rejected[2].reason.split(' ')[0]} tokens after the chat template, over max_seq_len=256"),
+    ]
+    assert ds.duplicates == 1
+    assert ds.train + ds.eval == 30
+    manifest = json.loads((ds.path / "manifest.json").read_text())
+    assert manifest["rejected"][0] == {"line": 11, "reason": ds.rejected[0].reason, "source": "train"}
+    assert len(load_split(ds.path, "train")) == ds.train
+
+
+def test_same_content_same_id_and_appending_keeps_the_split(tmp_path: Path) -> None:
+    a = ingest(write(tmp_path / "a.jsonl", GOOD[:20]), tmp_path / "ds")
+    again = ingest(write(tmp_path / "b.jsonl", list(reversed(GOOD[:20]))), tmp_path / "ds")
+    assert (again.id, again.created) == (a.id, False)
+    grown = ingest(write(tmp_path / "c.jsonl", GOOD), tmp_path / "ds")
+    assert grown.id != a.id
+    old_eval = {json.dumps(r.messages) for r in load_split(a.path, "eval")}
+    new_eval = {json.dumps(r.messages) for r in load_split(grown.path, "eval")}
+    assert old_eval <= new_eval
+
+
+def test_no_valid_records_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
+    src = write(tmp_path / "bad.jsonl", ["nope", {"messages": []}])
+    with pytest.raises(IngestError, match=r"no valid training records \(2 rejected\); first rejection: line 1"):
+        ingest(src, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").iterdir())
+    with pytest.raises(IngestError, match="no such file"):
+        ingest(tmp_path / "missing.jsonl", tmp_path / "ds")
+
+
+@pytest.mark.stack
+def test_lineage_is_recorded_once_per_dataset(stack: Settings, tmp_path: Path) -> None:
+    from lifecycle.store import DATASETS, Store
+
+    unique = {"messages": [{"role": "user", "content": f"unique {tmp_path}"}, {"role": "assistant", "content": "x"}]}
+    rows = [*GOOD, unique, "{bad"]
+    ds = ingest(write(tmp_path / "in.jsonl", rows), tmp_path / "ds", name="lineage-test")
+    with Store.connect(stack) as store:
+        assert record_lineage(store, ds, "in.jsonl") is True
+        assert record_lineage(store, ds, "in.jsonl") is False
+        assert store.db[DATASETS].count_documents({"_id": ds.id}) == 1
+        doc = store.get(DATASETS, ds.id)
+    assert doc is not None
+    assert (doc["name"], doc["train"] + doc["eval"], doc["rejected"]) == ("lineage-test", 31, 1)
+    assert doc["rejected_lines"][0]["line"] == 32

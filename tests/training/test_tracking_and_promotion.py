@@ -1,0 +1,168 @@
+"""Training tracked in MLflow and Mongo, evaluation, and the champion/challenger gate with Kafka,
+on the tiny model against the real stack."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lifecycle import registry, topics
+from lifecycle.settings import Settings, load_settings
+from lifecycle.store import EVALUATIONS, MODEL_CONFIGS, TRAINING_RUNS, Store
+from training.config import TrainConfig
+from training.evaluate import evaluate
+from training.promote import PromotionError, decide, promote, rollback
+from training.train import TrainingError, run_training
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def model_settings(stack: Settings) -> Settings:
+    """The test stack with a registered-model name of this test's own."""
+    return load_settings(model_name=f"test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def store(stack: Settings) -> Iterator[Store]:
+    with Store.connect(stack) as s:
+        yield s
+
+
+def tiny_cfg(tiny_llama_dir: Path, toy_dataset: Path, **kw: object) -> TrainConfig:
+    base = {"base_model": str(tiny_llama_dir), "dataset": str(toy_dataset), "max_steps": 3, "checkpoint_every": 0,
+            "micro_batch_size": 16, "dtype": "float32"}  # fmt: skip
+    return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def model_events(settings: Settings) -> list[dict]:
+    """Every event on lifecycle.model-events for this settings' model name, read from the start."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(topics.consumer_config(settings, f"reader-{uuid.uuid4().hex}"))
+    meta = consumer.list_topics(topics.MODEL_EVENTS, timeout=10).topics[topics.MODEL_EVENTS]
+    parts = [TopicPartition(topics.MODEL_EVENTS, p) for p in meta.partitions]
+    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+    consumer.assign([TopicPartition(topics.MODEL_EVENTS, p.partition, 0) for p in parts])
+    out, deadline = [], time.monotonic() + 30
+    positions = dict.fromkeys(ends, 0)
+    while any(positions[p] < ends[p] for p in ends) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        positions[msg.partition()] = msg.offset() + 1
+        if msg.key() == settings.model_name.encode():
+            out.append(json.loads(msg.value()))
+    consumer.close()
+    return out
+
+
+def test_a_run_is_tracked_from_queued_to_succeeded(
+    model_settings: Settings, store: Store, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    run = run_training(model_settings, tiny_cfg(tiny_llama_dir, toy_dataset, out_dir=str(tmp_path)), store=store)
+    doc = store.get(TRAINING_RUNS, run.run_id)
+    assert doc is not None and doc["status"] == "succeeded" and doc["mlflow_run_id"] == run.mlflow_run_id
+    mc = registry.client(model_settings.mlflow_tracking_uri)
+    mlrun = mc.get_run(run.mlflow_run_id)
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["lora_r"] == "16" and mlrun.data.tags["dataset_id"] == toy_dataset.name
+    assert len(mc.get_metric_history(run.mlflow_run_id, "loss")) == 3
+    assert any(k.startswith("sha256.") for k in mlrun.data.tags)
+    mlflow.set_tracking_uri(model_settings.mlflow_tracking_uri)
+    loaded = mlflow.pyfunc.load_model(run.model_uri)  # base + adapter in one call
+    assert isinstance(loaded.predict(["What is the capital of Thandfusnu?"], params={"max_new_tokens": 3})[0], str)
+
+
+def test_a_crash_marks_the_run_failed_everywhere(
+    model_settings: Settings, store: Store, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
+) -> None:
+    # A global batch larger than the dataset: the training process raises after it started.
+    cfg = tiny_cfg(tiny_llama_dir, toy_dataset, out_dir=str(tmp_path), global_batch_size=4096, micro_batch_size=16)
+    with pytest.raises(TrainingError, match="training exited with code 1") as err:
+        run_training(model_settings, cfg, store=store, run_id=f"tr-crash-{uuid.uuid4().hex[:6]}")
+    assert "do not fill one global batch" in str(err.value)
+    doc = store.db[TRAINING_RUNS].find_one({"out_dir": str(tmp_path)})
+    assert doc is not None and doc["status"] == "failed" and "do not fill one global batch" in doc["error"]
+    mc = registry.client(model_settings.mlflow_tracking_uri)
+    assert mc.get_run(doc["mlflow_run_id"]).info.status == "FAILED"
+    assert registry.version_by_alias(mc, model_settings.model_name, "champion") is None
+
+
+def test_unknown_base_model_fails_before_any_work(
+    model_settings: Settings, store: Store, toy_dataset: Path, tmp_path: Path
+) -> None:
+    cfg = TrainConfig(base_model=str(tmp_path / "no-such-model"), dataset=str(toy_dataset), out_dir=str(tmp_path / "o"))
+    with pytest.raises(TrainingError, match="neither a local folder nor a model that can be loaded"):
+        run_training(model_settings, cfg, store=store)
+    assert store.db[TRAINING_RUNS].count_documents({"out_dir": str(tmp_path / "o")}) == 0
+
+
+def test_gate_evaluate_promote_rerun_kafka_down_and_rollback(
+    model_settings: Settings, store: Store, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
+) -> None:
+    s = model_settings
+    first = run_training(s, tiny_cfg(tiny_llama_dir, toy_dataset, out_dir=str(tmp_path / "a")), store=store)
+    report = evaluate(s, store, first.mlflow_run_id, limit=8, max_new_tokens=4)
+    assert report["baseline"]["kind"] == "base" and report["items"] == 8
+    assert set(report["candidate"]["metrics"]) == {"accuracy", "exact_match", "perplexity"}
+    assert store.db[EVALUATIONS].count_documents({"candidate.run_id": first.mlflow_run_id}) == 1
+
+    # A random tiny model cannot beat the base model by a margin: it stays challenger, nothing published.
+    res = promote(s, store, first.mlflow_run_id, margin=0.5)
+    assert (res.alias, res.promoted) == ("challenger", False)
+    mc = registry.client(s.mlflow_tracking_uri)
+    assert registry.version_by_alias(mc, s.model_name, "champion") is None
+    assert [e["type"] for e in model_events(s)] == ["ModelRegistered"]
+
+    # With Kafka unreachable the alias must not move, and the command says so.
+    dead = load_settings(model_name=s.model_name, kafka_bootstrap="127.0.0.1:1")
+    with pytest.raises(PromotionError, match="champion NOT moved"):
+        promote(dead, store, first.mlflow_run_id, margin=-1.0)
+    assert registry.version_by_alias(mc, s.model_name, "champion") is None
+    outbox = store.get(MODEL_CONFIGS, f"{s.model_name}:1:promote")
+    assert outbox is not None and outbox["state"] == "pending"
+
+    # Re-run with Kafka: the queued event (same id) goes out and the alias moves.
+    done = promote(s, store, first.mlflow_run_id, margin=-1.0)
+    assert (done.alias, done.version, done.event_id) == ("champion", 1, outbox["event_id"])
+    assert registry.version_by_alias(mc, s.model_name, "champion").version == "1"
+    promoted = [e for e in model_events(s) if e["type"] == "ModelPromoted"]
+    assert len(promoted) == 1
+    assert {"event_id", "type", "occurred_at", "model_name", "version", "alias", "run_id", "metrics"} <= set(
+        promoted[0]
+    )
+    assert promoted[0]["version"] == 1 and promoted[0]["run_id"] == first.mlflow_run_id
+    assert promoted[0]["digests"]
+
+    # Promoting the same version again changes nothing and publishes nothing.
+    again = promote(s, store, first.mlflow_run_id, margin=-1.0)
+    assert again.already_done
+    assert len([e for e in model_events(s) if e["type"] == "ModelPromoted"]) == 1
+
+    # A second champion, then roll back to the first.
+    second = run_training(s, tiny_cfg(tiny_llama_dir, toy_dataset, out_dir=str(tmp_path / "b"), seed=1), store=store)
+    evaluate(s, store, second.mlflow_run_id, limit=4, max_new_tokens=2)
+    assert promote(s, store, second.mlflow_run_id, margin=-1.0).version == 2
+    back = rollback(s, store)
+    assert back.version == 1
+    assert registry.version_by_alias(mc, s.model_name, "champion").version == "1"
+    rolled = [e for e in model_events(s) if e["type"] == "ModelRolledBack"]
+    assert len(rolled) == 1 and rolled[0]["from_version"] == 2 and rolled[0]["version"] == 1
+    with pytest.raises(PromotionError, match="only champion it has had"):
+        rollback(s, store)
+
+
+def test_gate_decision_is_a_pure_function() -> None:
+    base = {"accuracy": 0.10, "perplexity": 20.0}
+    assert decide({"accuracy": 0.70, "perplexity": 5.0}, base, margin=0.05, tolerance=0.25).promote
+    assert not decide({"accuracy": 0.12, "perplexity": 5.0}, base, margin=0.05, tolerance=0.25).promote
+    worse = decide({"accuracy": 0.70, "perplexity": 30.0}, base, margin=0.05, tolerance=0.25)
+    assert not worse.promote and "perplexity" in worse.reason

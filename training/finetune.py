@@ -1,0 +1,330 @@
+"""LoRA fine-tuning of a causal LM, one process or many under torchrun (DDP).
+
+    python -m training.finetune --base-model DIR --dataset DS_DIR --out-dir OUT
+    torchrun --nproc-per-node 2 -m training.finetune --base-model DIR --dataset DS_DIR --out-dir OUT
+    ... --resume                       # continue after a crash from the latest checkpoint in OUT
+
+DDP is detected from torchrun's ``RANK``/``WORLD_SIZE``: gloo on CPU, nccl on GPU, the same code
+for one process. Only rank 0 writes files and logs. Reads top to bottom: setup() -> fit() -> save.
+
+Why the loss is computed here and not by the model: the loss of a global batch is the sum over its
+assistant tokens divided by their count in the *whole* global batch, so any split into processes
+and micro-batches gives the same gradient as one process would; and the LM head (a 49k-row matrix
+for SmolLM2) is applied only at positions that have a label, not to every prompt token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from torch import nn
+
+from training.batching import IGNORE, Example, collate, encode_chat, global_batches, micro_batches, shard
+from training.config import TrainConfig, make_parser, resolve
+from training.ingest import load_split
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed() -> Dist:
+    """Join the process group when launched by torchrun; a plain process is world of one."""
+    if "RANK" not in os.environ:
+        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        torch_dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        torch_dist.init_process_group("gloo")
+    return Dist(rank, world, local, device)
+
+
+class AssistantLoss(nn.Module):
+    """Summed cross-entropy over labelled positions; the LM head runs only where there is a label."""
+
+    def __init__(self, peft_model: nn.Module) -> None:
+        super().__init__()
+        self.peft_model = peft_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        causal_lm = self.peft_model.get_base_model()  # type: ignore[operator]
+        hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE
+        logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
+        return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+
+def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX: ~1.7x faster steps measured
+    on SmolLM2), else float32. The LoRA weights themselves stay float32 (peft keeps adapters fp32)."""
+    if cfg.dtype == "auto":
+        if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+
+
+def load_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=compute_dtype(cfg, device))
+    torch.manual_seed(cfg.seed)  # identical LoRA init on every rank and on resume
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora).to(device)
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up to learning_rate, then cosine decay to learning_rate * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = sorted((out_dir / "checkpoints").glob("step-*"))
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: Any, dist: Dist, cfg: TrainConfig) -> None:
+    """Adapter, optimizer, RNG of every rank and the step (the data position follows from it)."""
+    final = out_dir / "checkpoints" / f"step-{step:07d}"
+    tmp = out_dir / "checkpoints" / f".step-{step:07d}.partial"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier(dist)
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state(dist.device)
+    torch.save(rng, tmp / f"rng-rank{dist.rank}.pt")
+    if dist.is_main:
+        model.save_pretrained(tmp / "adapter")  # type: ignore[operator]
+        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / "trainer_state.pt")
+        cfg.save(tmp / "config.json")
+    _barrier(dist)
+    if dist.is_main:
+        tmp.rename(final)  # a checkpoint exists only once it is complete
+        for old in sorted((out_dir / "checkpoints").glob("step-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier(dist)
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Any, dist: Dist) -> int:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    rng_file = ckpt / f"rng-rank{dist.rank}.pt"
+    if rng_file.exists():  # resuming with another world size keeps rank 0's stream only
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"], dist.device)
+    return int(state["step"])
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.enabled:
+        torch_dist.barrier()
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    steps: int
+    final_loss: float
+    tokens_per_sec: float
+    train_seconds: float
+    adapter_dir: Path
+
+
+class MetricsSink:
+    """Rank 0: each logged step to ``metrics.jsonl`` and, when a run id is given, to MLflow."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path) -> None:
+        self.file = (out_dir / "metrics.jsonl").open("a")
+        self.client = None
+        if cfg.mlflow_run_id:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(cfg.tracking_uri or None)
+            self.run_id = cfg.mlflow_run_id
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        if self.client is not None:
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def fit(cfg: TrainConfig, dist: Dist) -> FitResult:
+    from transformers import AutoTokenizer
+
+    cfg.check_world(dist.world_size)
+    out_dir = Path(cfg.out_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / "config.json")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
+    examples: list[Example] = [
+        encode_chat(tokenizer, r.messages, cfg.max_seq_len) for r in load_split(Path(cfg.dataset), "train")
+    ]
+    lengths = [len(e.input_ids) for e in examples]
+    steps_per_epoch = len(global_batches(lengths, cfg.global_batch_size, cfg.seed, 0))
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(examples)} training examples do not fill one global batch of {cfg.global_batch_size}")
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+
+    model = load_model(cfg, dist.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    start = 0
+    if cfg.resume and (ckpt := latest_checkpoint(out_dir)) is not None:
+        start = load_checkpoint(ckpt, model, optimizer, dist)
+        if dist.is_main:
+            print(f"resumed from {ckpt.name}: continuing at step {start + 1}/{total_steps}", flush=True)
+    else:
+        torch.manual_seed(cfg.seed + 1 + dist.rank)  # dropout streams differ per rank, reproducibly
+    loss_fn: nn.Module = AssistantLoss(model)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_fn = DistributedDataParallel(loss_fn, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+    model.train()
+
+    sink = MetricsSink(cfg, out_dir) if dist.is_main else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    epoch_cache: dict[int, list[list[int]]] = {}
+    loss_value, t_start, tokens_seen = float("nan"), time.perf_counter(), 0
+    for step in range(start, total_steps):
+        t0 = time.perf_counter()
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch not in epoch_cache:
+            epoch_cache = {epoch: global_batches(lengths, cfg.global_batch_size, cfg.seed, epoch)}
+        batch = epoch_cache[epoch][index]
+        n_targets = sum(examples[i].target_tokens for i in batch)
+        lr = lr_at(step, cfg, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        mine = micro_batches(shard(batch, dist.rank, dist.world_size), cfg.micro_batch_size)
+        loss_sum = torch.zeros((), device=dist.device)
+        for j, indices in enumerate(mine):
+            inputs = {k: v.to(dist.device) for k, v in collate([examples[i] for i in indices], pad).items()}
+            last = j == len(mine) - 1
+            sync = nullcontext() if last or not dist.enabled else loss_fn.no_sync()  # type: ignore[operator]
+            with sync:
+                token_loss = loss_fn(**inputs)
+                # DDP averages gradients over ranks; scaling by world size makes that a sum.
+                (token_loss * dist.world_size / n_targets).backward()
+            loss_sum += token_loss.detach().float()
+        if dist.enabled:
+            torch_dist.all_reduce(loss_sum)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss_sum.item() / n_targets
+        step_tokens = sum(lengths[i] for i in batch)
+        tokens_seen += step_tokens
+        if sink is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
+            tps = step_tokens / (time.perf_counter() - t0)
+            sink.log(step + 1, {"loss": loss_value, "lr": lr, "tokens_per_sec": tps, "epoch": step / steps_per_epoch})
+        if dist.is_main and ((step + 1) % max(1, total_steps // 20) == 0 or step + 1 == total_steps):
+            print(f"step {step + 1}/{total_steps} loss {loss_value:.4f} lr {lr:.2e}", flush=True)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+            save_checkpoint(out_dir, step + 1, model, optimizer, dist, cfg)
+    train_seconds = time.perf_counter() - t_start
+    adapter_dir = out_dir / "adapter"
+    if dist.is_main:
+        _save_outputs(cfg, model, tokenizer, out_dir)
+        result = {"steps": total_steps, "final_loss": loss_value, "train_seconds": train_seconds,
+                  "tokens_per_sec": tokens_seen / max(train_seconds, 1e-9), "world_size": dist.world_size}  # fmt: skip
+        (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    if sink is not None:
+        sink.close()
+    _barrier(dist)
+    return FitResult(total_steps, loss_value, tokens_seen / max(train_seconds, 1e-9), train_seconds, adapter_dir)
+
+
+def _save_outputs(cfg: TrainConfig, model: Any, tokenizer: Any, out_dir: Path) -> None:
+    """The adapter (safetensors) and, when asked, merged full weights."""
+    adapter = out_dir / "adapter"
+    shutil.rmtree(adapter, ignore_errors=True)
+    model.save_pretrained(adapter, safe_serialization=True)
+    tokenizer.save_pretrained(adapter)
+    if cfg.merge:
+        merged = out_dir / "merged"
+        shutil.rmtree(merged, ignore_errors=True)
+        model.merge_and_unload().save_pretrained(merged, safe_serialization=True)
+        tokenizer.save_pretrained(merged)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = resolve(make_parser().parse_args(argv))
+    dist = setup_distributed()
+    try:
+        result = fit(cfg, dist)
+        if dist.is_main:
+            print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, "
+                  f"{result.tokens_per_sec:.0f} tokens/s, adapter in {result.adapter_dir}", flush=True)  # fmt: skip
+    finally:
+        if dist.enabled:
+            torch_dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

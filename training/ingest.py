@@ -1,0 +1,197 @@
+"""Ingest: JSONL in chat or instruction format -> a versioned dataset under the state dir.
+
+    lifecycle ingest data/toy/train.jsonl --eval-file data/toy/eval.jsonl --name toy
+
+Each line is validated (format, roles, empty content, length after the chat template); a bad line
+is rejected with its line number and reason and the rest goes through. Exact duplicates are dropped
+by content hash. Without ``--eval-file`` the eval split is taken from the records by a seeded hash of
+their content, so appending records never moves an existing one across. The dataset id is the hash
+of what was kept: ingesting the same content twice gives the same id, the same folder and no second
+Mongo document. Lineage (source, counts, rejected lines) goes to Mongo ``datasets``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.records import Record, RecordError, is_eval, parse_record
+
+
+class IngestError(ValueError):
+    """Nothing usable was ingested; the message says why."""
+
+
+@dataclass
+class Rejected:
+    line: int
+    reason: str
+    source: str = "train"
+
+
+@dataclass
+class Dataset:
+    id: str
+    name: str
+    path: Path
+    train: int
+    eval: int
+    duplicates: int
+    rejected: list[Rejected] = field(default_factory=list)
+    created: bool = True
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dataset_id": self.id,
+            "name": self.name,
+            "train": self.train,
+            "eval": self.eval,
+            "duplicates": self.duplicates,
+            "rejected": len(self.rejected),
+        }
+
+
+def read_lines(source: str | Path | Iterable[str]) -> Iterator[tuple[int, str]]:
+    """(line number, text) of non-blank lines from a path or an iterable of lines (stdin)."""
+    lines: Iterable[str]
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            raise IngestError(f"no such file: {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    else:
+        lines = source
+    for number, text in enumerate(lines, start=1):
+        if text.strip():
+            yield number, text
+
+
+def validate(
+    lines: Iterable[tuple[int, str | dict[str, Any]]],
+    token_count: Callable[[Record], int] | None,
+    max_seq_len: int,
+    source: str = "train",
+) -> tuple[list[Record], list[Rejected], int]:
+    """Valid unique records, rejected lines, and the number of duplicates dropped."""
+    kept: list[Record] = []
+    rejected: list[Rejected] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for number, raw in lines:
+        try:
+            record = parse_record(raw)
+            if token_count is not None and (n := token_count(record)) > max_seq_len:
+                raise RecordError(f"{n} tokens after the chat template, over max_seq_len={max_seq_len}")
+        except RecordError as exc:
+            rejected.append(Rejected(number, str(exc), source))
+            continue
+        if record.content_hash in seen:
+            duplicates += 1
+            continue
+        seen.add(record.content_hash)
+        kept.append(record)
+    return kept, rejected, duplicates
+
+
+def chat_token_counter(tokenizer: Any) -> Callable[[Record], int]:
+    def count(record: Record) -> int:
+        ids = tokenizer.apply_chat_template(record.messages, tokenize=True, return_dict=False)
+        return len(ids)
+
+    return count
+
+
+def split(records: list[Record], eval_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    train = [r for r in records if not is_eval(r.content_hash, eval_fraction, seed)]
+    evaluation = [r for r in records if is_eval(r.content_hash, eval_fraction, seed)]
+    return train, evaluation
+
+
+def dataset_id(train: list[Record], evaluation: list[Record]) -> str:
+    digest = hashlib.sha256()
+    for side, records in (("train", train), ("eval", evaluation)):
+        for h in sorted(r.content_hash for r in records):
+            digest.update(f"{side}:{h}\n".encode())
+    return "ds-" + digest.hexdigest()[:16]
+
+
+def write_dataset(
+    root: Path,
+    name: str,
+    source: str,
+    train: list[Record],
+    evaluation: list[Record],
+    rejected: list[Rejected],
+    duplicates: int,
+) -> Dataset:
+    """Write ``root/<id>/{train,eval}.jsonl`` + ``manifest.json``; idempotent for equal content."""
+    ds_id = dataset_id(train, evaluation)
+    path = root / ds_id
+    ds = Dataset(ds_id, name, path, len(train), len(evaluation), duplicates, rejected)
+    if (path / "manifest.json").exists():
+        ds.created = False
+        return ds
+    tmp = root / f".{ds_id}.partial"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for fname, records in (("train.jsonl", train), ("eval.jsonl", evaluation)):
+        text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
+        (tmp / fname).write_text(text, encoding="utf-8")
+    manifest = {**ds.summary(), "source": source, "rejected": [asdict(r) for r in rejected]}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    tmp.rename(path)
+    return ds
+
+
+def load_split(dataset_path: Path, side: str) -> list[Record]:
+    rows = (json.loads(line) for line in (dataset_path / f"{side}.jsonl").read_text().splitlines() if line)
+    return [Record(r["messages"], r.get("meta", {})) for r in rows]
+
+
+def ingest(
+    source: str | Path | Iterable[str],
+    datasets_dir: Path,
+    *,
+    name: str = "dataset",
+    eval_source: str | Path | None = None,
+    eval_fraction: float = 0.1,
+    seed: int = 0,
+    tokenizer: Any = None,
+    max_seq_len: int = 512,
+    source_label: str | None = None,
+) -> Dataset:
+    """Validate, deduplicate, split and write a dataset. Raises ``IngestError`` when nothing is valid."""
+    if not 0 <= eval_fraction < 1:
+        raise IngestError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    counter = chat_token_counter(tokenizer) if tokenizer is not None else None
+    records, rejected, dups = validate(read_lines(source), counter, max_seq_len)
+    if eval_source is not None:
+        evaluation, bad_eval, eval_dups = validate(read_lines(eval_source), counter, max_seq_len, "eval")
+        rejected += bad_eval
+        dups += eval_dups
+        train = records
+    else:
+        train, evaluation = split(records, eval_fraction, seed)
+    if not train:
+        detail = f"; first rejection: line {rejected[0].line}: {rejected[0].reason}" if rejected else ""
+        raise IngestError(f"no valid training records ({len(rejected)} rejected){detail}")
+    label = source_label or (str(source) if isinstance(source, str | Path) else "<stdin>")
+    return write_dataset(datasets_dir, name, label, train, evaluation, rejected, dups)
+
+
+def record_lineage(store: Any, ds: Dataset, source: str) -> bool:
+    """Lineage in Mongo ``datasets`` keyed by dataset id; False when it was recorded already."""
+    from lifecycle.store import DATASETS, now
+
+    doc = {
+        "_id": ds.id,
+        **ds.summary(),
+        "source": source,
+        "path": str(ds.path),
+        "rejected_lines": [asdict(r) for r in ds.rejected],
+        "created_at": now(),
+    }
+    return bool(store.insert_once(DATASETS, doc))

@@ -1,0 +1,190 @@
+"""Promote: register the candidate, move ``champion`` when it wins, else mark it ``challenger``.
+
+    lifecycle promote --run MLFLOW_RUN_ID [--margin 0.05] [--tolerance 0.25]
+    lifecycle promote --rollback
+
+Gate: the candidate's answer accuracy must beat the baseline's (the champion, or the base model when
+there is none) by ``margin``, and its perplexity may not be worse than the baseline's by more than
+``tolerance`` (relative). The decision and its reason are kept in Mongo ``model_configs`` and as
+tags on the model version.
+
+Kafka and the alias move together through an outbox in Mongo: the ``ModelPromoted`` event (with a
+fixed event id) is stored first, then published and acknowledged (acks=all), and only then is the
+alias moved and the outbox entry marked done. If Kafka is down the command fails and says so, and
+the alias has not moved; re-running publishes the same event (consumers drop it if they saw it) and
+moves the alias. Re-running a finished promotion changes nothing and publishes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lifecycle import events, registry, topics
+from lifecycle.settings import Settings
+from lifecycle.store import EVALUATIONS, MODEL_CONFIGS, Store, now
+from lifecycle.v1 import events_pb2
+
+Report = Callable[[str], None]
+
+
+class PromotionError(RuntimeError):
+    """Promotion could not be completed; the message says what state things are in."""
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+
+
+@dataclass
+class PromotionResult:
+    model_name: str
+    version: int
+    alias: str
+    promoted: bool
+    reason: str
+    event_id: str = ""
+    already_done: bool = False
+
+
+def decide(candidate: dict[str, float], baseline: dict[str, float], margin: float, tolerance: float) -> Decision:
+    """The champion/challenger gate as a pure function of the two metric sets."""
+    gain = candidate["accuracy"] - baseline["accuracy"]
+    if gain <= margin:
+        return Decision(
+            False,
+            f"accuracy {candidate['accuracy']:.3f} does not beat {baseline['accuracy']:.3f} by more than {margin:.3f}",
+        )
+    ppl_c, ppl_b = candidate.get("perplexity"), baseline.get("perplexity")
+    if ppl_c is not None and ppl_b is not None and ppl_c > ppl_b * (1 + tolerance):
+        return Decision(False, f"perplexity {ppl_c:.2f} regresses past {ppl_b:.2f} x (1 + {tolerance})")
+    return Decision(True, f"accuracy {candidate['accuracy']:.3f} beats {baseline['accuracy']:.3f} by {gain:.3f}")
+
+
+def latest_evaluation(store: Store, mlflow_run_id: str) -> dict[str, Any]:
+    doc = store.db[EVALUATIONS].find_one({"candidate.run_id": mlflow_run_id}, sort=[("created_at", -1)])
+    if doc is None:
+        raise PromotionError(
+            f"run {mlflow_run_id} has no evaluation; run `lifecycle evaluate --run {mlflow_run_id}` first"
+        )
+    return doc
+
+
+def promote(
+    settings: Settings,
+    store: Store,
+    mlflow_run_id: str,
+    *,
+    margin: float = 0.0,
+    tolerance: float = 0.25,
+    report: Report = print,
+) -> PromotionResult:
+    mc = registry.client(settings.mlflow_tracking_uri)
+    name = settings.model_name
+    evaluation = latest_evaluation(store, mlflow_run_id)
+    cand_metrics = evaluation["candidate"]["metrics"]
+    run = mc.get_run(mlflow_run_id)
+    digests = {k.removeprefix(registry.DIGEST_TAG_PREFIX): v for k, v in run.data.tags.items()
+               if k.startswith(registry.DIGEST_TAG_PREFIX)}  # fmt: skip
+    tags = {f"{registry.DIGEST_TAG_PREFIX}{k}": v for k, v in digests.items()}
+    version, created = registry.register(mc, name, evaluation["candidate"]["model_uri"], mlflow_run_id, tags)
+    number = int(version.version)
+    if created:
+        report(f"registered {name} version {number}")
+        registered = events.new_event(
+            events_pb2.ModelRegistered, model_name=name, version=number, run_id=mlflow_run_id,
+            source=evaluation["candidate"]["model_uri"], metrics=cand_metrics,
+        )  # fmt: skip
+        _publish_soft(settings, name, registered, report)
+
+    outbox_id = f"{name}:{number}:promote"
+    pending = store.get(MODEL_CONFIGS, outbox_id)
+    if pending is not None and pending.get("state") == "done":
+        return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"], True)
+
+    champion = registry.version_by_alias(mc, name, registry.CHAMPION)
+    if pending is None:
+        if champion is not None and int(champion.version) == number:
+            return PromotionResult(name, number, registry.CHAMPION, True, "already champion", already_done=True)
+        decision = decide(cand_metrics, evaluation["baseline"]["metrics"], margin, tolerance)
+        mc.set_model_version_tag(name, str(number), "lifecycle.decision", decision.reason)
+        if not decision.promote:
+            mc.set_registered_model_alias(name, registry.CHALLENGER, str(number))
+            store.db[MODEL_CONFIGS].replace_one(
+                {"_id": f"{name}:{number}:decision"},
+                {"_id": f"{name}:{number}:decision", "model_name": name, "version": number, "promoted": False,
+                 "reason": decision.reason, "metrics": cand_metrics, "at": now()},
+                upsert=True,
+            )  # fmt: skip
+            report(f"version {number} stays challenger: {decision.reason}")
+            return PromotionResult(name, number, registry.CHALLENGER, False, decision.reason)
+        event = events.new_event(
+            events_pb2.ModelPromoted, model_name=name, version=number, alias=registry.CHAMPION,
+            run_id=mlflow_run_id, metrics=cand_metrics, reason=decision.reason, digests=digests,
+            previous_version=int(champion.version) if champion is not None else 0,
+        )  # fmt: skip
+        # The event is kept as its JSON text: digests are keyed by file names, which contain dots.
+        pending = {"_id": outbox_id, "model_name": name, "version": number, "state": "pending",
+                   "reason": decision.reason, "event_json": events.encode(event).decode(),
+                   "event_id": events.to_dict(event)["event_id"], "at": now()}  # fmt: skip
+        store.insert_once(MODEL_CONFIGS, pending)
+    event = events.decode(pending["event_json"])
+    try:
+        events.publish(settings, topics.MODEL_EVENTS, name, event)
+    except events.PublishError as exc:
+        raise PromotionError(
+            f"{exc}; champion NOT moved (version {number} is queued in the outbox; re-run promote to finish)"
+        ) from None
+    mc.set_registered_model_alias(name, registry.CHAMPION, str(number))
+    store.update(MODEL_CONFIGS, outbox_id, {"state": "done", "done_at": now()})
+    store.db[MODEL_CONFIGS].update_one(
+        {"_id": name},
+        {"$push": {"champions": {"version": number, "at": now(), "event_id": pending["event_id"]}}},
+        upsert=True,
+    )
+    report(f"version {number} is champion: {pending['reason']}")
+    return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"])
+
+
+def _publish_soft(settings: Settings, key: str, msg: Any, report: Report) -> None:
+    """Informational events (ModelRegistered) must not block the registry; say when they fail."""
+    try:
+        events.publish(settings, topics.MODEL_EVENTS, key, msg)
+    except events.PublishError as exc:
+        report(f"warning: {exc}")
+
+
+def rollback(
+    settings: Settings, store: Store, *, reason: str = "manual rollback", report: Report = print
+) -> PromotionResult:
+    """Move ``champion`` back to the version that held it before, and publish ``ModelRolledBack``."""
+    mc = registry.client(settings.mlflow_tracking_uri)
+    name = settings.model_name
+    current = registry.version_by_alias(mc, name, registry.CHAMPION)
+    if current is None:
+        raise PromotionError(f"{name} has no champion to roll back")
+    history = [h["version"] for h in (store.get(MODEL_CONFIGS, name) or {}).get("champions", [])]
+    earlier = [v for v in history if v != int(current.version)]
+    if not earlier:
+        raise PromotionError(
+            f"{name} version {current.version} is the only champion it has had; nothing to roll back to"
+        )
+    target = earlier[-1]
+    event = events.new_event(
+        events_pb2.ModelRolledBack, model_name=name, version=target, alias=registry.CHAMPION,
+        from_version=int(current.version), reason=reason,
+    )  # fmt: skip
+    try:
+        events.publish(settings, topics.MODEL_EVENTS, name, event)
+    except events.PublishError as exc:
+        raise PromotionError(f"{exc}; champion NOT moved back") from None
+    mc.set_registered_model_alias(name, registry.CHAMPION, str(target))
+    store.db[MODEL_CONFIGS].update_one(
+        {"_id": name},
+        {"$pull": {"champions": {"version": int(current.version)}}},
+    )
+    report(f"champion rolled back from version {current.version} to {target}")
+    return PromotionResult(name, target, registry.CHAMPION, True, reason, events.to_dict(event)["event_id"])

@@ -1,0 +1,188 @@
+"""Launch a tracked fine-tuning run: MLflow run + Mongo ``training_runs`` around a torchrun job.
+
+The launcher owns the bookkeeping, so a training process that crashes (or is killed) is still
+recorded: Mongo status goes queued -> running -> succeeded | failed (with the error), and the MLflow
+run ends FINISHED or FAILED. Rank 0 of the job logs per-step metrics into the same MLflow run.
+On success the adapter is logged as an MLflow model that loads base + adapter in one call.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lifecycle import registry
+from lifecycle.settings import Settings
+from lifecycle.store import TRAINING_RUNS, Store, now
+from training.config import TrainConfig
+
+Report = Callable[[str], None]
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+class TrainingError(RuntimeError):
+    """The run failed; the message carries the error and where its log is."""
+
+
+@dataclass
+class TrainingRun:
+    run_id: str
+    mlflow_run_id: str
+    out_dir: Path
+    dataset_id: str
+    metrics: dict[str, float]
+    model_uri: str
+
+
+def check_base_model(name: str) -> None:
+    """Fail before any work when the base model cannot be found (local folder or cached hub id)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise TrainingError(f"base model folder {path} has no config.json")
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(
+            f"base model {name!r} is neither a local folder nor a model that can be loaded: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def git_commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def _flat_params(cfg: TrainConfig) -> dict[str, str]:
+    skip = {"mlflow_run_id", "tracking_uri", "resume"}
+    return {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in cfg.to_dict().items() if k not in skip}
+
+
+def run_training(
+    settings: Settings,
+    cfg: TrainConfig,
+    *,
+    nproc: int = 1,
+    store: Store,
+    report: Report = print,
+    run_id: str | None = None,
+) -> TrainingRun:
+    """Train ``cfg`` under ``nproc`` processes, tracked in MLflow and Mongo. Raises ``TrainingError``."""
+    import mlflow
+
+    check_base_model(cfg.base_model)
+    dataset = Path(cfg.dataset)
+    if not (dataset / "train.jsonl").exists():
+        raise TrainingError(f"dataset folder {dataset} has no train.jsonl (run `lifecycle ingest` first)")
+    dataset_id = dataset.name
+    run_id = run_id or f"tr-{uuid.uuid4().hex[:12]}"
+    out_dir = Path(cfg.out_dir or settings.home / "runs" / run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store.insert_once(
+        TRAINING_RUNS,
+        {"_id": run_id, "status": "queued", "dataset_id": dataset_id, "base_model": cfg.base_model,
+         "nproc": nproc, "out_dir": str(out_dir), "created_at": now(), "updated_at": now()},
+    )  # fmt: skip
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    experiment = mlflow.set_experiment(settings.model_name)
+    mc = registry.client(settings.mlflow_tracking_uri)
+    tags = {"lifecycle.run_id": run_id, "dataset_id": dataset_id, "mlflow.source.git.commit": git_commit(),
+            "base_model": cfg.base_model, "nproc": str(nproc)}  # fmt: skip
+    mlrun = mc.create_run(experiment.experiment_id, tags=tags, run_name=run_id)
+    mlflow_run_id = mlrun.info.run_id
+    cfg.out_dir, cfg.mlflow_run_id, cfg.tracking_uri = str(out_dir), mlflow_run_id, settings.mlflow_tracking_uri
+    try:
+        for key, value in _flat_params(cfg).items():
+            mc.log_param(mlflow_run_id, key, value[:6000])
+        mc.log_dict(mlflow_run_id, cfg.to_dict(), "config.json")
+        store.update(
+            TRAINING_RUNS, run_id, {"status": "running", "mlflow_run_id": mlflow_run_id, "config": cfg.to_dict()}
+        )
+        _launch(cfg, nproc, out_dir, report)
+        result = json.loads((out_dir / "result.json").read_text())
+        metrics = {k: float(result[k]) for k in ("final_loss", "tokens_per_sec", "train_seconds")}
+        model_uri = _log_model(mlflow_run_id, cfg, out_dir, metrics)
+    except BaseException as exc:
+        error = str(exc) if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
+        store.update(TRAINING_RUNS, run_id, {"status": "failed", "error": error[-4000:], "finished_at": now()})
+        mc.set_terminated(mlflow_run_id, status="FAILED")
+        if isinstance(exc, TrainingError):
+            raise
+        raise TrainingError(error) from exc
+    mc.set_terminated(mlflow_run_id, status="FINISHED")
+    store.update(
+        TRAINING_RUNS, run_id, {"status": "succeeded", "metrics": metrics, "model_uri": model_uri, "finished_at": now()}
+    )
+    return TrainingRun(run_id, mlflow_run_id, out_dir, dataset_id, metrics, model_uri)
+
+
+def _launch(cfg: TrainConfig, nproc: int, out_dir: Path, report: Report) -> None:
+    """Run the training job, streaming its output; raise with the tail of its log when it fails."""
+    launch_cfg = out_dir / "launch-config.json"
+    cfg.save(launch_cfg)
+    entry = ["-m", "training.finetune", "--config", str(launch_cfg)]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *entry]
+    else:
+        cmd = [sys.executable, *entry]
+    log_path = out_dir / "train.log"
+    tail: deque[str] = deque(maxlen=25)
+    with (
+        log_path.open("a") as log,
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line.rstrip())
+            if not line.startswith(("Loading weights", "  warnings.warn")) and "Warning" not in line:
+                report(line.rstrip())
+        code = proc.wait()
+    if code != 0:
+        last = next((t for t in reversed(tail) if t.strip()), "")
+        raise TrainingError(f"training exited with code {code}: {last}\nlog: {log_path}\n" + "\n".join(tail))
+
+
+def _log_model(mlflow_run_id: str, cfg: TrainConfig, out_dir: Path, metrics: dict[str, float]) -> str:
+    """Final metrics, files of the run, and the adapter as an MLflow model (base + adapter in one load)."""
+    import mlflow
+
+    adapter = out_dir / ("merged" if cfg.merge else "adapter")
+    digests = registry.file_digests(out_dir / "adapter")
+    with mlflow.start_run(run_id=mlflow_run_id):
+        mlflow.log_metrics(metrics)
+        for name in ("metrics.jsonl", "result.json"):
+            mlflow.log_artifact(str(out_dir / name))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"adapter": str(out_dir / "adapter")},
+            model_config={"base_model": cfg.base_model, "merged": str(adapter) if cfg.merge else ""},
+            pip_requirements=["llm-lifecycle"],
+            signature=_signature(),
+        )
+        mlflow.set_tags({f"{registry.DIGEST_TAG_PREFIX}{k}": v for k, v in digests.items()})
+    return str(info.model_uri)
+
+
+def _signature() -> Any:
+    from mlflow.models import infer_signature
+
+    return infer_signature(["What is the capital of Thandfusnu?"], ["Kronzaemfei."], params={"max_new_tokens": 64})
+
+
+def summary(run: TrainingRun) -> dict[str, Any]:
+    return {"run_id": run.run_id, "mlflow_run_id": run.mlflow_run_id, "dataset_id": run.dataset_id, **run.metrics}
