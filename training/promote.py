@@ -166,8 +166,8 @@ def rollback(
     current = registry.version_by_alias(mc, name, registry.CHAMPION)
     if current is None:
         raise PromotionError(f"{name} has no champion to roll back")
-    history = [h["version"] for h in (store.get(MODEL_CONFIGS, name) or {}).get("champions", [])]
-    earlier = [v for v in history if v != int(current.version)]
+    champions = (store.get(MODEL_CONFIGS, name) or {}).get("champions", [])
+    earlier = [h["version"] for h in champions if h["version"] != int(current.version)]
     if not earlier:
         raise PromotionError(
             f"{name} version {current.version} is the only champion it has had; nothing to roll back to"
@@ -182,9 +182,8 @@ def rollback(
     except events.PublishError as exc:
         raise PromotionError(f"{exc}; champion NOT moved back") from None
     mc.set_registered_model_alias(name, registry.CHAMPION, str(target))
-    store.db[MODEL_CONFIGS].update_one(
-        {"_id": name},
-        {"$pull": {"champions": {"version": int(current.version)}}},
-    )
+    # Read-modify-write instead of $pull: FerretDB does not apply $pull with a condition document.
+    kept = [h for h in champions if h["version"] != int(current.version)]
+    store.update(MODEL_CONFIGS, name, {"champions": kept})
     report(f"champion rolled back from version {current.version} to {target}")
     return PromotionResult(name, target, registry.CHAMPION, True, reason, events.to_dict(event)["event_id"])

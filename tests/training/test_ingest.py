@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,9 @@ def test_no_valid_records_is_an_error_and_writes_nothing(tmp_path: Path) -> None
 def test_lineage_is_recorded_once_per_dataset(stack: Settings, tmp_path: Path) -> None:
     from lifecycle.store import DATASETS, Store
 
-    unique = {"messages": [{"role": "user", "content": f"unique {tmp_path}"}, {"role": "assistant", "content": "x"}]}
+    unique = {
+        "messages": [{"role": "user", "content": f"unique {uuid.uuid4()}"}, {"role": "assistant", "content": "x"}]
+    }
     rows = [*GOOD, unique, "{bad"]
     ds = ingest(write(tmp_path / "in.jsonl", rows), tmp_path / "ds", name="lineage-test")
     with Store.connect(stack) as store:
