@@ -245,6 +245,10 @@ def fit(cfg: TrainConfig, dist: Dist) -> FitResult:
         loss_fn = DistributedDataParallel(loss_fn, device_ids=[dist.device] if dist.device.type == "cuda" else None)
     model.train()
 
+    # With a bf16 base, autocast runs the fp32 LoRA matmuls in bf16 too instead of casting every
+    # activation up to fp32; the adapters and the optimizer state stay fp32.
+    dtype = compute_dtype(cfg, dist.device)
+    autocast = torch.autocast(dist.device.type, dtype=dtype) if dtype == torch.bfloat16 else nullcontext()
     sink = MetricsSink(cfg, out_dir) if dist.is_main else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     epoch_cache: dict[int, list[list[int]]] = {}
@@ -265,7 +269,7 @@ def fit(cfg: TrainConfig, dist: Dist) -> FitResult:
             inputs = {k: v.to(dist.device) for k, v in collate([examples[i] for i in indices], pad).items()}
             last = j == len(mine) - 1
             sync = nullcontext() if last or not dist.enabled else loss_fn.no_sync()  # type: ignore[operator]
-            with sync:
+            with sync, autocast:
                 token_loss = loss_fn(**inputs)
                 # DDP averages gradients over ranks; scaling by world size makes that a sum.
                 (token_loss * dist.world_size / n_targets).backward()
