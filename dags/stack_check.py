@@ -48,4 +48,4 @@ def stack_check() -> None:
     [check_kafka(), check_mongo(), check_mlflow()]
 
 
-stack_check()
+stack_check_dag = stack_check()

@@ -1,0 +1,101 @@
+"""llm_lifecycle: ingest -> validate -> fine_tune -> evaluate -> promote -> notify.
+
+Trigger it from the UI (the trigger dialog shows the form below) or the REST API with a JSON
+``conf``. Tasks pass ids through XCom (dataset id, MLflow run id, model version), never data; every
+task is idempotent for the same inputs, so a retry neither duplicates a registry version nor a
+Mongo document. The task bodies live in ``plugins/pipeline.py`` over the ``training`` functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+DEFAULT_ARGS = {
+    "owner": "llm-lifecycle",
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=15),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": pendulum.duration(minutes=5),
+}
+
+PARAMS = {
+    "dataset_path": Param("", type="string", title="Training data",
+                          description="JSONL (chat or instruction records): a path or file:// URI on the workers."),
+    "eval_path": Param("", type="string", title="Held-out eval data",
+                       description="Optional JSONL of eval questions; empty: 10 % of the training data."),
+    "dataset_name": Param("dataset", type="string", minLength=1, title="Dataset name"),
+    "base_model": Param("", type="string", title="Base model",
+                        description="Hub id or local folder; empty: LIFECYCLE_BASE_MODEL (SmolLM2-135M-Instruct)."),
+    "lora_r": Param(16, type="integer", minimum=1, maximum=256, title="LoRA rank"),
+    "lora_alpha": Param(32, type="integer", minimum=1, maximum=1024, title="LoRA alpha"),
+    "lora_dropout": Param(0.0, type="number", minimum=0, maximum=0.5, title="LoRA dropout"),
+    "epochs": Param(5.0, type="number", exclusiveMinimum=0, maximum=100, title="Epochs"),
+    "learning_rate": Param(2e-3, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"),
+    "max_steps": Param(0, type="integer", minimum=0, title="Max steps",
+                       description="Stop after this many optimizer steps (0: run the epochs)."),
+    "nproc": Param(1, type="integer", minimum=1, maximum=64, title="Processes",
+                   description="torchrun --nproc-per-node (GPUs per pod on Kubernetes)."),
+    "backend": Param("local", type="string", enum=["local", "kubernetes"], title="Training backend"),
+    "promotion_margin": Param(0.0, type="number", minimum=-1, maximum=1, title="Promotion margin",
+                              description="Accuracy the candidate must gain over the champion."),
+    "eval_limit": Param(0, type="integer", minimum=0, title="Eval items", description="0: the whole eval split."),
+}  # fmt: skip
+
+
+@dag(
+    dag_id="llm_lifecycle",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params=PARAMS,
+    tags=["llm-lifecycle", "training"],
+    doc_md=__doc__,
+)
+def llm_lifecycle() -> None:
+    @task(retries=0)  # bad data does not get better on retry
+    def ingest() -> str:
+        from plugins import pipeline
+
+        ctx = get_current_context()
+        records = (ctx["dag_run"].conf or {}).get("records")
+        return pipeline.ingest(dict(ctx["params"]), records=records)
+
+    @task(retries=0)
+    def validate(dataset_id: str) -> str:
+        from plugins import pipeline
+
+        return pipeline.validate(dataset_id, dict(get_current_context()["params"]))
+
+    @task(retries=1)
+    def fine_tune(dataset_id: str) -> str:
+        from plugins import pipeline
+
+        ctx = get_current_context()
+        return pipeline.fine_tune(dataset_id, dict(ctx["params"]), ctx["dag_run"].run_id)
+
+    @task
+    def evaluate(mlflow_run_id: str) -> dict[str, Any]:
+        from plugins import pipeline
+
+        return pipeline.evaluate(mlflow_run_id, dict(get_current_context()["params"]))
+
+    @task
+    def promote(mlflow_run_id: str, _evaluation: dict[str, Any]) -> dict[str, Any]:
+        from plugins import pipeline
+
+        return pipeline.promote(mlflow_run_id, dict(get_current_context()["params"]))
+
+    @task
+    def notify(result: dict[str, Any]) -> None:
+        print(f"{result['model_name']} v{result['version']} -> {result['alias']}: {result['reason']}")
+
+    run_id = fine_tune(validate(ingest()))
+    notify(promote(run_id, evaluate(run_id)))
+
+
+llm_lifecycle_dag = llm_lifecycle()

@@ -1,0 +1,136 @@
+"""The lifecycle DAG's task bodies: thin wrappers over ``training`` that pass ids, never data.
+
+Each function is idempotent for the same inputs: ingest keys the dataset by its content hash,
+fine-tuning keys its Mongo run by the DAG run (a retry after success returns the finished run),
+evaluation replaces its report, registration is keyed by the MLflow run and promotion by version.
+Settings come from the environment of the Airflow worker (``lifecycle up`` passes them through).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from lifecycle.settings import Settings, load_settings
+from lifecycle.store import TRAINING_RUNS, Store
+
+# Param name -> TrainConfig field, for the params the UI form exposes.
+TRAIN_PARAMS = {
+    "lora_r": "lora_r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "epochs": "epochs",
+    "learning_rate": "learning_rate",
+    "max_steps": "max_steps",
+}
+
+
+class PipelineError(RuntimeError):
+    """A task cannot go on; the message says which input was wrong."""
+
+
+def _settings(params: dict[str, Any]) -> Settings:
+    overrides = {"base_model": params["base_model"]} if params.get("base_model") else {}
+    return load_settings(**overrides)
+
+
+def _path(uri: str) -> Path:
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        return Path(parts.path if parts.scheme else uri).expanduser()
+    raise PipelineError(f"dataset {uri!r}: only local paths and file:// URIs are supported")
+
+
+def ingest(params: dict[str, Any], records: list[dict[str, Any]] | None = None) -> str:
+    """Ingest the dataset named by the params (a JSONL path/URI) or inline records; returns its id."""
+    from training.base_model import load_tokenizer
+    from training.ingest import ingest as do_ingest
+    from training.ingest import record_lineage
+
+    s = _settings(params)
+    eval_path = _path(params["eval_path"]) if params.get("eval_path") else None
+    if records:
+        source: Any = [json.dumps(r) for r in records]
+        label = f"inline:{params.get('dataset_name', 'dataset')}"
+    else:
+        if not params.get("dataset_path"):
+            raise PipelineError("params.dataset_path is empty and the run carries no records")
+        source = _path(params["dataset_path"])
+        label = str(source)
+    ds = do_ingest(source, s.home / "datasets", name=params.get("dataset_name", "dataset"), eval_source=eval_path,
+                   tokenizer=load_tokenizer(s.base_model, s.models_dir), source_label=label)  # fmt: skip
+    for r in ds.rejected:
+        print(f"rejected {r.source} line {r.line}: {r.reason}")
+    with Store.connect(s) as store:
+        record_lineage(store, ds, label)
+    print(f"dataset {ds.id}: {ds.train} train, {ds.eval} eval, {len(ds.rejected)} rejected")
+    return ds.id
+
+
+def validate(dataset_id: str, params: dict[str, Any]) -> str:
+    """Fail fast, before any training, on a dataset or base model that cannot work."""
+    from training.base_model import resolve_base_model
+    from training.ingest import load_split
+    from training.train import check_base_model
+
+    s = _settings(params)
+    path = s.home / "datasets" / dataset_id
+    train = load_split(path, "train")
+    if len(train) < int(params.get("global_batch_size", 16)):
+        raise PipelineError(f"dataset {dataset_id} has {len(train)} training records, fewer than one batch")
+    if not load_split(path, "eval"):
+        raise PipelineError(f"dataset {dataset_id} has an empty eval split")
+    check_base_model(resolve_base_model(s.base_model, s.models_dir))
+    return dataset_id
+
+
+def training_run_id(dag_run_id: str, dataset_id: str) -> str:
+    return "tr-" + hashlib.sha256(f"{dag_run_id}:{dataset_id}".encode()).hexdigest()[:12]
+
+
+def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str) -> str:
+    """Train locally (torchrun subprocess; its output is the task log). Returns the MLflow run id."""
+    from training.base_model import resolve_base_model
+    from training.config import TrainConfig
+    from training.train import run_training
+
+    s = _settings(params)
+    run_id = training_run_id(dag_run_id, dataset_id)
+    with Store.connect(s) as store:
+        done = store.get(TRAINING_RUNS, run_id)
+        if done is not None and done.get("status") == "succeeded":
+            print(f"training run {run_id} already succeeded: MLflow run {done['mlflow_run_id']}")
+            return str(done["mlflow_run_id"])
+        if params.get("backend", "local") != "local":
+            raise PipelineError(f"backend {params['backend']!r} runs through the kubernetes task, not this one")
+        fields = {field: params[p] for p, field in TRAIN_PARAMS.items() if params.get(p) is not None}
+        cfg = TrainConfig(
+            base_model=resolve_base_model(s.base_model, s.models_dir),
+            dataset=str(s.home / "datasets" / dataset_id),
+            out_dir=str(s.home / "runs" / run_id),
+            **fields,
+        )
+        # A retry after a failure reuses the run document, which then follows the new attempt.
+        run = run_training(s, cfg, nproc=int(params.get("nproc", 1)), store=store, run_id=run_id, report=print)
+    return run.mlflow_run_id
+
+
+def evaluate(mlflow_run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    from training.evaluate import evaluate as do_evaluate
+
+    s = _settings(params)
+    with Store.connect(s) as store:
+        result = do_evaluate(s, store, mlflow_run_id, limit=int(params.get("eval_limit", 0)), report=print)
+    return {"candidate": result["candidate"]["metrics"], "baseline": result["baseline"]["metrics"]}
+
+
+def promote(mlflow_run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    from training.promote import promote as do_promote
+
+    s = _settings(params)
+    with Store.connect(s) as store:
+        res = do_promote(s, store, mlflow_run_id, margin=float(params.get("promotion_margin", 0.0)), report=print)
+    return {"model_name": res.model_name, "version": res.version, "alias": res.alias, "reason": res.reason}

@@ -1,0 +1,58 @@
+"""A small client of the Airflow 3 REST API of the local stack, for tests (auth as the admin user)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from lifecycle.settings import Settings
+from lifecycle.stack.airflow import admin_credentials
+from lifecycle.stack.process import wait_for
+
+
+class AirflowApiError(RuntimeError):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status, self.body = status, body
+
+
+def call(settings: Settings, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    creds = admin_credentials(settings)
+    assert creds is not None, "the stack's Airflow has no admin credentials yet"
+    base = f"http://{settings.host}:{settings.airflow_port}"
+    req = urllib.request.Request(
+        f"{base}/auth/token",
+        data=json.dumps({"username": creds[0], "password": creds[1]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        token = json.loads(resp.read())["access_token"]
+    req = urllib.request.Request(
+        f"{base}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return dict(json.loads(resp.read() or b"{}"))
+    except urllib.error.HTTPError as exc:
+        raise AirflowApiError(exc.code, exc.read().decode(errors="replace")) from None
+
+
+def dag_ids(settings: Settings) -> set[str]:
+    return {d["dag_id"] for d in call(settings, "GET", "/api/v2/dags?limit=100")["dags"]}
+
+
+def trigger_and_wait(settings: Settings, dag_id: str, conf: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    """Unpause, trigger with ``conf``, wait for a final state; returns the run and its task states."""
+    assert wait_for(lambda: dag_id in dag_ids(settings), timeout=120) == "ok", f"{dag_id} not parsed"
+    call(settings, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    run = call(settings, "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
+    final = {"success", "failed"}
+    assert wait_for(lambda: call(settings, "GET", path)["state"] in final, timeout=timeout, interval=1) == "ok"
+    tis = call(settings, "GET", path + "/taskInstances")["task_instances"]
+    return {**call(settings, "GET", path), "tasks": {t["task_id"]: t["state"] for t in tis}}
