@@ -15,11 +15,13 @@ import pytest
 
 from lifecycle.settings import Settings, load_settings
 
+# Below Linux's ephemeral range (32768-60999): a client retrying a port that is down can otherwise
+# connect to itself there, and the TIME-WAIT it leaves blocks the server from binding the port.
 TEST_PORTS = {
-    "LIFECYCLE_KAFKA_PORT": "39092",
-    "LIFECYCLE_MONGO_PORT": "37017",
-    "LIFECYCLE_MLFLOW_PORT": "35000",
-    "LIFECYCLE_AIRFLOW_PORT": "38080",
+    "LIFECYCLE_KAFKA_PORT": "19092",
+    "LIFECYCLE_MONGO_PORT": "17017",
+    "LIFECYCLE_MLFLOW_PORT": "15000",
+    "LIFECYCLE_AIRFLOW_PORT": "18080",
 }
 
 

@@ -3,8 +3,7 @@ on the tiny model against the real stack."""
 
 from __future__ import annotations
 
-import json
-import time
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,9 @@ from training.config import TrainConfig
 from training.evaluate import evaluate
 from training.promote import PromotionError, decide, promote, rollback
 from training.train import TrainingError, run_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kafka_read import read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -41,25 +43,8 @@ def tiny_cfg(tiny_llama_dir: Path, toy_dataset: Path, **kw: object) -> TrainConf
 
 
 def model_events(settings: Settings) -> list[dict]:
-    """Every event on lifecycle.model-events for this settings' model name, read from the start."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(topics.consumer_config(settings, f"reader-{uuid.uuid4().hex}"))
-    meta = consumer.list_topics(topics.MODEL_EVENTS, timeout=10).topics[topics.MODEL_EVENTS]
-    parts = [TopicPartition(topics.MODEL_EVENTS, p) for p in meta.partitions]
-    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-    consumer.assign([TopicPartition(topics.MODEL_EVENTS, p.partition, 0) for p in parts])
-    out, deadline = [], time.monotonic() + 30
-    positions = dict.fromkeys(ends, 0)
-    while any(positions[p] < ends[p] for p in ends) and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None or msg.error():
-            continue
-        positions[msg.partition()] = msg.offset() + 1
-        if msg.key() == settings.model_name.encode():
-            out.append(json.loads(msg.value()))
-    consumer.close()
-    return out
+    """Every event on lifecycle.model-events for this settings' model name."""
+    return read_topic(settings, topics.MODEL_EVENTS, lambda msg, _v: msg.key() == settings.model_name.encode())
 
 
 def test_a_run_is_tracked_from_queued_to_succeeded(
