@@ -8,10 +8,10 @@ Mongo document. The task bodies live in ``plugins/pipeline.py`` over the ``train
 
 from __future__ import annotations
 
-from typing import Any
-
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
+
+from plugins.lifecycle_tasks import train_and_promote
 
 DEFAULT_ARGS = {
     "owner": "llm-lifecycle",
@@ -65,37 +65,7 @@ def llm_lifecycle() -> None:
         records = (ctx["dag_run"].conf or {}).get("records")
         return pipeline.ingest(dict(ctx["params"]), records=records)
 
-    @task(retries=0)
-    def validate(dataset_id: str) -> str:
-        from plugins import pipeline
-
-        return pipeline.validate(dataset_id, dict(get_current_context()["params"]))
-
-    @task(retries=1)
-    def fine_tune(dataset_id: str) -> str:
-        from plugins import pipeline
-
-        ctx = get_current_context()
-        return pipeline.fine_tune(dataset_id, dict(ctx["params"]), ctx["dag_run"].run_id)
-
-    @task
-    def evaluate(mlflow_run_id: str) -> dict[str, Any]:
-        from plugins import pipeline
-
-        return pipeline.evaluate(mlflow_run_id, dict(get_current_context()["params"]))
-
-    @task
-    def promote(mlflow_run_id: str, _evaluation: dict[str, Any]) -> dict[str, Any]:
-        from plugins import pipeline
-
-        return pipeline.promote(mlflow_run_id, dict(get_current_context()["params"]))
-
-    @task
-    def notify(result: dict[str, Any]) -> None:
-        print(f"{result['model_name']} v{result['version']} -> {result['alias']}: {result['reason']}")
-
-    run_id = fine_tune(validate(ingest()))
-    notify(promote(run_id, evaluate(run_id)))
+    train_and_promote(ingest())
 
 
 llm_lifecycle_dag = llm_lifecycle()

@@ -33,7 +33,8 @@ class PipelineError(RuntimeError):
 
 
 def _settings(params: dict[str, Any]) -> Settings:
-    overrides = {"base_model": params["base_model"]} if params.get("base_model") else {}
+    """The worker's settings, with the base model and registered-model name of the run's params."""
+    overrides = {k: params[k] for k in ("base_model", "model_name") if params.get(k)}
     return load_settings(**overrides)
 
 
@@ -134,3 +135,45 @@ def promote(mlflow_run_id: str, params: dict[str, Any]) -> dict[str, Any]:
     with Store.connect(s) as store:
         res = do_promote(s, store, mlflow_run_id, margin=float(params.get("promotion_margin", 0.0)), report=print)
     return {"model_name": res.model_name, "version": res.version, "alias": res.alias, "reason": res.reason}
+
+
+def new_data_since_champion(params: dict[str, Any]) -> list[str]:
+    """Ids of datasets ingested after the current champion's training run was created (all
+    datasets when there is no champion yet), oldest first."""
+    from lifecycle import registry
+    from lifecycle.store import DATASETS
+
+    s = _settings(params)
+    mc = registry.client(s.mlflow_tracking_uri)
+    champion = registry.version_by_alias(mc, s.model_name, registry.CHAMPION)
+    query: dict[str, Any] = {}
+    if champion is not None and champion.run_id:
+        import datetime as dt
+
+        started = mc.get_run(champion.run_id).info.start_time  # ms since epoch
+        query = {"created_at": {"$gt": dt.datetime.fromtimestamp(started / 1000, dt.UTC)}}
+    with Store.connect(s) as store:
+        docs = store.db[DATASETS].find(query, {"_id": 1}).sort("created_at", 1)
+        return [str(d["_id"]) for d in docs]
+
+
+def merge_datasets(dataset_ids: list[str], params: dict[str, Any]) -> str:
+    """One dataset holding the training and eval records of ``dataset_ids`` (ingested, so
+    validated, deduplicated and keyed by content like any other); returns its id."""
+    from training.ingest import load_split, record_lineage, write_dataset
+
+    s = _settings(params)
+    train, evaluation = [], []
+    for ds_id in dataset_ids:
+        train += load_split(s.home / "datasets" / ds_id, "train")
+        evaluation += load_split(s.home / "datasets" / ds_id, "eval")
+    unique_train: dict[str, Any] = {}
+    for r in train:
+        unique_train.setdefault(r.content_hash, r)
+    unique_eval = {r.content_hash: r for r in evaluation if r.content_hash not in unique_train}
+    train, evaluation = list(unique_train.values()), list(unique_eval.values())
+    label = "merge:" + ",".join(dataset_ids)
+    ds = write_dataset(s.home / "datasets", "retrain", label, train, evaluation, [], 0)
+    with Store.connect(s) as store:
+        record_lineage(store, ds, label)
+    return ds.id

@@ -4,6 +4,7 @@ tiny model, and params validation at trigger time."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,7 +57,7 @@ def has_cycle(dag: object) -> bool:
 
 def test_every_dag_imports_and_is_well_formed() -> None:
     dags = load_dags()
-    assert {"llm_lifecycle", "stack_check"} <= set(dags)
+    assert {"llm_lifecycle", "llm_lifecycle_retrain", "stack_check"} <= set(dags)
     for dag_id, dag in dags.items():
         assert not has_cycle(dag), dag_id
         assert dag.tags, dag_id  # type: ignore[attr-defined]
@@ -110,3 +111,42 @@ def test_invalid_params_are_refused_naming_the_field(stack: Settings, conf: dict
         call(stack, "POST", "/api/v2/dags/llm_lifecycle/dagRuns", {"logical_date": None, "conf": conf})
     assert err.value.status == 400
     assert f"Invalid input for param {field}" in err.value.body
+
+
+@pytest.mark.stack
+def test_retrain_dag_is_scheduled_and_finds_only_data_newer_than_the_champion(
+    stack: Settings, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
+) -> None:
+    import uuid
+
+    from lifecycle.settings import load_settings
+    from lifecycle.store import Store
+    from plugins import pipeline
+    from training.config import TrainConfig
+    from training.evaluate import evaluate
+    from training.ingest import ingest, record_lineage
+    from training.promote import promote
+    from training.train import run_training
+
+    dag = call(stack, "GET", "/api/v2/dags/llm_lifecycle_retrain")
+    assert dag["timetable_summary"] == "0 3 * * 0"
+    assert dag["next_dagrun_run_after"] is not None
+
+    name = f"retrain-{uuid.uuid4().hex[:8]}"
+    params = {"model_name": name}
+    assert pipeline.new_data_since_champion(params), "no champion yet: every dataset counts as new"
+    s = load_settings(model_name=name)
+    with Store.connect(s) as store:
+        cfg = TrainConfig(base_model=str(tiny_llama_dir), dataset=str(toy_dataset), max_steps=1,
+                          checkpoint_every=0, dtype="float32", out_dir=str(tmp_path / "run"))  # fmt: skip
+        run = run_training(s, cfg, store=store)
+        evaluate(s, store, run.mlflow_run_id, limit=2, max_new_tokens=2)
+        promote(s, store, run.mlflow_run_id, margin=-1.0)
+        assert pipeline.new_data_since_champion(params) == []  # short-circuit case
+        rows = [{"instruction": f"fresh {uuid.uuid4()} {i}", "output": "yes"} for i in range(20)]
+        (tmp_path / "new.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        ds = ingest(tmp_path / "new.jsonl", s.home / "datasets", name="fresh")
+        record_lineage(store, ds, "new.jsonl")
+    assert pipeline.new_data_since_champion(params) == [ds.id]
+    merged = pipeline.merge_datasets([ds.id], params)
+    assert merged == ds.id  # same content, same id

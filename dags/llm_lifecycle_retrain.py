@@ -1,0 +1,56 @@
+"""llm_lifecycle_retrain: scheduled retraining on the data ingested since the champion was trained.
+
+Runs on ``LIFECYCLE_RETRAIN_SCHEDULE`` (cron, default Sundays 03:00 UTC). When no dataset was
+ingested after the champion's training run started, the run short-circuits: everything after
+``find_new_data`` is skipped and the run succeeds. Otherwise the new datasets are merged into one
+(deduplicated, keyed by content) and go through validate -> fine_tune -> evaluate -> promote.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import dag, get_current_context, task
+
+from plugins.lifecycle_tasks import train_and_promote
+
+# Parse-time read with a default (no connections, no required variables at parse time).
+SCHEDULE = os.environ.get("LIFECYCLE_RETRAIN_SCHEDULE", "0 3 * * 0")
+
+
+@dag(
+    dag_id="llm_lifecycle_retrain",
+    schedule=SCHEDULE,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "owner": "llm-lifecycle",
+        "retries": 2,
+        "retry_delay": pendulum.duration(seconds=30),
+        "retry_exponential_backoff": True,
+    },
+    params={"promotion_margin": 0.0, "eval_limit": 0, "nproc": 1, "backend": "local"},
+    tags=["llm-lifecycle", "training", "scheduled"],
+    doc_md=__doc__,
+)
+def llm_lifecycle_retrain() -> None:
+    @task.short_circuit
+    def find_new_data() -> list[str] | bool:
+        from plugins import pipeline
+
+        new = pipeline.new_data_since_champion(dict(get_current_context()["params"]))
+        print(f"datasets ingested since the champion was trained: {new or 'none'}")
+        return new or False
+
+    @task
+    def merge(dataset_ids: list[str]) -> str:
+        from plugins import pipeline
+
+        return pipeline.merge_datasets(dataset_ids, dict(get_current_context()["params"]))
+
+    train_and_promote(merge(find_new_data()))
+
+
+llm_lifecycle_retrain_dag = llm_lifecycle_retrain()

@@ -1,0 +1,53 @@
+"""TaskFlow tasks shared by the lifecycle DAGs: validate -> fine_tune -> evaluate -> promote -> notify.
+
+Each task reads the DAG run's params and passes ids only; bodies are in ``plugins/pipeline.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import XComArg, get_current_context, task
+
+
+def _params() -> dict[str, Any]:
+    return dict(get_current_context()["params"])
+
+
+@task(retries=0)  # a dataset or model that cannot work does not get better on retry
+def validate(dataset_id: str) -> str:
+    from plugins import pipeline
+
+    return pipeline.validate(dataset_id, _params())
+
+
+@task(retries=1)
+def fine_tune(dataset_id: str) -> str:
+    from plugins import pipeline
+
+    return pipeline.fine_tune(dataset_id, _params(), get_current_context()["dag_run"].run_id)
+
+
+@task
+def evaluate(mlflow_run_id: str) -> dict[str, Any]:
+    from plugins import pipeline
+
+    return pipeline.evaluate(mlflow_run_id, _params())
+
+
+@task
+def promote(mlflow_run_id: str, _evaluation: dict[str, Any]) -> dict[str, Any]:
+    from plugins import pipeline
+
+    return pipeline.promote(mlflow_run_id, _params())
+
+
+@task
+def notify(result: dict[str, Any]) -> None:
+    print(f"{result['model_name']} v{result['version']} -> {result['alias']}: {result['reason']}")
+
+
+def train_and_promote(dataset_id: XComArg | str) -> None:
+    """Wire the shared chain after whatever task produced ``dataset_id``."""
+    run_id = fine_tune(validate(dataset_id))
+    notify(promote(run_id, evaluate(run_id)))
