@@ -80,6 +80,23 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated API keys; empty disables auth."
     )
 
+    k8s_namespace: str = Field("llm-lifecycle", description="Namespace of training pods (kubernetes backend).")
+    trainer_image: str = Field(
+        "ghcr.io/llm-lifecycle/trainer:0.1.0", description="Image of training pods (kubernetes backend)."
+    )
+    trainer_gpus: int = Field(0, ge=0, description="nvidia.com/gpu per training pod; 0 trains on CPU.")
+    trainer_cpu: str = Field("4", description="CPU request and limit of a training pod.")
+    trainer_memory: str = Field("16Gi", description="Memory request and limit of a training pod.")
+    trainer_node_selector: dict[str, str] = Field(
+        default_factory=dict, description='Node selector of training pods, JSON (e.g. {"gpu": "a100"}).'
+    )
+    trainer_tolerations: list[dict[str, str]] = Field(
+        default_factory=list, description="Tolerations of training pods, JSON list of Kubernetes tolerations."
+    )
+    shared_volume_claim: str = Field(
+        "llm-lifecycle-state", description="PVC holding LIFECYCLE_HOME, mounted by Airflow workers and trainer pods."
+    )
+
     base_model: str = Field("HuggingFaceTB/SmolLM2-135M-Instruct", description="Base model: hub id or local HF folder.")
     model_name: str = Field("lifecycle-assistant", description="Registered model name in MLflow.")
     retrain_schedule: str = Field("0 3 * * 0", description="Cron of scheduled retraining.")

@@ -25,7 +25,8 @@ def validate(dataset_id: str) -> str:
 def fine_tune(dataset_id: str) -> str:
     from plugins import pipeline
 
-    return pipeline.fine_tune(dataset_id, _params(), get_current_context()["dag_run"].run_id)
+    ctx = get_current_context()
+    return pipeline.fine_tune(dataset_id, _params(), ctx["dag_run"].run_id, context=ctx)
 
 
 @task

@@ -92,8 +92,9 @@ def training_run_id(dag_run_id: str, dataset_id: str) -> str:
     return "tr-" + hashlib.sha256(f"{dag_run_id}:{dataset_id}".encode()).hexdigest()[:12]
 
 
-def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str) -> str:
-    """Train locally (torchrun subprocess; its output is the task log). Returns the MLflow run id."""
+def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str, context: Any = None) -> str:
+    """Train with the run's backend: ``local`` (torchrun subprocess, its output is the task log) or
+    ``kubernetes`` (a trainer pod, see ``plugins/k8s_training.py``). Returns the MLflow run id."""
     from training.base_model import resolve_base_model
     from training.config import TrainConfig
     from training.train import run_training
@@ -105,8 +106,14 @@ def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str) -> str:
         if done is not None and done.get("status") == "succeeded":
             print(f"training run {run_id} already succeeded: MLflow run {done['mlflow_run_id']}")
             return str(done["mlflow_run_id"])
-        if params.get("backend", "local") != "local":
-            raise PipelineError(f"backend {params['backend']!r} runs through the kubernetes task, not this one")
+        backend = params.get("backend", "local")
+        launcher = None
+        if backend == "kubernetes":
+            from plugins.k8s_training import kubernetes_launcher
+
+            launcher = kubernetes_launcher(s, run_id, context)
+        elif backend != "local":
+            raise PipelineError(f"params.backend is {backend!r}; allowed: local, kubernetes")
         fields = {field: params[p] for p, field in TRAIN_PARAMS.items() if params.get(p) is not None}
         cfg = TrainConfig(
             base_model=resolve_base_model(s.base_model, s.models_dir),
@@ -115,7 +122,9 @@ def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str) -> str:
             **fields,
         )
         # A retry after a failure reuses the run document, which then follows the new attempt.
-        run = run_training(s, cfg, nproc=int(params.get("nproc", 1)), store=store, run_id=run_id, report=print)
+        run = run_training(
+            s, cfg, nproc=int(params.get("nproc", 1)), store=store, run_id=run_id, report=print, launcher=launcher
+        )
     return run.mlflow_run_id
 
 

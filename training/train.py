@@ -24,6 +24,8 @@ from lifecycle.store import TRAINING_RUNS, Store, now
 from training.config import TrainConfig
 
 Report = Callable[[str], None]
+#: Runs the training job for a resolved config: (cfg, nproc, out_dir, report); raises TrainingError.
+Launcher = Callable[[TrainConfig, int, Path, Report], None]
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 
 
@@ -78,6 +80,7 @@ def run_training(
     store: Store,
     report: Report = print,
     run_id: str | None = None,
+    launcher: Launcher | None = None,
 ) -> TrainingRun:
     """Train ``cfg`` under ``nproc`` processes, tracked in MLflow and Mongo. Raises ``TrainingError``."""
     import mlflow
@@ -111,7 +114,7 @@ def run_training(
         store.update(
             TRAINING_RUNS, run_id, {"status": "running", "mlflow_run_id": mlflow_run_id, "config": cfg.to_dict()}
         )
-        _launch(cfg, nproc, out_dir, report)
+        (launcher or launch_local)(cfg, nproc, out_dir, report)
         result = json.loads((out_dir / "result.json").read_text())
         metrics = {k: float(result[k]) for k in ("final_loss", "tokens_per_sec", "train_seconds")}
         model_uri = _log_model(mlflow_run_id, cfg, out_dir, metrics)
@@ -129,15 +132,20 @@ def run_training(
     return TrainingRun(run_id, mlflow_run_id, out_dir, dataset_id, metrics, model_uri)
 
 
-def _launch(cfg: TrainConfig, nproc: int, out_dir: Path, report: Report) -> None:
-    """Run the training job, streaming its output; raise with the tail of its log when it fails."""
+def trainer_command(python: str, config_path: str, nproc: int) -> list[str]:
+    """The command that runs the trainer: torchrun for several processes, plain python for one.
+    The same command runs locally and in a training pod."""
+    entry = ["-m", "training.finetune", "--config", config_path]
+    if nproc > 1:
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *entry]
+    return [python, *entry]
+
+
+def launch_local(cfg: TrainConfig, nproc: int, out_dir: Path, report: Report) -> None:
+    """Run the training job here, streaming its output; raise with the tail of its log when it fails."""
     launch_cfg = out_dir / "launch-config.json"
     cfg.save(launch_cfg)
-    entry = ["-m", "training.finetune", "--config", str(launch_cfg)]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *entry]
-    else:
-        cmd = [sys.executable, *entry]
+    cmd = trainer_command(sys.executable, str(launch_cfg), nproc)
     log_path = out_dir / "train.log"
     tail: deque[str] = deque(maxlen=25)
     with (

@@ -1,0 +1,67 @@
+"""The kubernetes backend's pod, rendered without a cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from lifecycle.settings import load_settings
+from plugins.k8s_training import pod_name, training_pod
+from training.config import TrainConfig
+from training.train import TrainingError
+
+
+@pytest.fixture
+def gpu_settings(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("LIFECYCLE_TRAINER_GPUS", "4")
+    monkeypatch.setenv("LIFECYCLE_TRAINER_IMAGE", "registry.example/trainer:1.2.3")
+    monkeypatch.setenv("LIFECYCLE_TRAINER_NODE_SELECTOR", '{"accelerator": "nvidia-h100"}')
+    monkeypatch.setenv(
+        "LIFECYCLE_TRAINER_TOLERATIONS", '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'
+    )
+    monkeypatch.setenv("LIFECYCLE_HOME", "/var/lib/llm-lifecycle")
+    return load_settings()
+
+
+def test_gpu_pod_runs_torchrun_with_the_settings(gpu_settings) -> None:  # type: ignore[no-untyped-def]
+    from kubernetes.client import ApiClient
+
+    cfg = TrainConfig(base_model="/models/llama-3.2-1b", dataset="/var/lib/llm-lifecycle/datasets/ds-1",
+                      out_dir="/var/lib/llm-lifecycle/runs/tr-abc")  # fmt: skip
+    pod = ApiClient().sanitize_for_serialization(training_pod(gpu_settings, cfg, nproc=4, run_id="tr-abc"))
+    spec = pod["spec"]
+    (c,) = spec["containers"]
+    assert c["image"] == "registry.example/trainer:1.2.3"
+    config = "/var/lib/llm-lifecycle/runs/tr-abc/launch-config.json"
+    assert c["command"] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
+                            "-m", "training.finetune", "--config", config]  # fmt: skip
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert c["resources"]["requests"] == {"cpu": "4", "memory": "16Gi"}
+    assert spec["nodeSelector"] == {"accelerator": "nvidia-h100"}
+    assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["restartPolicy"] == "Never"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == gpu_settings.mlflow_tracking_uri
+    assert env["LIFECYCLE_HOME"] == "/var/lib/llm-lifecycle"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts == {"state": "/var/lib/llm-lifecycle", "dshm": "/dev/shm"}
+    claim = next(v for v in spec["volumes"] if v["name"] == "state")["persistentVolumeClaim"]["claimName"]
+    assert claim == "llm-lifecycle-state"
+    assert c["securityContext"]["runAsNonRoot"] is True
+    assert pod["metadata"]["labels"]["llm-lifecycle/run-id"] == "tr-abc"
+
+
+def test_cpu_pod_has_no_gpu_and_one_process_runs_plain_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.client import ApiClient
+
+    cfg = TrainConfig(out_dir="/state/runs/tr-x")
+    pod = ApiClient().sanitize_for_serialization(training_pod(load_settings(), cfg, nproc=1, run_id="tr-x"))
+    (c,) = pod["spec"]["containers"]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert c["command"][:3] == ["python", "-m", "training.finetune"]
+    assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+
+
+def test_more_processes_than_gpus_is_refused(gpu_settings) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TrainingError, match="nproc=8 needs 8 GPUs; LIFECYCLE_TRAINER_GPUS=4"):
+        training_pod(gpu_settings, TrainConfig(out_dir="/x"), nproc=8, run_id="tr-y")
+    assert pod_name("tr_ABC.1") == "train-tr-abc-1"
