@@ -11,7 +11,10 @@ from airflow.sdk import XComArg, get_current_context, task
 
 
 def _params() -> dict[str, Any]:
-    return dict(get_current_context()["params"])
+    """The run's params, with the overrides an event carried (pushed by ``ingest``) on top."""
+    ctx = get_current_context()
+    override = ctx["ti"].xcom_pull(task_ids="ingest", key="params_override") or {}
+    return {**dict(ctx["params"]), **override}
 
 
 @task(retries=0)  # a dataset or model that cannot work does not get better on retry

@@ -77,6 +77,7 @@ class TrainConfig:
     """MLflow tracking URI used with mlflow_run_id."""
 
     def __post_init__(self) -> None:
+        self._coerce_numbers()
         positive = ("lora_r", "lora_alpha", "global_batch_size", "micro_batch_size", "max_seq_len", "log_every")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -94,6 +95,23 @@ class TrainConfig:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.target_modules:
             raise ConfigError("--target-modules needs at least one module name")
+
+    def _coerce_numbers(self) -> None:
+        """Values from JSON (Kafka events, REST conf) may be 2.0 for an int or "3" for a number."""
+        hints = get_type_hints(TrainConfig)
+        for f in fields(self):
+            value, kind = getattr(self, f.name), hints[f.name]
+            if kind not in (int, float) or isinstance(value, bool):
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a number, got {value!r}") from None
+            if kind is int:
+                if not number.is_integer():
+                    raise ConfigError(f"--{f.name.replace('_', '-')} must be an integer, got {value!r}")
+                number = int(number)
+            setattr(self, f.name, number)
 
     def check_world(self, world_size: int) -> None:
         if self.global_batch_size % world_size:

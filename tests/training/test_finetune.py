@@ -106,3 +106,12 @@ def test_config_layers_and_errors_name_the_flag(tmp_path: Path) -> None:
         resolve(make_parser().parse_args(["--config", str(recipe)]))
     with pytest.raises(ConfigError, match="must be divisible by the number of processes"):
         TrainConfig(global_batch_size=15).check_world(2)
+
+
+def test_numbers_from_json_are_coerced_or_named() -> None:
+    cfg = TrainConfig(max_steps=2.0, learning_rate="0.01")  # type: ignore[arg-type]
+    assert (cfg.max_steps, type(cfg.max_steps), cfg.learning_rate) == (2, int, 0.01)
+    with pytest.raises(ConfigError, match=r"--max-steps must be an integer, got 2\.5"):
+        TrainConfig(max_steps=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--epochs must be a number, got 'x'"):
+        TrainConfig(epochs="x")  # type: ignore[arg-type]

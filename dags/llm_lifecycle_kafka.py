@@ -1,0 +1,110 @@
+"""llm_lifecycle_kafka: a run per message on ``lifecycle.training-data`` (Airflow Asset + AssetWatcher).
+
+Publish ``{"event_id", "type": "TrainingDataArrived", "occurred_at", "dataset", "records": [...]}``
+(or ``"uri": "file:///….jsonl"`` in place of ``records``, and optionally ``"params": {...}``) and a run
+starts with the payload. The watcher lands each message in Mongo before its offset counts as
+consumed and each run claims its events atomically, so a killed triggerer loses nothing and a
+message delivered twice trains once (see ``plugins/kafka_intake.py``). The ``reconcile`` task of
+``llm_lifecycle_intake_reconcile`` re-publishes events that were landed but never started.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pendulum
+from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+
+from plugins.lifecycle_tasks import train_and_promote
+
+TOPIC = "lifecycle.training-data"
+# Parse-time read with a default; the broker address itself comes from the lifecycle_kafka connection.
+BOOTSTRAP = os.environ.get("LIFECYCLE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+training_data = Asset(
+    name="lifecycle_training_data",
+    uri=f"kafka://{BOOTSTRAP}/{TOPIC}",
+    watchers=[
+        AssetWatcher(
+            name="lifecycle_training_data_watcher",
+            trigger=MessageQueueTrigger(
+                scheme="kafka",
+                topics=[TOPIC],
+                kafka_config_id="lifecycle_kafka",
+                apply_function="plugins.kafka_intake.accept",
+                poll_timeout=1,
+                poll_interval=1,
+            ),
+        )
+    ],
+)
+
+DEFAULT_ARGS = {
+    "owner": "llm-lifecycle",
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=15),
+    "retry_exponential_backoff": True,
+}
+
+
+@dag(
+    dag_id="llm_lifecycle_kafka",
+    schedule=[training_data],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args=DEFAULT_ARGS,
+    params={
+        "dataset_name": "kafka",
+        "epochs": 5.0,
+        "promotion_margin": 0.0,
+        "eval_limit": 0,
+        "nproc": 1,
+        "backend": "local",
+        "max_steps": 0,
+    },
+    tags=["llm-lifecycle", "training", "kafka"],
+    doc_md=__doc__,
+)
+def llm_lifecycle_kafka() -> None:
+    @task.short_circuit(retries=0)
+    def claim() -> list[str] | bool:
+        """Take this run's events; a run whose events were all claimed already does nothing."""
+        from plugins import kafka_intake
+
+        ctx = get_current_context()
+        keys = [e.extra["payload"]["event_id"] for e in ctx["triggering_asset_events"][training_data]
+                if (e.extra or {}).get("payload")]  # fmt: skip
+        got = kafka_intake.claim(keys, ctx["dag_run"].run_id)
+        print(f"events {keys}: claimed {got or 'none (duplicates)'}")
+        return got or False
+
+    @task(retries=0)  # bad data does not get better on retry
+    def ingest(event_ids: list[str]) -> str:
+        from plugins import kafka_intake, pipeline
+
+        ctx = get_current_context()
+        records: list[Any] = []
+        params = dict(ctx["params"])
+        try:
+            for payload in kafka_intake.payloads(event_ids):
+                data = kafka_intake.parse_payload(payload)
+                params.update(data.get("params") or {})
+                params["dataset_name"] = data.get("dataset") or params["dataset_name"]
+                if data.get("uri"):
+                    params["dataset_path"] = data["uri"]
+                records += data.get("records") or []
+            dataset_id = pipeline.ingest(params, records=records or None)
+        except Exception as exc:
+            kafka_intake.record(event_ids, state="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        kafka_intake.record(event_ids, dataset_id=dataset_id)
+        # The payload's params override the DAG's for every later task of this run.
+        ctx["ti"].xcom_push(key="params_override", value={k: v for k, v in params.items() if k != "dataset_path"})
+        return dataset_id
+
+    train_and_promote(ingest(claim()))
+
+
+llm_lifecycle_kafka_dag = llm_lifecycle_kafka()
