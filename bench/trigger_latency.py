@@ -21,15 +21,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def main() -> None:
     import argparse
 
-    from airflow_api import call, dag_ids
-
     from lifecycle import events, topics
+    from lifecycle.airflow_client import call, dag_ids
     from lifecycle.settings import load_settings
     from lifecycle.stack.process import wait_for
     from lifecycle.v1 import events_pb2

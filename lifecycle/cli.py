@@ -327,8 +327,14 @@ def pipeline(
 
 
 @app.command()
-def demo() -> None:
-    """Set everything up and show it working: stack up, base model pulled, status printed."""
+def demo(
+    epochs: Annotated[float, typer.Option(help="Epochs of the demo training.")] = 5.0,
+    max_steps: Annotated[int, typer.Option(help="Stop training after N steps (0: run the epochs).")] = 0,
+    eval_limit: Annotated[int, typer.Option(help="Evaluate on the first N eval questions (0: all 200).")] = 0,
+    wait: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
+) -> None:
+    """Everything end to end: stack up, base model pulled, then the toy dataset sent to Kafka, which
+    starts the lifecycle DAG in Airflow (ingest, fine-tune, evaluate, promote); follows the run."""
     up(None)
     models_pull(False)
     try:
@@ -336,6 +342,67 @@ def demo() -> None:
     except typer.Exit as exc:
         if exc.exit_code:
             raise
+    _demo_run(settings(), {"epochs": epochs, "max_steps": max_steps, "eval_limit": eval_limit}, wait)
+
+
+def _demo_run(cfg: Settings, params: dict[str, Any], wait: bool) -> None:
+    from lifecycle import events, topics
+    from lifecycle.airflow_client import AirflowApiError, call, dag_ids
+    from lifecycle.stack.process import wait_for
+    from lifecycle.v1 import events_pb2
+
+    dag = "llm_lifecycle_kafka"
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        if wait_for(lambda: dag in dag_ids(cfg), timeout=120) != "ok":
+            fail(f"Airflow did not list {dag} within 120 s; see {cfg.logs_dir / 'airflow-dag-processor.log'}")
+        call(cfg, "PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
+        before = {r["dag_run_id"] for r in call(cfg, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100")["dag_runs"]}
+        event = events.new_event(
+            events_pb2.TrainingDataArrived, dataset="toy", uri=(repo / "data/toy/train.jsonl").as_uri(),
+            params={"eval_path": str(repo / "data/toy/eval.jsonl"), **params},
+        )  # fmt: skip
+        events.publish(cfg, topics.TRAINING_DATA, "toy", event)
+        typer.echo(f"published TrainingDataArrived {event.event_id} (toy dataset) to {topics.TRAINING_DATA}")
+
+        def new_run() -> dict[str, Any] | None:
+            runs = call(cfg, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100")["dag_runs"]
+            return next((r for r in runs if r["dag_run_id"] not in before), None)
+
+        if wait_for(lambda: new_run() is not None, timeout=120, interval=0.5) != "ok":
+            fail(f"no {dag} run started within 120 s; see {cfg.logs_dir / 'airflow-triggerer.log'}")
+        run = new_run()
+        assert run is not None
+        path = f"/api/v2/dags/{dag}/dagRuns/{run['dag_run_id']}"
+        typer.echo(f"Airflow run: http://{cfg.host}:{cfg.airflow_port}/dags/{dag}/runs/{run['dag_run_id']}")
+        if wait:
+            _follow(cfg, path)
+    except AirflowApiError as exc:
+        fail(f"Airflow API: {exc}")
+
+
+def _follow(cfg: Settings, path: str) -> None:
+    """Print task state changes of a run until it ends, then the promotion decision."""
+    from lifecycle.airflow_client import AirflowApiError, call
+
+    seen: dict[str, str] = {}
+    while True:
+        for t in call(cfg, "GET", path + "/taskInstances")["task_instances"]:
+            if t["state"] and seen.get(t["task_id"]) != t["state"]:
+                seen[t["task_id"]] = t["state"]
+                typer.echo(f"  {time.strftime('%H:%M:%S')} {t['task_id']}: {t['state']}")
+        state = call(cfg, "GET", path)["state"]
+        if state in ("success", "failed"):
+            break
+        time.sleep(2)  # polling a long run; the loop ends on the run's own final state
+    typer.echo(f"run {state}")
+    try:
+        result = call(cfg, "GET", path + "/taskInstances/promote/xcomEntries/return_value")["value"]
+        typer.echo(f"promotion: {result}")
+    except AirflowApiError:
+        pass
+    if state != "success":
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from lifecycle.store import Store
 from lifecycle.v1 import events_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from airflow_api import call, dag_ids
+from lifecycle.airflow_client import call, dag_ids
 
 pytestmark = pytest.mark.stack
 DAG = "llm_lifecycle_kafka"

@@ -15,7 +15,7 @@ from lifecycle import registry
 from lifecycle.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from airflow_api import AirflowApiError, call, trigger_and_wait
+from lifecycle.airflow_client import AirflowApiError, call, trigger_and_wait
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 REPO = DAGS.parent

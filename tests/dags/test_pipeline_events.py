@@ -12,8 +12,9 @@ from lifecycle.settings import Settings
 from lifecycle.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from airflow_api import trigger_and_wait
 from kafka_read import read_topic
+
+from lifecycle.airflow_client import trigger_and_wait
 
 pytestmark = pytest.mark.stack
 

@@ -1,4 +1,4 @@
-"""A small client of the Airflow 3 REST API of the local stack, for tests (auth as the admin user)."""
+"""A small client of the Airflow 3 REST API of the local stack (as its admin user): the demo and tests use it."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ class AirflowApiError(RuntimeError):
 
 def call(settings: Settings, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     creds = admin_credentials(settings)
-    assert creds is not None, "the stack's Airflow has no admin credentials yet"
+    if creds is None:
+        raise AirflowApiError(401, "the local stack's Airflow has no admin credentials yet (run `lifecycle up`)")
     base = f"http://{settings.host}:{settings.airflow_port}"
     req = urllib.request.Request(
         f"{base}/auth/token",
@@ -48,11 +49,13 @@ def dag_ids(settings: Settings) -> set[str]:
 
 def trigger_and_wait(settings: Settings, dag_id: str, conf: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
     """Unpause, trigger with ``conf``, wait for a final state; returns the run and its task states."""
-    assert wait_for(lambda: dag_id in dag_ids(settings), timeout=120) == "ok", f"{dag_id} not parsed"
+    if wait_for(lambda: dag_id in dag_ids(settings), timeout=120) != "ok":
+        raise AirflowApiError(404, f"DAG {dag_id} was not parsed within 120 s (see the dag-processor log)")
     call(settings, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     run = call(settings, "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
     path = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
     final = {"success", "failed"}
-    assert wait_for(lambda: call(settings, "GET", path)["state"] in final, timeout=timeout, interval=1) == "ok"
+    if wait_for(lambda: call(settings, "GET", path)["state"] in final, timeout=timeout, interval=1) != "ok":
+        raise AirflowApiError(408, f"run {run['dag_run_id']} of {dag_id} did not finish within {timeout:.0f} s")
     tis = call(settings, "GET", path + "/taskInstances")["task_instances"]
     return {**call(settings, "GET", path), "tasks": {t["task_id"]: t["state"] for t in tis}}
