@@ -44,7 +44,7 @@ def main() -> None:
 
     def started(dag: str, before: set[str]) -> dt.datetime:
         def new() -> list[dict]:
-            rs = call(s, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100")["dag_runs"]
+            rs = call(s, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100&order_by=-id")["dag_runs"]
             return [r for r in rs if r["dag_run_id"] not in before and r.get("start_date")]
 
         assert wait_for(lambda: bool(new()), timeout=120, interval=0.2) == "ok"
@@ -54,7 +54,9 @@ def main() -> None:
         return dt.datetime.fromisoformat(run["start_date"])
 
     def runs(dag: str) -> set[str]:
-        return {r["dag_run_id"] for r in call(s, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100")["dag_runs"]}
+        return {
+            r["dag_run_id"] for r in call(s, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100&order_by=-id")["dag_runs"]
+        }
 
     kafka, rest = [], []
     recs = [json.loads(line) for line in (REPO / "data/toy/train.jsonl").read_text().splitlines()[:32]]

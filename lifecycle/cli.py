@@ -357,7 +357,9 @@ def _demo_run(cfg: Settings, params: dict[str, Any], wait: bool) -> None:
         if wait_for(lambda: dag in dag_ids(cfg), timeout=120) != "ok":
             fail(f"Airflow did not list {dag} within 120 s; see {cfg.logs_dir / 'airflow-dag-processor.log'}")
         call(cfg, "PATCH", f"/api/v2/dags/{dag}", {"is_paused": False})
-        before = {r["dag_run_id"] for r in call(cfg, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100")["dag_runs"]}
+        before = {
+            r["dag_run_id"] for r in call(cfg, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100&order_by=-id")["dag_runs"]
+        }
         event = events.new_event(
             events_pb2.TrainingDataArrived, dataset="toy", uri=(repo / "data/toy/train.jsonl").as_uri(),
             params={"eval_path": str(repo / "data/toy/eval.jsonl"), **params},
@@ -366,7 +368,7 @@ def _demo_run(cfg: Settings, params: dict[str, Any], wait: bool) -> None:
         typer.echo(f"published TrainingDataArrived {event.event_id} (toy dataset) to {topics.TRAINING_DATA}")
 
         def new_run() -> dict[str, Any] | None:
-            runs = call(cfg, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100")["dag_runs"]
+            runs = call(cfg, "GET", f"/api/v2/dags/{dag}/dagRuns?limit=100&order_by=-id")["dag_runs"]
             return next((r for r in runs if r["dag_run_id"] not in before), None)
 
         if wait_for(lambda: new_run() is not None, timeout=120, interval=0.5) != "ok":

@@ -8,8 +8,9 @@ only then lets the trigger go on:
 
 - ``received``: landed, no run has claimed it yet. ``redeliver_stuck`` (the reconcile task)
   re-publishes such events after a grace period; ``accept`` lets a ``received`` event through again.
-- ``claimed``: a DAG run took it (``claim`` is atomic), so a duplicate delivery is dropped in
-  ``accept`` and, if it races through anyway, in ``claim``: one event, one training.
+- ``claimed``: a DAG run took it (``claim`` inserts into ``training_event_claims`` keyed by the
+  event id, atomic), so a duplicate delivery is dropped in ``accept`` and, if it races through
+  anyway, in ``claim``: one event, one training.
 
 A malformed message is not dropped here: it starts a run whose ingest fails with the reason, which
 is written to the event's document, and the watcher goes on with the next message.
@@ -22,6 +23,7 @@ import json
 from typing import Any
 
 COLLECTION = "training_events"
+CLAIMS = "training_event_claims"
 
 
 def _store() -> Any:
@@ -59,15 +61,17 @@ def accept(message: Any) -> dict[str, Any] | None:
 
 
 def claim(event_ids: list[str], dag_run_id: str) -> list[str]:
-    """Atomically mark ``received`` events as claimed by this run; returns the ones it got."""
+    """Claim events for this run; returns the ones it got. The claim is the insert of a document
+    keyed by the event id: a unique-key insert is atomic on MongoDB and FerretDB alike, where a
+    conditional update was seen to let two concurrent runs both "win" on FerretDB/SQLite."""
     got = []
+    now = dt.datetime.now(dt.UTC)
     with _store() as store:
-        for key in event_ids:
-            res = store.db[COLLECTION].update_one(
-                {"_id": key, "state": "received"},
-                {"$set": {"state": "claimed", "dag_run_id": dag_run_id, "claimed_at": dt.datetime.now(dt.UTC)}},
-            )
-            if res.modified_count == 1:
+        for key in dict.fromkeys(event_ids):  # one asset event per delivery: the same key may repeat
+            if store.insert_once(CLAIMS, {"_id": key, "dag_run_id": dag_run_id, "claimed_at": now}):
+                store.db[COLLECTION].update_one(
+                    {"_id": key}, {"$set": {"state": "claimed", "dag_run_id": dag_run_id, "claimed_at": now}}
+                )
                 got.append(key)
     return got
 

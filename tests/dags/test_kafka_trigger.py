@@ -38,7 +38,9 @@ def watching(stack: Settings) -> Settings:
 
 
 def runs(s: Settings) -> dict[str, dict[str, Any]]:
-    return {r["dag_run_id"]: r for r in call(s, "GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100")["dag_runs"]}
+    return {
+        r["dag_run_id"]: r for r in call(s, "GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100&order_by=-id")["dag_runs"]
+    }
 
 
 def settle(s: Settings, run_ids: set[str]) -> dict[str, dict[str, str]]:

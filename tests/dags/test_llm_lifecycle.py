@@ -150,3 +150,35 @@ def test_retrain_dag_is_scheduled_and_finds_only_data_newer_than_the_champion(
     assert pipeline.new_data_since_champion(params) == [ds.id]
     merged = pipeline.merge_datasets([ds.id], params)
     assert merged == ds.id  # same content, same id
+
+
+@pytest.mark.stack
+def test_dag_test_runs_end_to_end_on_the_tiny_model(stack: Settings, tiny_llama_dir: Path) -> None:
+    import os
+    import subprocess
+    import uuid
+
+    from lifecycle.stack.airflow import airflow_env
+
+    name = f"dagtest-{uuid.uuid4().hex[:8]}"
+    conf = {
+        "dataset_path": str(REPO / "data/toy/train.jsonl"),
+        "eval_path": str(REPO / "data/toy/eval.jsonl"),
+        "base_model": str(tiny_llama_dir),
+        "max_steps": 1,
+        "eval_limit": 2,
+        "model_name": name,
+        "promotion_margin": -1.0,
+    }
+    runner = Path(__file__).with_name("dag_test_runner.py")
+    done = subprocess.run(
+        [sys.executable, str(runner), str(DAGS / "llm_lifecycle.py"), "llm_lifecycle_dag", json.dumps(conf)],
+        env={**os.environ, **airflow_env(stack)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert "DAGTEST_STATE success" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    mc = registry.client(stack.mlflow_tracking_uri)
+    assert [v.version for v in mc.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert registry.version_by_alias(mc, name, "champion").version == "1"
