@@ -73,8 +73,12 @@ def test_a_message_starts_a_run_and_a_duplicate_trains_once(watching: Settings, 
     t0 = dt.datetime.now(dt.UTC)
     events.publish(s, topics.TRAINING_DATA, "toy-kafka", msg)
     events.publish(s, topics.TRAINING_DATA, "toy-kafka", msg)  # delivered twice
-    first = new_runs_after(s, before, 1)
-    states = settle(s, first | (set(runs(s)) - before))
+    new_runs_after(s, before, 1)
+    # Each delivery may get its own run, created in any order: wait for the claim, then for every
+    # run created so far (the claimer among them) to end.
+    assert wait_for(lambda: _claimed(s, msg.event_id), timeout=300) == "ok"
+    settle(s, set(runs(s)) - before)
+    states = settle(s, set(runs(s)) - before)  # and any run created while the first ones ran
     trained = [r for r, t in states.items() if t.get("fine_tune") == "success"]
     assert len(trained) == 1, states
     assert all(t["claim"] == "success" for t in states.values())
@@ -87,19 +91,18 @@ def test_a_message_starts_a_run_and_a_duplicate_trains_once(watching: Settings, 
 
 def test_a_malformed_message_fails_in_ingest_and_the_watcher_goes_on(watching: Settings, tiny_llama_dir: Path) -> None:
     s = watching
-    before = set(runs(s))
     bad = events.new_event(events_pb2.TrainingDataArrived, dataset="empty")  # neither records nor uri
     events.publish(s, topics.TRAINING_DATA, "empty", bad)
-    bad_run = new_runs_after(s, before, 1)
-    assert settle(s, bad_run)[next(iter(bad_run))]["ingest"] == "failed"
-    with Store.connect(s) as store:
-        doc = store.get("training_events", bad.event_id)
-    assert doc is not None and doc["state"] == "failed" and "needs 'records' or 'uri'" in doc["error"]
+    assert wait_for(lambda: _event(s, bad.event_id).get("state") == "failed", timeout=300) == "ok"
+    doc = _event(s, bad.event_id)
+    assert "needs 'records' or 'uri'" in doc["error"]
+    assert settle(s, {doc["dag_run_id"]})[doc["dag_run_id"]]["ingest"] == "failed"
 
-    good = message(tiny_llama_dir)
-    before = set(runs(s))
+    good = message(tiny_llama_dir)  # the watcher goes on with the next message
     events.publish(s, topics.TRAINING_DATA, "toy-kafka", good)
-    assert set(settle(s, new_runs_after(s, before, 1)).popitem()[1].values()) == {"success"}
+    assert wait_for(lambda: _claimed(s, good.event_id), timeout=300) == "ok"
+    run_id = _event(s, good.event_id)["dag_run_id"]
+    assert set(settle(s, {run_id})[run_id].values()) == {"success"}
 
 
 def test_a_killed_triggerer_loses_nothing(watching: Settings, tiny_llama_dir: Path) -> None:
@@ -121,6 +124,11 @@ def test_a_killed_triggerer_loses_nothing(watching: Settings, tiny_llama_dir: Pa
     assert wait_for(lambda: _claimed(s, msg.event_id), timeout=300) == "ok"
     states = settle(s, set(runs(s)) - before)
     assert len([r for r, t in states.items() if t.get("fine_tune") == "success"]) == 1, states
+
+
+def _event(s: Settings, key: str) -> dict[str, Any]:
+    with Store.connect(s) as store:
+        return store.get("training_events", key) or {}
 
 
 def _landed(s: Settings, key: str) -> bool:
