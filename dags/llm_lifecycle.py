@@ -11,15 +11,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from plugins.lifecycle_tasks import train_and_promote
-
-DEFAULT_ARGS = {
-    "owner": "llm-lifecycle",
-    "retries": 2,
-    "retry_delay": pendulum.duration(seconds=15),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": pendulum.duration(minutes=5),
-}
+from plugins.lifecycle_tasks import DEFAULT_ARGS, train_and_promote
 
 PARAMS = {
     "dataset_path": Param("", type="string", title="Training data",

@@ -17,7 +17,7 @@ import pendulum
 from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 
-from plugins.lifecycle_tasks import train_and_promote
+from plugins.lifecycle_tasks import DEFAULT_ARGS, train_and_promote
 
 TOPIC = "lifecycle.training-data"
 # Parse-time read with a default; the broker address itself comes from the lifecycle_kafka connection.
@@ -40,13 +40,6 @@ training_data = Asset(
         )
     ],
 )
-
-DEFAULT_ARGS = {
-    "owner": "llm-lifecycle",
-    "retries": 2,
-    "retry_delay": pendulum.duration(seconds=15),
-    "retry_exponential_backoff": True,
-}
 
 
 @dag(

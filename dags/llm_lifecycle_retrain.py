@@ -13,7 +13,7 @@ import os
 import pendulum
 from airflow.sdk import dag, get_current_context, task
 
-from plugins.lifecycle_tasks import train_and_promote
+from plugins.lifecycle_tasks import DEFAULT_ARGS, train_and_promote
 
 # Parse-time read with a default (no connections, no required variables at parse time).
 SCHEDULE = os.environ.get("LIFECYCLE_RETRAIN_SCHEDULE", "0 3 * * 0")
@@ -25,12 +25,7 @@ SCHEDULE = os.environ.get("LIFECYCLE_RETRAIN_SCHEDULE", "0 3 * * 0")
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "llm-lifecycle",
-        "retries": 2,
-        "retry_delay": pendulum.duration(seconds=30),
-        "retry_exponential_backoff": True,
-    },
+    default_args=DEFAULT_ARGS,
     params={"promotion_margin": 0.0, "eval_limit": 0, "nproc": 1, "backend": "local"},
     tags=["llm-lifecycle", "training", "scheduled"],
     doc_md=__doc__,

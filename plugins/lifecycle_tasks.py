@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pendulum
 from airflow.sdk import XComArg, get_current_context, task
+
+#: default_args of the project's DAGs: an owner, and retries with exponential backoff.
+DEFAULT_ARGS = {
+    "owner": "llm-lifecycle",
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=15),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": pendulum.duration(minutes=5),
+}
 
 
 def _params() -> dict[str, Any]:

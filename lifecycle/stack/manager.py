@@ -105,6 +105,8 @@ def up(settings: Settings, names: list[str] | None = None, report: Report = prin
         if process.read_pid(svc.pidfile) is not None:
             report(f"{svc.name}: already running")
             continue
+        if leftovers := process.kill_leftovers(svc.pidfile):
+            report(f"{svc.name}: was dead; stopped {len(leftovers)} leftover process(es) of it")
         todo.append(svc)
     for svc in todo:
         svc.check_tools()

@@ -107,6 +107,33 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _pgrp(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[2])
+
+
+def kill_leftovers(pidfile: Path, timeout: float = 10.0) -> list[int]:
+    """SIGKILL what is left of a dead service's process group (children outliving their parent
+    would keep its ports) and wait until it is gone. Returns the pids killed."""
+    try:
+        leader = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    if read_pid(pidfile) is not None:
+        return []  # the service itself is alive: nothing is left over
+    members = [int(e) for e in os.listdir("/proc") if e.isdigit() and _pgrp(int(e)) == leader]
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_pgrp(p) == leader for p in members):
+        time.sleep(0.05)
+    return members
+
+
 def descendants(pid: int) -> list[int]:
     """All live descendants of ``pid`` (read from /proc)."""
     children: dict[int, list[int]] = {}

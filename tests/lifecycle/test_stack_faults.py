@@ -100,3 +100,18 @@ def test_missing_go_for_ferretdb_says_what_to_install(
 def test_unknown_service_is_named(scratch: Callable[..., Settings]) -> None:
     with pytest.raises(StackError, match="unknown service 'kafak'; known: airflow-api-server"):
         manager.up(scratch(), ["kafak"], report=lambda m: None)
+
+
+def test_leftover_children_of_a_dead_service_are_stopped(tmp_path: Path) -> None:
+    # A parent that starts a child in its own process group, then dies: the child is left over.
+    pidfile = tmp_path / "svc.pid"
+    process.spawn(
+        [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen(['sleep', '300']); sys.exit(0)"],
+        pidfile=pidfile,
+        logfile=tmp_path / "svc.log",
+    )
+    leader = int(pidfile.read_text().split()[0])
+    assert process.wait_for(lambda: process.read_pid(pidfile) is None, timeout=30) == "ok"
+    left = process.kill_leftovers(pidfile)
+    assert len(left) == 1 and left[0] != leader
+    assert not Path(f"/proc/{left[0]}").exists() or "Z" in Path(f"/proc/{left[0]}/stat").read_text().split(")")[1][:3]

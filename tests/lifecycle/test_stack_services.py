@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle import topics
+from lifecycle.airflow_client import call, dag_ids
 from lifecycle.settings import Settings
 from lifecycle.stack.process import wait_for
 
@@ -129,29 +130,6 @@ def test_mlflow_run_registry_version_and_alias(stack: Settings, tmp_path) -> Non
     assert client.get_model_version_by_alias(name, "champion").version == v2.version
 
 
-def _airflow_call(settings: Settings, method: str, path: str, body: dict | None = None) -> dict:
-    """Call the Airflow REST API as the admin user of the local stack."""
-    from lifecycle.stack.airflow import admin_credentials
-
-    user, password = admin_credentials(settings)  # type: ignore[misc]
-    base = f"http://{settings.host}:{settings.airflow_port}"
-    req = urllib.request.Request(
-        f"{base}/auth/token",
-        data=json.dumps({"username": user, "password": password}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        token = json.loads(resp.read())["access_token"]
-    req = urllib.request.Request(
-        f"{base}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return dict(json.loads(resp.read()))
-
-
 def test_airflow_health_dags_and_no_import_errors(stack: Settings) -> None:
     with urllib.request.urlopen(f"http://{stack.host}:{stack.airflow_port}/api/v2/monitor/health", timeout=10) as r:
         health = json.loads(r.read())
@@ -159,27 +137,23 @@ def test_airflow_health_dags_and_no_import_errors(stack: Settings) -> None:
         assert health[component]["status"] == "healthy", component
 
     # The dag-processor parses dags/ shortly after start; wait for it, with a deadline.
-    assert wait_for(lambda: "stack_check" in _dag_ids(stack), timeout=120) == "ok"
-    errors = _airflow_call(stack, "GET", "/api/v2/importErrors")
+    assert wait_for(lambda: "stack_check" in dag_ids(stack), timeout=120) == "ok"
+    errors = call(stack, "GET", "/api/v2/importErrors")
     assert errors["total_entries"] == 0, errors["import_errors"]
-
-
-def _dag_ids(settings: Settings) -> set[str]:
-    return {d["dag_id"] for d in _airflow_call(settings, "GET", "/api/v2/dags")["dags"]}
 
 
 def test_airflow_tasks_reach_kafka_mongo_mlflow_through_connections(stack: Settings) -> None:
     """Run the stack_check DAG in the live Airflow: its tasks use the connections made from settings."""
-    assert wait_for(lambda: "stack_check" in _dag_ids(stack), timeout=120) == "ok"
-    _airflow_call(stack, "PATCH", "/api/v2/dags/stack_check", {"is_paused": False})
-    run = _airflow_call(stack, "POST", "/api/v2/dags/stack_check/dagRuns", {"logical_date": None})
+    assert wait_for(lambda: "stack_check" in dag_ids(stack), timeout=120) == "ok"
+    call(stack, "PATCH", "/api/v2/dags/stack_check", {"is_paused": False})
+    run = call(stack, "POST", "/api/v2/dags/stack_check/dagRuns", {"logical_date": None})
     path = f"/api/v2/dags/stack_check/dagRuns/{run['dag_run_id']}"
     done = {"success", "failed"}
-    assert wait_for(lambda: _airflow_call(stack, "GET", path)["state"] in done, timeout=300) == "ok"
-    tis = _airflow_call(stack, "GET", path + "/taskInstances")["task_instances"]
+    assert wait_for(lambda: call(stack, "GET", path)["state"] in done, timeout=300) == "ok"
+    tis = call(stack, "GET", path + "/taskInstances")["task_instances"]
     assert {t["task_id"]: t["state"] for t in tis} == {
         "check_kafka": "success",
         "check_mongo": "success",
         "check_mlflow": "success",
     }
-    assert _airflow_call(stack, "GET", path)["state"] == "success"
+    assert call(stack, "GET", path)["state"] == "success"
