@@ -101,16 +101,18 @@ def up(settings: Settings, names: list[str] | None = None, report: Report = prin
     """Start what is not running; returns the names started. Raises ``StackError``."""
     _prepare_env(settings)
     todo = []
+    just_died = set()
     for svc in select(settings, names):
         if process.read_pid(svc.pidfile) is not None:
             report(f"{svc.name}: already running")
             continue
         if leftovers := process.kill_leftovers(svc.pidfile):
             report(f"{svc.name}: was dead; stopped {len(leftovers)} leftover process(es) of it")
+            just_died.add(svc.name)
         todo.append(svc)
     for svc in todo:
         svc.check_tools()
-    _check_ports(settings, todo)
+    _check_ports(settings, todo, just_died)
     if todo:  # downloads, builds and migrations of different services overlap
         report("preparing: " + ", ".join(s.name for s in todo))
         with ThreadPoolExecutor(max_workers=len(todo)) as pool:
@@ -130,13 +132,18 @@ def up(settings: Settings, names: list[str] | None = None, report: Report = prin
     return [s.name for s in started]
 
 
-def _check_ports(settings: Settings, todo: list[Service]) -> None:
+def _check_ports(settings: Settings, todo: list[Service], just_died: set[str]) -> None:
     for svc in todo:
+        # A service whose leftovers were just killed may hold its ports a moment longer.
+        grace = 15.0 if svc.name in just_died else 0.0
         for port in svc.ports():
-            if process.port_in_use(settings.host, port):
+            free = lambda p=port: not process.port_in_use(settings.host, p)  # noqa: E731
+            if process.wait_for(free, timeout=grace, interval=0.1) != "ok":
+                holders = "; ".join(process.port_holders(port)) or "unknown"
                 raise StackError(
-                    f"{svc.name}: port {settings.host}:{port} is already in use by another program; "
-                    f"stop it or choose another port (see `lifecycle status` and the README settings)"
+                    f"{svc.name}: port {settings.host}:{port} is already in use by another program "
+                    f"(held by: {holders}); stop it or choose another port "
+                    f"(see `lifecycle status` and the README settings)"
                 )
 
 

@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+#: Environment variable every spawned process (and whatever it forks or execs with its environment)
+#: carries: the pid file of its service. Finds children that left the service's process group.
+MARK = "LLM_LIFECYCLE_SERVICE"
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -60,7 +63,7 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
+            env={**(dict(env) if env is not None else os.environ), MARK: str(pidfile)},
             cwd=cwd,
             start_new_session=True,
         )
@@ -115,23 +118,37 @@ def _pgrp(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[2])
 
 
-def kill_leftovers(pidfile: Path, timeout: float = 10.0) -> list[int]:
-    """SIGKILL what is left of a dead service's process group (children outliving their parent
-    would keep its ports) and wait until it is gone. Returns the pids killed."""
+def kill_leftovers(pidfile: Path, timeout: float = 30.0) -> list[int]:
+    """SIGKILL what is left of a dead service (children outliving their parent would keep its ports)
+    and wait until it is gone. Members are found by process group and by the service mark in their
+    environment, so a child that moved to its own group is found too. Returns the pids killed."""
     try:
         leader = int(pidfile.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return []
     if read_pid(pidfile) is not None:
         return []  # the service itself is alive: nothing is left over
-    members = [int(e) for e in os.listdir("/proc") if e.isdigit() and _pgrp(int(e)) == leader]
+    mark = f"{MARK}={pidfile}".encode()
+    members = [pid for pid in _live_pids() if _pgrp(pid) == leader or mark in _environ(pid)]
     for pid in members:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_pgrp(p) == leader for p in members):
+    while time.monotonic() < deadline and any(_alive(p) for p in members):
         time.sleep(0.05)
     return members
+
+
+def _live_pids() -> list[int]:
+    me = os.getpid()
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != me and _alive(int(e))]
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def descendants(pid: int) -> list[int]:
@@ -175,6 +192,49 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+_TCP_STATES = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
+
+
+def port_holders(port: int) -> list[str]:
+    """What holds local TCP ``port``: one line per socket, with its state and owning process."""
+    sockets: list[tuple[str, str]] = []  # (state, inode)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port:
+                sockets.append((_TCP_STATES.get(f[3], f[3]), f[9]))
+    owners: dict[str, str] = {}
+    wanted = {inode for _, inode in sockets if inode != "0"}
+    if wanted:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{entry}/fd"):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(f"/proc/{entry}/fd/{fd}")
+                        if link.startswith("socket:[") and link[8:-1] in wanted:
+                            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                            owners[link[8:-1]] = f"pid {entry} ({cmd[:80]})"
+    return [f"{state} {owners.get(inode, 'no process (closing)')}" for state, inode in sockets]
 
 
 def wait_for(

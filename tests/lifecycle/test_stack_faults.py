@@ -76,6 +76,7 @@ def test_taken_port_names_port_and_service_and_starts_nothing(
     with pytest.raises(StackError) as err:
         manager.up(s, ["mlflow"], report=lambda m: None)
     assert f"mlflow: port 127.0.0.1:{taken_port} is already in use" in str(err.value)
+    assert f"LISTEN pid {os.getpid()}" in str(err.value)  # who holds it
     # The whole stack is refused before anything starts. (Which port is named may vary: the other
     # scratch ports are random and a client's ephemeral port can take one of them meanwhile.)
     with pytest.raises(StackError, match="is already in use by another program"):
@@ -107,15 +108,17 @@ def test_unknown_service_is_named(scratch: Callable[..., Settings]) -> None:
 
 
 def test_leftover_children_of_a_dead_service_are_stopped(tmp_path: Path) -> None:
-    # A parent that starts a child in its own process group, then dies: the child is left over.
+    # A parent that starts two children, one in its group and one in a session of its own, then
+    # dies: both are left over, and both are found (by group, by the service mark in the environment).
     pidfile = tmp_path / "svc.pid"
-    process.spawn(
-        [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen(['sleep', '300']); sys.exit(0)"],
-        pidfile=pidfile,
-        logfile=tmp_path / "svc.log",
+    code = (
+        "import subprocess, sys; subprocess.Popen(['sleep', '300']);"
+        " subprocess.Popen(['sleep', '301'], start_new_session=True); sys.exit(0)"
     )
+    process.spawn([sys.executable, "-c", code], pidfile=pidfile, logfile=tmp_path / "svc.log")
     leader = int(pidfile.read_text().split()[0])
     assert process.wait_for(lambda: process.read_pid(pidfile) is None, timeout=30) == "ok"
     left = process.kill_leftovers(pidfile)
-    assert len(left) == 1 and left[0] != leader
-    assert not Path(f"/proc/{left[0]}").exists() or "Z" in Path(f"/proc/{left[0]}/stat").read_text().split(")")[1][:3]
+    assert len(left) == 2 and leader not in left
+    for pid in left:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
