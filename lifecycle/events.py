@@ -88,14 +88,19 @@ def decode(payload: bytes | str | dict[str, Any]) -> Message:
 
 def publish(settings: Settings, topic: str, key: str, msg: Message, timeout: float = 15.0) -> None:
     """Send one event and wait until the broker has it (all in-sync replicas)."""
+    publish_raw(settings, topic, key, encode(msg), timeout)
+
+
+def publish_raw(settings: Settings, topic: str, key: str, value: bytes, timeout: float = 15.0) -> None:
+    """Send one JSON payload that is not an event of ``proto/`` (jobs); same guarantees as ``publish``."""
     from confluent_kafka import Producer
 
     config = topics.producer_config(settings, **{"message.timeout.ms": int(timeout * 1000), "logger": _QUIET})
     producer = Producer(config)
     outcome: list[Any] = []
-    producer.produce(topic, key=key.encode(), value=encode(msg), on_delivery=lambda err, _m: outcome.append(err))
+    producer.produce(topic, key=key.encode(), value=value, on_delivery=lambda err, _m: outcome.append(err))
     producer.flush(timeout + 5)
     if not outcome:
         raise PublishError(f"Kafka at {settings.kafka_bootstrap} did not acknowledge {topic} within {timeout:.0f}s")
     if outcome[0] is not None:
-        raise PublishError(f"Kafka at {settings.kafka_bootstrap} refused the event on {topic}: {outcome[0]}")
+        raise PublishError(f"Kafka at {settings.kafka_bootstrap} refused the message on {topic}: {outcome[0]}")

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; empty disables auth."
     )
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="Gateway requests a minute per API key (with keys set); 0 = no limit."
+    )
 
     k8s_namespace: str = Field("llm-lifecycle", description="Namespace of training pods (kubernetes backend).")
     trainer_image: str = Field(

@@ -20,6 +20,22 @@ FORBIDDEN: dict[str, set[str]] = {
     "plugins": {"dags"},
     "dags": set(),
 }
+# Finer rules inside serving: the gateway never imports torch (nor the modules that do); the batching
+# engine never imports grpc or fastapi. Keys are path prefixes; values are module-name prefixes.
+FORBIDDEN_IN: dict[str, tuple[str, ...]] = {
+    "serving/gateway/": (
+        "torch",
+        "transformers",
+        "peft",
+        "serving.engine",
+        "serving.loader",
+        "serving.worker",
+        "serving.jobs",
+        "serving.swap",
+    ),
+    "serving/engine.py": ("grpc", "fastapi", "starlette", "uvicorn", "lifecycle.v1"),
+    "serving/jobstore.py": ("torch", "transformers", "serving.engine"),
+}
 # Lazy imports the CLI may make to dispatch commands.
 CLI_MAY_REACH = {"training", "serving"}
 
@@ -52,6 +68,33 @@ def violations(path: Path, source: str) -> list[str]:
             continue
         bad.append(f"{rel}:{line}: {layer} imports {pkg}")
     return bad
+
+
+def module_violations(path: Path, source: str) -> list[str]:
+    rel = (path.relative_to(REPO) if path.is_absolute() else path).as_posix()
+    banned = [b for prefix, mods in FORBIDDEN_IN.items() if rel.startswith(prefix) for b in mods]
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+        )
+        for name in names:
+            if any(name == b or name.startswith(b + ".") for b in banned):
+                out.append(f"{rel}:{node.lineno}: imports {name}")
+    return out
+
+
+def test_gateway_never_imports_torch_and_engine_never_imports_grpc() -> None:
+    assert module_violations(Path("serving/gateway/x.py"), "def f():\n    import torch\n") == [
+        "serving/gateway/x.py:2: imports torch"
+    ]
+    assert module_violations(Path("serving/engine.py"), "from fastapi import FastAPI\n") == [
+        "serving/engine.py:1: imports fastapi"
+    ]
+    files = list((REPO / "serving").rglob("*.py"))
+    assert [v for p in files for v in module_violations(p, p.read_text())] == []
 
 
 def test_checker_catches_a_wrong_arrow() -> None:

@@ -1,0 +1,164 @@
+"""The gateway's view of its gRPC workers: which are up and what they serve (polled), which to send a
+request to (least outstanding requests), and a retry on another worker when one fails before its
+first token. Imports grpc, never torch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from lifecycle.v1 import inference_pb2, inference_pb2_grpc
+from serving.gateway.protocol import APIError
+
+log = logging.getLogger(__name__)
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    address: str
+    channel: grpc.aio.Channel
+    stub: inference_pb2_grpc.InferenceServiceStub
+    up: bool = False
+    model: str = ""
+    version: str = ""
+    queued: int = 0
+    outstanding: int = 0
+    context_length: int = 0
+    max_tokens_limit: int = 0
+    name: str = ""
+    failures: int = field(default=0)
+
+
+class WorkerPool:
+    def __init__(self, addresses: list[str], poll_interval: float = 0.5) -> None:
+        self.addresses = addresses
+        self.workers: list[WorkerHandle] = []
+        self.poll_interval = poll_interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the channels (in the serving event loop: grpc.aio channels belong to one loop)."""
+        for addr in self.addresses:
+            ch = grpc.aio.insecure_channel(addr, options=[("grpc.enable_retries", 0)])
+            self.workers.append(WorkerHandle(addr, ch, inference_pb2_grpc.InferenceServiceStub(ch), name=addr))
+        await self.refresh()
+        self._task = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for w in self.workers:
+            await w.channel.close()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(self._refresh_one(w) for w in self.workers))
+
+    async def _refresh_one(self, w: WorkerHandle) -> None:
+        try:
+            st = await w.stub.ModelStatus(inference_pb2.ModelStatusRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError:
+            if w.up:
+                log.warning("worker %s is down", w.address)
+            w.up = False
+            return
+        if not w.up and st.ready:
+            log.info("worker %s is up, serving %s v%s", w.address, st.model, st.version)
+        w.up, w.model, w.version, w.queued = st.ready, st.model, st.version, st.queued
+        w.context_length, w.max_tokens_limit, w.name = st.context_length, st.max_tokens_limit, st.worker or w.address
+
+    def models(self) -> dict[str, list[WorkerHandle]]:
+        out: dict[str, list[WorkerHandle]] = {}
+        for w in self.workers:
+            if w.up:
+                out.setdefault(w.model, []).append(w)
+        return out
+
+    def pick(self, model: str, exclude: set[WorkerHandle]) -> WorkerHandle | None:
+        ready = [w for w in self.workers if w.up and w.model == model and w not in exclude]
+        return min(ready, key=lambda w: (w.outstanding, w.queued)) if ready else None
+
+    async def generate(
+        self, request: inference_pb2.GenerateRequest
+    ) -> AsyncIterator[tuple[WorkerHandle, inference_pb2.GenerateResponse]]:
+        """Stream one completion. Before the first token a failed worker is marked down and the request
+        goes to the next one; after it, the error reaches the caller."""
+        tried: set[WorkerHandle] = set()
+        last: grpc.aio.AioRpcError | None = None
+        while True:
+            w = self.pick(request.model, tried)
+            if w is None:
+                if last is not None and last.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise APIError(
+                        429,
+                        "all workers are busy; retry shortly",
+                        type="rate_limit_error",
+                        code="overloaded",
+                        headers={"Retry-After": "1"},
+                    )
+                raise APIError(
+                    503,
+                    "no inference worker is serving the model right now",
+                    type="server_error",
+                    code="unavailable",
+                    headers={"Retry-After": "2"},
+                )
+            tried.add(w)
+            w.outstanding += 1
+            call = w.stub.Generate(request)
+            started = False
+            try:
+                async for resp in call:
+                    started = True
+                    yield w, resp
+                return
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise APIError(400, exc.details() or "invalid request", param=_param(exc.details())) from None
+                if code == grpc.StatusCode.NOT_FOUND:
+                    raise APIError(
+                        404, exc.details() or "model not found", code="model_not_found", param="model"
+                    ) from None
+                if started or code not in _RETRYABLE:
+                    raise APIError(
+                        502,
+                        f"worker {w.name} failed mid-stream: {exc.details()}",
+                        type="server_error",
+                        code="worker_failed",
+                    ) from None
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    w.up = False
+                log.warning("worker %s failed before the first token (%s); trying another", w.address, code.name)
+                last = exc
+            finally:
+                w.outstanding -= 1
+                if not call.done():
+                    call.cancel()
+
+
+def _param(details: str | None) -> str | None:
+    text = details or ""
+    for p in ("max_tokens", "temperature", "top_p", "prompt", "messages"):
+        if p in text:
+            return p
+    return "prompt" if "context" in text else None

@@ -1,0 +1,137 @@
+"""The worker side of queued inference: consume ``lifecycle.inference-requests`` (one consumer group
+shared by all workers), answer each item through the engine (a job's items join the batch together),
+store results in Mongo ``jobs`` and publish the job's results on ``lifecycle.inference-results``.
+
+The offset is committed after the job's last result is stored. A worker killed mid-job leaves it
+uncommitted: the job is redelivered to another worker, which skips the items already answered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+from lifecycle import topics
+from lifecycle.events import publish_raw
+from lifecycle.store import JOBS, Store, now
+from serving import jobstore
+from serving.engine import Delta, EngineError, QueueFullError, SamplingParams
+
+if TYPE_CHECKING:
+    from serving.worker import Worker
+
+log = logging.getLogger(__name__)
+GROUP = "lifecycle-jobs"
+_QUIET = logging.getLogger("serving.jobs.kafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+class JobConsumer:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        s = self.worker.settings
+        consumer = Consumer(topics.consumer_config(s, GROUP, **{"logger": _QUIET, "max.poll.interval.ms": 900_000}))
+        consumer.subscribe([topics.INFERENCE_REQUESTS])
+        store = Store.connect(s)
+        try:
+            while not self._stop.is_set():
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                if self.worker.engine.current is None:  # no model yet: let the job wait for us or a peer
+                    consumer.seek(msg)
+                    self._stop.wait(1.0)
+                    continue
+                try:
+                    self.run_job(store, msg.value())
+                except Exception:
+                    log.exception("%s: job failed; it will be redelivered", self.worker.name)
+                    consumer.seek(msg)
+                    self._stop.wait(1.0)
+                    continue
+                consumer.commit(message=msg, asynchronous=False)
+        finally:
+            consumer.close()
+            store.close()
+
+    def run_job(self, store: Store, payload: bytes) -> None:
+        try:
+            job = json.loads(payload)
+            job_id, items = str(job["job_id"]), list(job["items"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping a malformed job message: %s", exc)
+            return
+        todo = [it for it in items if store.get(JOBS, jobstore.result_id(job_id, str(it.get("id")))) is None]
+        results: queue.Queue[tuple[dict[str, Any], dict[str, Any]]] = queue.Queue()
+        for item in todo:  # all of them join the running batch; results are written here, not in the engine
+            self._submit(item, lambda it, res: results.put((it, res)))
+        for _ in todo:
+            item, result = results.get()
+            doc = {
+                "_id": jobstore.result_id(job_id, str(item.get("id"))),
+                "kind": "result",
+                "job_id": job_id,
+                "item_id": str(item.get("id")),
+                "worker": self.worker.name,
+                "created_at": now(),
+                **result,
+            }
+            store.insert_once(JOBS, doc)
+        view = jobstore.view(store, job_id) or {}
+        store.update(JOBS, job_id, {"status": view.get("status", "succeeded"), "finished_at": now()})
+        publish_raw(self.worker.settings, topics.INFERENCE_RESULTS, job_id, json.dumps(view, default=str).encode())
+
+    def _submit(self, item: dict[str, Any], finish: Any) -> None:
+        parts: list[str] = []
+
+        def sink(d: Delta) -> None:
+            parts.append(d.text)
+            if d.finish_reason == "error":
+                finish(item, {"error": d.error})
+            elif d.finish_reason:
+                usage = {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens}
+                finish(
+                    item,
+                    {"text": "".join(parts), "finish_reason": d.finish_reason, "version": d.version, "usage": usage},
+                )
+
+        try:
+            params = SamplingParams(
+                max_tokens=int(item.get("max_tokens", 64)),
+                temperature=float(item.get("temperature", 0.0)),
+                top_p=float(item.get("top_p", 1.0)),
+                stop=list(item.get("stop") or []),
+            )
+            messages = item.get("messages")
+            prompt = item.get("prompt")
+            if messages is None and prompt is not None:
+                messages = [{"role": "user", "content": str(prompt)}]
+            while True:
+                try:
+                    self.worker.engine.submit(messages=messages, params=params, sink=sink)
+                    return
+                except QueueFullError:
+                    if self._stop.is_set():
+                        raise
+                    self._stop.wait(0.2)  # back-pressure: the item waits for room
+        except (EngineError, ValueError, TypeError) as exc:
+            finish(item, {"error": f"item {item.get('id')}: {exc}"})

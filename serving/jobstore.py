@@ -1,0 +1,59 @@
+"""Queued inference jobs in Mongo ``jobs``: one document per job and one per finished item.
+
+Item results are keyed ``<job id>/<item id>`` and written with a unique insert, so an item redelivered
+after a worker died is answered once. Used by the gateway (create, read) and the workers (results);
+imports neither torch nor grpc.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from lifecycle import topics
+from lifecycle.settings import Settings
+from lifecycle.store import JOBS, Store, now
+
+
+def create(settings: Settings, store: Store, items: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """Record the job, then queue it on ``lifecycle.inference-requests`` (key = job id)."""
+    from lifecycle.events import publish_raw
+
+    job_id = f"job-{uuid.uuid4().hex[:16]}"
+    for i, item in enumerate(items):
+        item.setdefault("id", str(i))
+    doc = {"_id": job_id, "kind": "job", "status": "queued", "model": model, "total": len(items), "created_at": now()}
+    store.insert_once(JOBS, doc)
+    payload = {"job_id": job_id, "model": model, "items": items}
+    publish_raw(settings, topics.INFERENCE_REQUESTS, job_id, json.dumps(payload).encode())
+    return view(store, job_id) or {}
+
+
+def result_id(job_id: str, item_id: str) -> str:
+    return f"{job_id}/{item_id}"
+
+
+def view(store: Store, job_id: str) -> dict[str, Any] | None:
+    job = store.get(JOBS, job_id)
+    if job is None or job.get("kind") != "job":
+        return None
+    results = list(store.db[JOBS].find({"kind": "result", "job_id": job_id}))
+    results.sort(key=lambda r: (len(str(r["item_id"])), str(r["item_id"])))
+    done = len(results)
+    status = "succeeded" if done >= job["total"] else ("running" if done else job["status"])
+    if done >= job["total"] and any(r.get("error") for r in results):
+        status = "completed_with_errors"
+    return {
+        "id": job_id,
+        "object": "job",
+        "status": status,
+        "model": job.get("model", ""),
+        "total": job["total"],
+        "completed": done,
+        "created_at": job["created_at"].isoformat() if hasattr(job["created_at"], "isoformat") else job["created_at"],
+        "results": [
+            {k: r.get(k) for k in ("item_id", "text", "finish_reason", "error", "version", "worker", "usage")}
+            for r in results
+        ],
+    }

@@ -1,0 +1,143 @@
+"""Load a model version for serving: from the MLflow registry (base + LoRA adapter, merged) or a local
+Hugging Face folder. Weights are read from safetensors only, each file checked against the sha256
+recorded at registration; nothing is unpickled and no model code from the registry is run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lifecycle import registry
+from lifecycle.names import is_valid_model_name
+from lifecycle.settings import Settings
+from serving.engine import ModelSlot, SamplingParams
+
+_PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class LoadError(RuntimeError):
+    """A version could not be loaded; the message says which and why. The old version keeps serving."""
+
+
+def check_name(name: str) -> str:
+    """A registered model name, refused before it is used in any path."""
+    if not is_valid_model_name(name):
+        raise LoadError(f"model name {name!r} is not allowed (letters, digits, '_', '-', '.'; no '..' or '/')")
+    return name
+
+
+def resolve_version(settings: Settings, name: str, version: str = "champion") -> str | None:
+    """The version number an alias (or number) points at, None when there is none."""
+    mc = registry.client(settings.mlflow_tracking_uri)
+    if version.isdigit():
+        return version
+    found = registry.version_by_alias(mc, check_name(name), version)
+    return str(found.version) if found is not None else None
+
+
+def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path, str]:
+    """Download version ``version`` of ``name`` and verify its weights: (adapter folder, base model)."""
+    import mlflow
+    import yaml
+
+    check_name(name)
+    if not version.isdigit():
+        raise LoadError(f"version {version!r} of {name} is not a number")
+    mc = registry.client(settings.mlflow_tracking_uri)
+    try:
+        mv = mc.get_model_version(name, version)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own types for a missing version
+        raise LoadError(f"{name} v{version}: not in the registry at {settings.mlflow_tracking_uri}: {exc}") from None
+    digests = registry.digests_of(mv)
+    if not digests:
+        raise LoadError(f"{name} v{version}: no sha256 digests recorded at registration; refusing to load it")
+    dest = settings.home / "serving" / name / version
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
+    meta = yaml.safe_load((local / "MLmodel").read_text())
+    pyfunc = meta["flavors"]["python_function"]
+    adapter = local / pyfunc["artifacts"]["adapter"]["path"]
+    base_model = str(pyfunc.get("config", {}).get("base_model") or settings.base_model)
+    verify(adapter, digests, f"{name} v{version}")
+    return adapter, base_model
+
+
+def verify(folder: Path, digests: dict[str, str], what: str) -> None:
+    """Every recorded weight file present with its sha256, and no pickled weights beside them."""
+    if not folder.is_dir():
+        raise LoadError(f"{what}: {folder} is missing")
+    pickled = [p.name for p in folder.rglob("*") if p.suffix in _PICKLES]
+    if pickled:
+        raise LoadError(f"{what}: pickled weight files are refused: {', '.join(pickled)}")
+    actual = registry.file_digests(folder)
+    for rel, digest in digests.items():
+        if rel not in actual:
+            raise LoadError(f"{what}: {rel} is missing")
+        if actual[rel] != digest:
+            raise LoadError(f"{what}: sha256 of {rel} is {actual[rel][:12]}…, registered {digest[:12]}…")
+    unexpected = set(actual) - set(digests)
+    if unexpected:
+        raise LoadError(f"{what}: weight files not recorded at registration: {', '.join(sorted(unexpected))}")
+
+
+def build_slot(name: str, version: str, base_model: str, adapter: Path | None, device: str = "auto") -> ModelSlot:
+    """Load weights (safetensors only), merge the adapter, warm the model up."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    tok_source = adapter if adapter is not None and (adapter / "tokenizer.json").exists() else base_model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_source))
+        model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, use_safetensors=True)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"{name} v{version}: {exc}") from None
+    model = model.to(dev).eval()
+    ctx = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    slot = ModelSlot(name, version, model, tokenizer, context_length=min(ctx, 8192))
+    warm(slot)
+    return slot
+
+
+def warm(slot: ModelSlot) -> None:
+    """One short greedy generation, so the first real request does not pay for lazy initialisation."""
+    from serving.engine import Engine
+
+    eng = Engine(max_batch=2)
+    eng.swap(slot)
+    eng.submit(messages=[{"role": "user", "content": "Hello"}], params=SamplingParams(max_tokens=2))
+    while eng.queued() or eng.running():
+        eng.step()
+
+
+def load(settings: Settings, name: str, version: str = "champion", path: str = "") -> ModelSlot:
+    """A warm slot for a registered version (number or alias) or, with ``path``, a local folder."""
+    t0 = time.monotonic()
+    check_name(name)
+    if path:
+        folder = Path(path)
+        if not (folder / "config.json").exists():
+            raise LoadError(f"{path}: not a Hugging Face model folder (no config.json)")
+        slot = build_slot(name, version if version.isdigit() else "local", str(folder), None)
+    else:
+        number = resolve_version(settings, name, version)
+        if number is None:
+            raise LoadError(f"{name} has no version with alias {version!r} in the registry")
+        adapter, base = fetch_registered(settings, name, number)
+        slot = build_slot(name, number, base, adapter)
+    slot.load_seconds = time.monotonic() - t0
+    return slot
