@@ -379,8 +379,92 @@ def _demo_run(cfg: Settings, params: dict[str, Any], wait: bool) -> None:
         typer.echo(f"Airflow run: http://{cfg.host}:{cfg.airflow_port}/dags/{dag}/runs/{run['dag_run_id']}")
         if wait:
             _follow(cfg, path)
+            _demo_answers(cfg, repo)
     except AirflowApiError as exc:
         fail(f"Airflow API: {exc}")
+
+
+def _demo_answers(cfg: Settings, repo: Path) -> None:
+    """Serve the champion and print its answers next to the base model's, for three eval questions."""
+    import json
+
+    from serving import launcher
+    from training.base_model import resolve_base_model
+    from training.generation import generate, load_model
+
+    rows = [json.loads(line) for line in (repo / "data/toy/eval.jsonl").read_text().splitlines()[:3]]
+    questions = [r["instruction"] for r in rows]
+    base, tok = load_model(resolve_base_model(cfg.base_model, cfg.models_dir))
+    before = generate(base, tok, [[{"role": "user", "content": q}] for q in questions], max_new_tokens=48)
+    launcher.start(cfg, cfg.workers, report=typer.echo)
+    typer.echo(f"serving the champion at {launcher.gateway_url(cfg)} (stop: lifecycle serve --stop)")
+    for q, b, r in zip(questions, before, rows, strict=True):
+        answer = _query(cfg, q, 48)
+        typer.echo(f"\nQ: {q}\n  expected:          {r['output']}\n  base model:        {b}")
+        typer.echo(f"  champion (v{answer['version']}): {answer['text']}")
+
+
+def _query(cfg: Settings, prompt: str, max_tokens: int) -> dict[str, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from serving import launcher
+
+    req = urllib.request.Request(
+        launcher.gateway_url(cfg) + "/v1/generate",
+        data=json.dumps({"prompt": prompt, "max_tokens": max_tokens}).encode(),
+        headers={"Content-Type": "application/json",
+                 **({"Authorization": f"Bearer {cfg.api_keys[0]}"} if cfg.api_keys else {})},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        fail(f"gateway answered {exc.code}: {exc.read().decode(errors='replace')}")
+    except OSError as exc:
+        fail(f"gateway at {launcher.gateway_url(cfg)} is not answering ({exc}); start it with `lifecycle serve`")
+
+
+@app.command()
+def serve(
+    workers: Annotated[int, typer.Option(help="gRPC inference workers (default LIFECYCLE_WORKERS).")] = 0,
+    model_path: Annotated[str, typer.Option(help="Serve a local HF folder instead of the champion.")] = "",
+    detach: Annotated[bool, typer.Option(help="Leave the gateway and workers running in the background.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop a detached gateway and its workers.")] = False,
+) -> None:
+    """The gateway (REST + OpenAI API) on LIFECYCLE_GATEWAY_PORT and N gRPC workers serving the champion;
+    workers hot-swap to each promoted version."""
+    from serving import launcher
+
+    cfg = settings()
+    if stop:
+        launcher.stop(cfg, report=typer.echo)
+        return
+    try:
+        launcher.start(cfg, workers or cfg.workers, model_path, report=typer.echo)
+    except RuntimeError as exc:
+        launcher.stop(cfg, report=lambda m: None)
+        fail(str(exc))
+    typer.echo(f"gateway ready: {launcher.gateway_url(cfg)}/v1  (OpenAI base_url)")
+    if detach:
+        return
+    try:
+        while launcher.ready(cfg) or True:
+            time.sleep(1)  # foreground until Ctrl-C
+    except KeyboardInterrupt:
+        launcher.stop(cfg, report=typer.echo)
+
+
+@app.command()
+def query(
+    prompt: Annotated[str, typer.Argument(help="The question.")],
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 64,
+) -> None:
+    """Ask the served model (POST /v1/generate on the gateway)."""
+    answer = _query(settings(), prompt, max_tokens)
+    typer.echo(answer["text"])
+    typer.echo(f"({answer['model']} v{answer['version']}, {answer['usage']['completion_tokens']} tokens)", err=True)
 
 
 def _follow(cfg: Settings, path: str) -> None:

@@ -66,6 +66,9 @@ def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path,
     pyfunc = meta["flavors"]["python_function"]
     adapter = local / pyfunc["artifacts"]["adapter"]["path"]
     base_model = str(pyfunc.get("config", {}).get("base_model") or settings.base_model)
+    cached = settings.models_dir / base_model.replace("/", "--")
+    if not Path(base_model).is_dir() and cached.is_dir():  # a hub id pulled into the model cache
+        base_model = str(cached)
     verify(adapter, digests, f"{name} v{version}")
     return adapter, base_model
 

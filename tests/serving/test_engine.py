@@ -1,0 +1,136 @@
+"""The continuous-batching engine on the tiny Llama and SmolLM2: same tokens as Hugging Face greedy
+generation whatever joins or leaves the batch, stop strings, limits, cancellation, hot swap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from serving.engine import Delta, Engine, EngineError, ModelSlot, QueueFullError, SamplingParams
+from training.generation import load_model
+
+QUESTIONS = ["What is the capital of France?", "hi", "Write a haiku about the sea, please, in English.", "2+2?"]
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_dir: Path) -> tuple[Any, Any]:
+    return load_model(str(smollm2_dir))
+
+
+def collect(engine: Engine, **kw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"text": "", "deltas": []}
+
+    def sink(d: Delta) -> None:
+        out["text"] += d.text
+        out["deltas"].append(d)
+        if d.finish_reason:
+            out["done"] = d
+
+    out["req"] = engine.submit(sink=sink, **kw)
+    return out
+
+
+def run(engine: Engine) -> None:
+    while engine.queued() or engine.running():
+        engine.step()
+
+
+def hf_greedy(model: Any, tok: Any, question: str, n: int) -> str:
+    text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    gen = model.generate(**enc, max_new_tokens=n, do_sample=False)
+    return str(tok.decode(gen[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+
+
+def test_requests_joining_at_different_steps_get_the_tokens_of_single_greedy_generation(smol: Any) -> None:
+    model, tok = smol
+    eng = Engine(max_batch=8)
+    eng.swap(ModelSlot("m", "1", model, tok))
+    results = []
+    for q in QUESTIONS:  # each joins a batch that is already decoding
+        results.append(collect(eng, messages=[{"role": "user", "content": q}], params=SamplingParams(max_tokens=20)))
+        eng.step()
+        eng.step()
+    run(eng)
+    for q, r in zip(QUESTIONS, results, strict=True):
+        assert r["text"] == hf_greedy(model, tok, q, 20), q
+        assert r["done"].finish_reason in ("stop", "length")
+        assert r["done"].completion_tokens <= 20
+
+
+def test_limits_stop_strings_and_validation(smol: Any) -> None:
+    model, tok = smol
+    eng = Engine(max_batch=4, max_queue=2, max_tokens_limit=100)
+    eng.swap(ModelSlot("m", "1", model, tok, context_length=64))
+    full = collect(
+        eng,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        params=SamplingParams(max_tokens=5),
+    )
+    run(eng)
+    assert full["done"].finish_reason == "length" and full["done"].completion_tokens == 5
+    stopped = collect(
+        eng,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        params=SamplingParams(max_tokens=20, stop=[" of"]),
+    )
+    run(eng)
+    assert stopped["text"] == "The capital" and stopped["done"].finish_reason == "stop"
+    with pytest.raises(EngineError, match="prompt is empty"):
+        eng.submit(prompt="")
+    with pytest.raises(EngineError, match="context is 64"):
+        eng.submit(prompt="word " * 200)
+    for bad in (0, 101):
+        with pytest.raises(EngineError, match="max_tokens must be between 1 and 100"):
+            eng.submit(prompt="hi", params=SamplingParams(max_tokens=bad))
+    eng.submit(prompt="a")
+    eng.submit(prompt="b")
+    with pytest.raises(QueueFullError):
+        eng.submit(prompt="c")
+
+
+def test_a_cancelled_request_leaves_the_batch_at_the_next_step(smol: Any) -> None:
+    model, tok = smol
+    eng = Engine(max_batch=4)
+    eng.swap(ModelSlot("m", "1", model, tok))
+    a = collect(eng, prompt="Once upon a time", params=SamplingParams(max_tokens=50))
+    b = collect(eng, prompt="The weather today", params=SamplingParams(max_tokens=50))
+    eng.step()
+    assert eng.running() == 2
+    eng.cancel(a["req"])
+    sent = len(a["deltas"])
+    eng.step()
+    assert eng.running() == 1 and len(a["deltas"]) == sent
+    run(eng)
+    assert b["done"].completion_tokens == 50
+
+
+def test_seeded_sampling_repeats_and_differs_from_greedy(smol: Any) -> None:
+    model, tok = smol
+    eng = Engine()
+    eng.swap(ModelSlot("m", "1", model, tok))
+    params = dict(max_tokens=16, temperature=1.0, top_p=0.9, seed=7)
+    runs = [collect(eng, prompt="My favourite colour is", params=SamplingParams(**params)) for _ in range(2)]
+    run(eng)
+    assert runs[0]["text"] == runs[1]["text"]
+
+
+def test_swap_keeps_started_requests_on_their_version(smol: Any, tiny_llama_dir: Path) -> None:
+    model, tok = smol
+    tiny, tiny_tok = load_model(str(tiny_llama_dir))
+    eng = Engine()
+    retired: list[str] = []
+    eng.on_retired = lambda slot: retired.append(slot.version)
+    eng.swap(ModelSlot("m", "1", model, tok))
+    old = collect(eng, prompt="Once upon a time", params=SamplingParams(max_tokens=12))
+    eng.step()
+    eng.swap(ModelSlot("m", "2", tiny, tiny_tok))
+    new = collect(eng, prompt="Once upon a time", params=SamplingParams(max_tokens=12))
+    run(eng)
+    assert {d.version for d in old["deltas"]} == {"1"}
+    assert {d.version for d in new["deltas"]} == {"2"}
+    assert retired == ["1"]
+    assert torch.is_inference_mode_enabled() is False
