@@ -36,7 +36,7 @@ PROMPTS = [
     "Give advice to a new gardener.",
 ]
 
-BASELINE = '''
+BASELINE = """
 import sys, torch
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -64,7 +64,7 @@ def complete(req: Req):
 if __name__ == "__main__":
     import uvicorn
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
-'''
+"""
 
 
 async def _one(client, url: str, prompt: str, max_tokens: int, stream: bool) -> tuple[float, float, int]:
@@ -75,8 +75,12 @@ async def _one(client, url: str, prompt: str, max_tokens: int, stream: bool) -> 
         dt = time.perf_counter() - t0
         return dt, dt, int(r.json()["usage"]["completion_tokens"])
     ttft, tokens = None, 0
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
-            "stream": True}
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
     async with client.stream("POST", url, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -95,6 +99,7 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int, strea
 
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=600) as client:
+
         async def task(i: int) -> tuple[float, float, int]:
             async with sem:
                 return await _one(client, url, PROMPTS[i % len(PROMPTS)], max_tokens, stream)
@@ -108,8 +113,13 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int, strea
     def pct(xs: list[float], p: float) -> float:
         return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
 
-    return {"tok_s": sum(r[2] for r in res) / wall, "p50": statistics.median(lat), "p99": pct(lat, 0.99),
-            "ttft50": statistics.median(ttft), "ttft99": pct(ttft, 0.99)}
+    return {
+        "tok_s": sum(r[2] for r in res) / wall,
+        "p50": statistics.median(lat),
+        "p99": pct(lat, 0.99),
+        "ttft50": statistics.median(ttft),
+        "ttft99": pct(ttft, 0.99),
+    }
 
 
 def wait_http(url: str, timeout: float = 300) -> None:
@@ -141,13 +151,15 @@ def main() -> None:
     base = load_settings()
     model = args.model or str(base.models_dir / base.base_model.replace("/", "--"))
     home = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    os.environ.update({"LIFECYCLE_HOME": str(home), "LIFECYCLE_GATEWAY_PORT": "18200",
-                       "LIFECYCLE_WORKER_PORT": "18251"})
+    os.environ.update(
+        {"LIFECYCLE_HOME": str(home), "LIFECYCLE_GATEWAY_PORT": "18200", "LIFECYCLE_WORKER_PORT": "18251"}
+    )
     s = load_settings()
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, dict[int, dict[str, float]]] = {"ours": {}, "naive": {}}
-    launcher.start(s, args.workers, model, threads=max(1, args.threads // args.workers), events=False,
-                   report=lambda m: None)
+    launcher.start(
+        s, args.workers, model, threads=max(1, args.threads // args.workers), events=False, report=lambda m: None
+    )
     try:
         ours = launcher.gateway_url(s) + "/v1/chat/completions"
         asyncio.run(load(ours, 2, 2, 4, True))  # warm-up
@@ -172,8 +184,10 @@ def main() -> None:
     for c in levels:
         for name in ("ours", "naive"):
             r = results[name][c]
-            print(f"{c:>4} {name:>6} {r['tok_s']:8.1f} {r['p50']:7.2f} {r['p99']:7.2f} {r['ttft50']:7.2f} "
-                  f"{r['ttft99']:7.2f}")
+            print(
+                f"{c:>4} {name:>6} {r['tok_s']:8.1f} {r['p50']:7.2f} {r['p99']:7.2f} {r['ttft50']:7.2f} "
+                f"{r['ttft99']:7.2f}"
+            )
         ratio = results["ours"][c]["tok_s"] / results["naive"][c]["tok_s"]
         print(f"{c:>4}  ratio tokens/s ours/naive = {ratio:.2f}x")
 
