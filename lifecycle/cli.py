@@ -389,14 +389,22 @@ def _demo_answers(cfg: Settings, repo: Path) -> None:
     import json
 
     from serving import launcher
+    from serving.loader import resolve_version
     from training.base_model import resolve_base_model
     from training.generation import generate, load_model
 
+    version = resolve_version(cfg, cfg.model_name, "champion")
+    if version is None:
+        typer.echo(f"no champion of {cfg.model_name} in the registry yet: nothing to serve")
+        return
     rows = [json.loads(line) for line in (repo / "data/toy/eval.jsonl").read_text().splitlines()[:3]]
     questions = [r["instruction"] for r in rows]
     base, tok = load_model(resolve_base_model(cfg.base_model, cfg.models_dir))
     before = generate(base, tok, [[{"role": "user", "content": q}] for q in questions], max_new_tokens=48)
-    launcher.start(cfg, cfg.workers, report=typer.echo)
+    try:
+        launcher.start(cfg, cfg.workers, report=typer.echo)
+    except RuntimeError as exc:
+        fail(f"serving the champion v{version}: {exc}")
     typer.echo(f"serving the champion at {launcher.gateway_url(cfg)} (stop: lifecycle serve --stop)")
     for q, b, r in zip(questions, before, rows, strict=True):
         answer = _query(cfg, q, 48)

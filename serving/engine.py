@@ -294,7 +294,7 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,
         )
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        kv = _kv(cache)
         tokens = self._sample(new, out.logits[:, -1])
         before = len(batch)
         batch.merge(new, kv, mask, tokens)
@@ -311,7 +311,7 @@ class Engine:
             cache=cache,
             use_cache=True,
         )
-        batch.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        batch.kv = _kv(cache)
         batch.mask, batch.pos = mask, batch.pos + 1
         tokens = self._sample(batch.reqs, out.logits[:, -1])
         batch.last = tokens
@@ -368,6 +368,11 @@ class Engine:
                 _deliver(r, Delta("", "error", error=error, model=r.slot.name, version=r.slot.version))
             waiting.clear()
             batch.keep([])
+
+
+def _kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of every layer of a DynamicCache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _deliver(req: Request, delta: Delta) -> None:
