@@ -134,11 +134,11 @@ def up(settings: Settings, names: list[str] | None = None, report: Report = prin
 
 def _check_ports(settings: Settings, todo: list[Service], just_died: set[str]) -> None:
     for svc in todo:
-        # A service whose leftovers were just killed may hold its ports a moment longer.
-        grace = 15.0 if svc.name in just_died else 0.0
+        # A service that just died may hold its ports a moment longer, and a killed process's listening
+        # socket can outlive it while the kernel tears the process down (seen under load in CI).
+        grace = 30.0 if svc.name in just_died else 15.0
         for port in svc.ports():
-            free = lambda p=port: not process.port_in_use(settings.host, p)  # noqa: E731
-            if process.wait_for(free, timeout=grace, interval=0.1) != "ok":
+            if not process.wait_port_free(settings.host, port, grace):
                 holders = "; ".join(process.port_holders(port)) or "unknown"
                 raise StackError(
                     f"{svc.name}: port {settings.host}:{port} is already in use by another program "

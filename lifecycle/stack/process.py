@@ -209,8 +209,8 @@ _TCP_STATES = {
 }
 
 
-def port_holders(port: int) -> list[str]:
-    """What holds local TCP ``port``: one line per socket, with its state and owning process."""
+def port_sockets(port: int) -> list[tuple[str, int | None, str]]:
+    """Sockets on local TCP ``port``: (state, owning pid or None, its command line)."""
     sockets: list[tuple[str, str]] = []  # (state, inode)
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -221,7 +221,7 @@ def port_holders(port: int) -> list[str]:
             f = line.split()
             if int(f[1].rsplit(":", 1)[1], 16) == port:
                 sockets.append((_TCP_STATES.get(f[3], f[3]), f[9]))
-    owners: dict[str, str] = {}
+    owners: dict[str, tuple[int, str]] = {}
     wanted = {inode for _, inode in sockets if inode != "0"}
     if wanted:
         for entry in os.listdir("/proc"):
@@ -233,8 +233,28 @@ def port_holders(port: int) -> list[str]:
                         link = os.readlink(f"/proc/{entry}/fd/{fd}")
                         if link.startswith("socket:[") and link[8:-1] in wanted:
                             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-                            owners[link[8:-1]] = f"pid {entry} ({cmd[:80]})"
-    return [f"{state} {owners.get(inode, 'no process (closing)')}" for state, inode in sockets]
+                            owners[link[8:-1]] = (int(entry), cmd[:80])
+    return [(state, *owners.get(inode, (None, ""))) for state, inode in sockets]
+
+
+def port_holders(port: int) -> list[str]:
+    """What holds local TCP ``port``: one line per socket, with its state and owning process."""
+    return [
+        f"{state} pid {pid} ({cmd})" if pid is not None else f"{state} no process (closing)"
+        for state, pid, cmd in port_sockets(port)
+    ]
+
+
+def wait_port_free(host: str, port: int, timeout: float) -> bool:
+    """True once ``port`` can be bound. While only sockets no live process owns hold it (a killed
+    process still being torn down by the kernel), wait up to ``timeout``; a live owner fails at once."""
+    deadline = time.monotonic() + timeout
+    while port_in_use(host, port):
+        sockets = port_sockets(port)
+        if time.monotonic() >= deadline or any(pid is not None for _, pid, _ in sockets):
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def wait_for(

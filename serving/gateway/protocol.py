@@ -35,7 +35,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = Field(None, description="Model name; the served one when omitted.")
-    max_tokens: int | None = Field(None, description="Tokens to generate at most.")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT, description="Tokens to generate at most.")
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
@@ -72,12 +72,12 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
 
 
 class CompletionRequest(_Request):
     prompt: str | list[str]
-    max_tokens: int | None = 16  # OpenAI's default for completions
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for completions
 
 
 class GenerateRequest(BaseModel):
@@ -85,8 +85,8 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str
-    max_tokens: int = 64
+    prompt: str = Field(..., min_length=1)
+    max_tokens: int = Field(64, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list, max_length=4)
@@ -99,7 +99,7 @@ class JobItem(BaseModel):
     id: str | None = Field(None, max_length=128)
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    max_tokens: int = 64
+    max_tokens: int = Field(64, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(0.0, ge=0, le=2)
 
 

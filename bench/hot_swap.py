@@ -1,0 +1,140 @@
+"""Hot swap under load: model events -> every worker serving the new version, with requests running.
+
+    .venv/bin/python bench/hot_swap.py [--swaps 5] [--workers 2] [--concurrency 8]
+
+Against the running local stack (`lifecycle up`). Trains two 1-step LoRA adapters of the base model
+(SmolLM2-135M by default) on the toy set, registers them through the real gate (v1 champion, then
+v2), starts `lifecycle serve` (gateway + workers) on ports 18500/18551+, runs a load generator, and
+publishes alternately ``ModelRolledBack`` (to v1) and ``ModelPromoted`` (v2) on
+``lifecycle.model-events``. For each swap: event published -> all workers report the version
+(polled every 50 ms). Baseline, same run: the restart a deployment without hot swap needs (stop the
+workers, start them on the new version, until ready). Prints failed requests, whether every
+request started after a swap completed got the new version, swap p50/max, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--swaps", type=int, default=5)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=8)
+    args = p.parse_args()
+    os.environ.update({"LIFECYCLE_GATEWAY_PORT": "18500", "LIFECYCLE_WORKER_PORT": "18551",
+                       "LIFECYCLE_MODEL_NAME": f"swap-bench-{uuid.uuid4().hex[:6]}"})  # fmt: skip
+
+    import httpx
+
+    from lifecycle import events, topics
+    from lifecycle.settings import load_settings
+    from lifecycle.store import Store
+    from lifecycle.v1 import events_pb2
+    from serving import launcher
+    from training.base_model import load_tokenizer, resolve_base_model
+    from training.config import TrainConfig
+    from training.evaluate import evaluate
+    from training.ingest import ingest
+    from training.promote import promote
+    from training.train import run_training
+
+    s = load_settings()
+    quiet = lambda m: None  # noqa: E731
+    base = resolve_base_model(s.base_model, s.models_dir)
+    tmp = Path(tempfile.mkdtemp(prefix="swap-bench-"))
+    ds = ingest(REPO / "data/toy/train.jsonl", tmp / "datasets", name="toy", eval_source=REPO / "data/toy/eval.jsonl",
+                tokenizer=load_tokenizer(base, s.models_dir))  # fmt: skip
+    with Store.connect(s) as store:
+        runs = []
+        for seed in (0, 1):
+            out = str(tmp / f"run{seed}")
+            cfg = TrainConfig(base_model=base, dataset=str(ds.path), max_steps=1, checkpoint_every=0,
+                              micro_batch_size=8, global_batch_size=8, out_dir=out, seed=seed)  # fmt: skip
+            run = run_training(s, cfg, store=store, report=quiet)
+            evaluate(s, store, run.mlflow_run_id, limit=2, max_new_tokens=2, report=quiet)
+            runs.append(run)
+        promote(s, store, runs[0].mlflow_run_id, margin=-1.0, report=quiet)
+        launcher.start(s, args.workers, report=quiet)
+        promote(s, store, runs[1].mlflow_run_id, margin=-1.0, report=quiet)
+
+    url = launcher.gateway_url(s)
+
+    def versions() -> list[str]:
+        return [w["version"] for w in httpx.get(url + "/readyz", timeout=10).json()["workers"]]
+
+    def wait_versions(v: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while versions() != [v] * args.workers:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"workers did not reach v{v}: {versions()}")
+            time.sleep(0.05)
+
+    wait_versions("2")
+    results: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=300) as c:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                r = c.post(url + "/v1/generate", json={"prompt": "Tell me about Thandfusnu.", "max_tokens": 16})
+                results.append((t0, r.status_code, r.json().get("version", "") if r.status_code == 200 else ""))
+
+    threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    swaps: list[tuple[str, float, float]] = []  # (version, seconds, completed at)
+    try:
+        time.sleep(3)  # load running before the first swap
+        for i in range(args.swaps):
+            if i % 2 == 0:
+                target, event = "1", events.new_event(events_pb2.ModelRolledBack, model_name=s.model_name,
+                                                      version=1, alias="champion", from_version=2)  # fmt: skip
+            else:
+                target, event = "2", events.new_event(events_pb2.ModelPromoted, model_name=s.model_name,
+                                                      version=2, alias="champion")  # fmt: skip
+            t0 = time.monotonic()
+            events.publish(s, topics.MODEL_EVENTS, s.model_name, event)
+            wait_versions(target)
+            swaps.append((target, time.monotonic() - t0, time.monotonic()))
+            time.sleep(3)  # requests on the new version before the next swap
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [r for r in results if r[1] != 200]
+    wrong = 0
+    for k, (target, _, done_at) in enumerate(swaps):
+        until = swaps[k + 1][2] - swaps[k + 1][1] if k + 1 < len(swaps) else float("inf")
+        wrong += sum(1 for t0, code, v in results if done_at < t0 < until and code == 200 and v != target)
+
+    launcher.stop(s, report=quiet)  # baseline: a restart onto the champion (v2 by alias)
+    t0 = time.monotonic()
+    launcher.start(s, args.workers, report=quiet)
+    restart = time.monotonic() - t0
+    launcher.stop(s, report=quiet)
+
+    times = [x[1] for x in swaps]
+    print(f"{args.workers} workers, {args.concurrency} clients, {len(results)} requests during {len(swaps)} swaps")
+    print(f"failed requests: {len(failed)}; requests started after a swap that got the old version: {wrong}")
+    print("swap seconds (event published -> all workers serving): " + ", ".join(f"{x:.2f}" for x in times))
+    print(f"swap p50 {statistics.median(times):.2f} s, max {max(times):.2f} s")
+    print(f"baseline restart of the workers onto the new version: {restart:.2f} s (every request fails meanwhile)")
+    print(f"ratio restart / swap p50 = {restart / statistics.median(times):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Hot swap end to end: a version promoted through the real gate (MLflow registry + Kafka) reaches two
+running workers under load with no failed request; a version whose weights do not match their
+registered digests is refused with ``ModelLoadFailed`` while the old version keeps answering."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from lifecycle import topics
+from lifecycle.settings import Settings, load_settings
+from lifecycle.stack.process import wait_for
+from lifecycle.store import Store
+from serving import launcher
+from training.config import TrainConfig
+from training.evaluate import evaluate
+from training.promote import promote
+from training.train import run_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kafka_read import read_topic
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def swapping(stack: Settings, tiny_llama_dir: Path) -> Iterator[Settings]:
+    env = {"LIFECYCLE_GATEWAY_PORT": "18400", "LIFECYCLE_WORKER_PORT": "18451",
+           "LIFECYCLE_MODEL_NAME": f"swap-{uuid.uuid4().hex[:6]}"}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        s = load_settings()
+        launcher.start(s, 2, str(tiny_llama_dir), threads=1, report=print)
+        yield s
+        launcher.stop(s, report=print)
+
+
+def served(s: Settings) -> list[str]:
+    return [w["version"] for w in httpx.get(launcher.gateway_url(s) + "/readyz", timeout=10).json()["workers"]]
+
+
+def train_and_promote(s: Settings, store: Store, tiny: Path, dataset: Path, out: Path, seed: int) -> Any:
+    cfg = TrainConfig(base_model=str(tiny), dataset=str(dataset), max_steps=2, checkpoint_every=0,
+                      micro_batch_size=16, dtype="float32", out_dir=str(out), seed=seed)  # fmt: skip
+    run = run_training(s, cfg, store=store)
+    evaluate(s, store, run.mlflow_run_id, limit=2, max_new_tokens=2)
+    return run
+
+
+class Load:
+    """Requests in a loop from 4 threads: (start, end, status, version) of each."""
+
+    def __init__(self, s: Settings) -> None:
+        self.url = launcher.gateway_url(s) + "/v1/generate"
+        self.results: list[tuple[float, float, int, str]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(4)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            r = httpx.post(self.url, json={"prompt": "Tell me a story", "max_tokens": 16}, timeout=120)
+            self.results.append((t0, time.monotonic(), r.status_code, r.json().get("version", "")))
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def test_promotion_swaps_under_load_and_a_bad_digest_is_refused(
+    swapping: Settings, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
+) -> None:
+    s = swapping
+    assert served(s) == ["local", "local"]
+    with Store.connect(s) as store:
+        first = train_and_promote(s, store, tiny_llama_dir, toy_dataset, tmp_path / "a", seed=0)
+        with Load(s) as load:
+            assert wait_for(lambda: len(load.results) >= 4, timeout=60) == "ok"
+            promote(s, store, first.mlflow_run_id, margin=-1.0, report=print)
+            assert wait_for(lambda: served(s) == ["1", "1"], timeout=120, interval=0.1) == "ok"
+            swapped_at = time.monotonic()
+            assert wait_for(lambda: sum(r[0] > swapped_at for r in load.results) >= 4, timeout=60) == "ok"
+        assert [r for r in load.results if r[2] != 200] == []
+        assert {r[3] for r in load.results if r[0] > swapped_at} == {"1"}
+        assert {r[3] for r in load.results} == {"local", "1"}
+
+        # The second version's adapter is altered in the artifact store after registration.
+        second = train_and_promote(s, store, tiny_llama_dir, toy_dataset, tmp_path / "b", seed=1)
+        adapters = list((s.home / "data").rglob(f"*{second.model_uri.split('/')[-1]}*/**/adapter_model.safetensors"))
+        assert len(adapters) == 1, adapters
+        with adapters[0].open("r+b") as fh:
+            fh.seek(-8, 2)
+            fh.write(b"tampered")
+        promote(s, store, second.mlflow_run_id, margin=-1.0, report=print)
+
+        def failures() -> list[dict[str, Any]]:
+            return read_topic(s, topics.MODEL_EVENTS, lambda m, v: v.get("type") == "ModelLoadFailed"
+                              and v.get("model_name") == s.model_name)  # fmt: skip
+
+        assert wait_for(lambda: len(failures()) == 2, timeout=120, interval=1) == "ok"
+        assert all(f["version"] == 2 and "sha256 of adapter_model.safetensors" in f["error"] for f in failures())
+        assert served(s) == ["1", "1"]
+        r = httpx.post(launcher.gateway_url(s) + "/v1/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200 and r.json()["version"] == "1"
