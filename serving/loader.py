@@ -6,6 +6,7 @@ recorded at registration; nothing is unpickled and no model code from the regist
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,6 @@ def resolve_version(settings: Settings, name: str, version: str = "champion") ->
 
 def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path, str]:
     """Download version ``version`` of ``name`` and verify its weights: (adapter folder, base model)."""
-    import mlflow
-    import yaml
 
     check_name(name)
     if not version.isdigit():
@@ -56,13 +55,27 @@ def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path,
     digests = registry.digests_of(mv)
     if not digests:
         raise LoadError(f"{name} v{version}: no sha256 digests recorded at registration; refusing to load it")
-    dest = settings.home / "serving" / name / version
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    # A directory of its own: workers on one host (sharing LIFECYCLE_HOME) load the same version at once.
+    (settings.home / "serving").mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=settings.home / "serving"))
+    try:
+        return _download(settings, mv, name, version, dest, digests)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _download(
+    settings: Settings, mv: Any, name: str, version: str, dest: Path, digests: dict[str, str]
+) -> tuple[Path, str]:
+    import mlflow
+    import yaml
+
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
-    meta = yaml.safe_load((local / "MLmodel").read_text())
+    meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").exists() else None
+    if not isinstance(meta, dict) or "python_function" not in meta.get("flavors", {}):
+        raise LoadError(f"{name} v{version}: {mv.source} has no readable MLmodel file")
     pyfunc = meta["flavors"]["python_function"]
     adapter = local / pyfunc["artifacts"]["adapter"]["path"]
     base_model = str(pyfunc.get("config", {}).get("base_model") or settings.base_model)
@@ -141,6 +154,10 @@ def load(settings: Settings, name: str, version: str = "champion", path: str = "
         if number is None:
             raise LoadError(f"{name} has no version with alias {version!r} in the registry")
         adapter, base = fetch_registered(settings, name, number)
-        slot = build_slot(name, number, base, adapter)
+        try:
+            slot = build_slot(name, number, base, adapter)
+        finally:  # the weights are in memory now (merged); the download is not needed any more
+            downloads = settings.home / "serving"
+            shutil.rmtree(downloads / adapter.relative_to(downloads).parts[0], ignore_errors=True)
     slot.load_seconds = time.monotonic() - t0
     return slot

@@ -82,7 +82,12 @@ class SwapWatcher:
             try:
                 self.handle(msg.value())
             except Exception:
-                log.exception("%s: handling a model event failed", self.worker.name)
+                # Not committed: read the event again after a pause (a registry or network hiccup).
+                log.exception("%s: handling a model event failed; retrying it", self.worker.name)
+                from confluent_kafka import TopicPartition
+
+                self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                self._stop.wait(2.0)
                 continue
             self.consumer.commit(message=msg, asynchronous=False)
 
