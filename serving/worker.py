@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -168,6 +169,7 @@ async def serve(
     threads: int = 0,
     max_batch: int = 32,
     events: bool = True,
+    drain_seconds: float = 30.0,
 ) -> None:
     from serving import jobs, swap
 
@@ -196,7 +198,12 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # Drain: NOT_SERVING first (the gateway and the kubelet stop sending), then let running requests
+    # finish before the server goes (Kubernetes' terminationGracePeriodSeconds bounds the whole).
     worker._set_health(False)
+    deadline = loop.time() + drain_seconds
+    while (worker.engine.running() or worker.engine.queued()) and loop.time() < deadline:
+        await asyncio.sleep(0.1)
     await server.stop(grace=5)
     for part in (watcher, job_consumer):
         if part:
@@ -212,12 +219,25 @@ def main(argv: list[str] | None = None) -> Any:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--no-events", action="store_true", help="no Kafka (no hot swap, no jobs)")
+    p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, wait this long for running requests")
     args = p.parse_args(argv)
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    name = args.name or f"worker-{args.port}"
+    # Unique per host (container, pod): each worker needs its own consumer group to see every promotion.
+    name = args.name or f"{socket.gethostname()}-{args.port}"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    asyncio.run(serve(settings, args.port, name, args.model_path, args.threads, args.max_batch, not args.no_events))
+    asyncio.run(
+        serve(
+            settings,
+            args.port,
+            name,
+            args.model_path,
+            args.threads,
+            args.max_batch,
+            not args.no_events,
+            args.drain_seconds,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ class WorkerPool:
     async def start(self) -> None:
         """Open the channels (in the serving event loop: grpc.aio channels belong to one loop)."""
         for addr in self.addresses:
-            ch = grpc.aio.insecure_channel(addr, options=[("grpc.enable_retries", 0)])
+            # A dns:/// address of a headless Service spreads calls over its pods (round robin).
+            options = [("grpc.enable_retries", 0), ("grpc.lb_policy_name", "round_robin")]
+            ch = grpc.aio.insecure_channel(addr, options=options)
             self.workers.append(WorkerHandle(addr, ch, inference_pb2_grpc.InferenceServiceStub(ch), name=addr))
         await self.refresh()
         self._task = asyncio.create_task(self._poll())

@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1.7
+# Gateway and gRPC inference worker (one image, two commands):
+#   docker build -f docker/serving.Dockerfile -t llm-lifecycle/serving:0.1.0 .
+#   gateway: uvicorn --factory serving.gateway.app:app_from_env --host 0.0.0.0 --port 8000
+#   worker:  python -m serving.worker --host-all --port 50051
+# TORCH_INDEX selects CPU wheels (default) or a CUDA build for GPU workers.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY docker/requirements-serving.txt /tmp/requirements.txt
+RUN pip install --extra-index-url "${TORCH_INDEX}" -r /tmp/requirements.txt
+COPY pyproject.toml README.md /src/
+COPY lifecycle /src/lifecycle
+COPY serving /src/serving
+COPY training /src/training
+COPY plugins /src/plugins
+RUN pip install --no-deps /src
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.source="https://github.com/llm-lifecycle/llm-lifecycle" \
+      org.opencontainers.image.title="llm-lifecycle serving"
+RUN groupadd --gid 10001 app && useradd --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app
+COPY --from=build /opt/venv /opt/venv
+COPY docker/healthcheck.py /opt/healthcheck.py
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    LIFECYCLE_HOME=/var/lib/llm-lifecycle \
+    SERVING_ROLE=gateway
+RUN mkdir -p /var/lib/llm-lifecycle && chown app:app /var/lib/llm-lifecycle
+USER 10001:10001
+EXPOSE 8000 50051
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["python", "/opt/healthcheck.py"]
+CMD ["uvicorn", "--factory", "serving.gateway.app:app_from_env", "--host", "0.0.0.0", "--port", "8000"]
