@@ -31,6 +31,8 @@ PARAMS = {
     "nproc": Param(1, type="integer", minimum=1, maximum=64, title="Processes",
                    description="torchrun --nproc-per-node (GPUs per pod on Kubernetes)."),
     "backend": Param("local", type="string", enum=["local", "kubernetes"], title="Training backend"),
+    "nodes": Param(1, type="integer", minimum=1, maximum=64, title="Nodes",
+                   description="Training nodes; more than 1 runs an indexed Job of that many pods (kubernetes)."),
     "promotion_margin": Param(0.0, type="number", minimum=-1, maximum=1, title="Promotion margin",
                               description="Accuracy the candidate must gain over the champion."),
     "eval_limit": Param(0, type="integer", minimum=0, title="Eval items", description="0: the whole eval split."),

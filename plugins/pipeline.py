@@ -101,19 +101,22 @@ def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str, context:
 
     s = _settings(params)
     run_id = training_run_id(dag_run_id, dataset_id)
+    backend = params.get("backend", "local")
+    nodes = int(params.get("nodes", 1))
+    launcher = None
+    if backend == "kubernetes":
+        from plugins.k8s_training import kubernetes_launcher
+
+        launcher = kubernetes_launcher(s, run_id, context, nnodes=nodes)
+    elif backend != "local":
+        raise PipelineError(f"params.backend is {backend!r}; allowed: local, kubernetes")
+    elif nodes > 1:
+        raise PipelineError(f"params.nodes is {nodes}: several nodes need backend 'kubernetes'")
     with Store.connect(s) as store:
         done = store.get(TRAINING_RUNS, run_id)
         if done is not None and done.get("status") == "succeeded":
             print(f"training run {run_id} already succeeded: MLflow run {done['mlflow_run_id']}")
             return str(done["mlflow_run_id"])
-        backend = params.get("backend", "local")
-        launcher = None
-        if backend == "kubernetes":
-            from plugins.k8s_training import kubernetes_launcher
-
-            launcher = kubernetes_launcher(s, run_id, context)
-        elif backend != "local":
-            raise PipelineError(f"params.backend is {backend!r}; allowed: local, kubernetes")
         fields = {field: params[p] for p, field in TRAIN_PARAMS.items() if params.get(p) is not None}
         cfg = TrainConfig(
             base_model=resolve_base_model(s.base_model, s.models_dir),

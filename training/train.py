@@ -132,10 +132,20 @@ def run_training(
     return TrainingRun(run_id, mlflow_run_id, out_dir, dataset_id, metrics, model_uri)
 
 
-def trainer_command(python: str, config_path: str, nproc: int) -> list[str]:
+def trainer_command(
+    python: str, config_path: str, nproc: int, nnodes: int = 1, rdzv_endpoint: str = "", rdzv_id: str = ""
+) -> list[str]:
     """The command that runs the trainer: torchrun for several processes, plain python for one.
-    The same command runs locally and in a training pod."""
+    The same command runs locally and in a training pod; several nodes meet at ``rdzv_endpoint``
+    (c10d rendezvous), each node starting ``nproc`` processes."""
     entry = ["-m", "training.finetune", "--config", config_path]
+    if nnodes > 1:
+        if not rdzv_endpoint:
+            raise TrainingError("multi-node training needs a rendezvous endpoint")
+        return [
+            python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id or 'lifecycle'}", *entry,
+        ]  # fmt: skip
     if nproc > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *entry]
     return [python, *entry]

@@ -65,3 +65,39 @@ def test_more_processes_than_gpus_is_refused(gpu_settings) -> None:  # type: ign
     with pytest.raises(TrainingError, match="nproc=8 needs 8 GPUs; LIFECYCLE_TRAINER_GPUS=4"):
         training_pod(gpu_settings, TrainConfig(out_dir="/x"), nproc=8, run_id="tr-y")
     assert pod_name("tr_ABC.1") == "train-tr-abc-1"
+
+
+def test_several_nodes_give_an_indexed_job_meeting_at_pod_0_through_a_headless_service(gpu_settings) -> None:  # type: ignore[no-untyped-def]
+    import kubernetes_validate
+    from kubernetes.client import ApiClient
+
+    from plugins.k8s_training import training_job
+
+    cfg = TrainConfig(out_dir="/var/lib/llm-lifecycle/runs/tr-multi")
+    job_obj, svc_obj = training_job(gpu_settings, cfg, nproc=4, nnodes=3, run_id="tr-multi")
+    job, svc = (ApiClient().sanitize_for_serialization(o) for o in (job_obj, svc_obj))
+    for doc in (job, svc):
+        kubernetes_validate.validate(doc, "1.31.0", strict=True)
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 3
+    assert spec["backoffLimit"] == 0
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == svc["metadata"]["name"] == job["metadata"]["name"] == "train-tr-multi"
+    (c,) = pod["containers"]
+    assert c["command"] == [
+        "python", "-m", "torch.distributed.run", "--nnodes=3", "--nproc-per-node=4", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=train-tr-multi-0.train-tr-multi:29500", "--rdzv-id=train-tr-multi",
+        "-m", "training.finetune", "--config", "/var/lib/llm-lifecycle/runs/tr-multi/launch-config.json",
+    ]  # fmt: skip
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4" and c["image"] == "registry.example/trainer:1.2.3"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {"batch.kubernetes.io/job-name": "train-tr-multi"}
+    with pytest.raises(TrainingError, match="several nodes"):
+        training_job(gpu_settings, cfg, nproc=4, nnodes=1, run_id="tr-one")
+
+
+def test_several_nodes_on_the_local_backend_are_refused() -> None:
+    from plugins.pipeline import PipelineError, fine_tune
+
+    with pytest.raises(PipelineError, match=r"params\.nodes is 2: several nodes need backend 'kubernetes'"):
+        fine_tune("ds-x", {"backend": "local", "nodes": 2, "model_name": "m"}, "run-1")

@@ -182,3 +182,46 @@ def test_dag_test_runs_end_to_end_on_the_tiny_model(stack: Settings, tiny_llama_
     mc = registry.client(stack.mlflow_tracking_uri)
     assert [v.version for v in mc.search_model_versions(f"name = '{name}'")] == ["1"]
     assert registry.version_by_alias(mc, name, "champion").version == "1"
+
+
+@pytest.mark.stack
+def test_a_training_failure_fails_the_task_with_the_torchrun_error_and_keeps_the_champion(
+    stack: Settings, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
+) -> None:
+    import shutil
+    import uuid
+
+    from lifecycle.settings import load_settings
+    from lifecycle.store import TRAINING_RUNS, Store
+    from training.config import TrainConfig
+    from training.evaluate import evaluate
+    from training.promote import promote
+    from training.train import run_training
+
+    name = f"fail-{uuid.uuid4().hex[:6]}"
+    s = load_settings(model_name=name)
+    with Store.connect(s) as store:  # a champion to keep
+        cfg = TrainConfig(base_model=str(tiny_llama_dir), dataset=str(toy_dataset), max_steps=1, checkpoint_every=0,
+                          micro_batch_size=16, dtype="float32", out_dir=str(tmp_path / "champion"))  # fmt: skip
+        first = run_training(s, cfg, store=store)
+        evaluate(s, store, first.mlflow_run_id, limit=2, max_new_tokens=2)
+        promote(s, store, first.mlflow_run_id, margin=-1.0)
+    # A base model whose weights are missing: ingest and validation pass, the trainer process dies.
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_llama_dir, broken)
+    (broken / "model.safetensors").unlink()
+    conf = {"dataset_path": str(REPO / "data/toy/train.jsonl"), "eval_path": str(REPO / "data/toy/eval.jsonl"),
+            "base_model": str(broken), "max_steps": 2, "eval_limit": 2, "dataset_name": "toy",
+            "model_name": name}  # fmt: skip
+    run = trigger_and_wait(stack, "llm_lifecycle", conf, timeout=900)
+    assert run["state"] == "failed" and run["tasks"]["fine_tune"] == "failed", run
+    assert run["tasks"]["promote"] == "upstream_failed"
+    path = f"/api/v2/dags/llm_lifecycle/dagRuns/{run['dag_run_id']}/taskInstances/fine_tune/logs/1"
+    log = json.dumps(call(stack, "GET", path))
+    assert "training exited with code 1" in log and "no-weights" in log, log[-3000:]
+    mc = registry.client(s.mlflow_tracking_uri)
+    assert registry.version_by_alias(mc, name, "champion").version == "1"
+    assert len(mc.search_model_versions(f"name = '{name}'")) == 1
+    with Store.connect(s) as store:
+        failed = list(store.db[TRAINING_RUNS].find({"status": "failed", "config.base_model": str(broken)}))
+    assert failed and all("exited with code 1" in d["error"] for d in failed)

@@ -136,6 +136,17 @@ def test_chart_settings_are_valid_and_the_airflow_backend_renders_the_charts_tra
          "toleration_seconds": None}
     ]  # fmt: skip
     assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "lifecycle-llm-lifecycle-state"
+    # The multi-node Job the backend renders has the chart's Job's shape: same torchrun flags and resources.
+    from plugins.k8s_training import training_job
+
+    mine = training_job(settings, TrainConfig(out_dir="/x"), 4, 2, "r1")[0].spec.template.spec.containers[0]
+
+    def flags(cmd: list[str]) -> list[str]:
+        return [c.split("=")[0] + ("=" + c.split("=")[1] if c.startswith(("--nnodes", "--nproc", "--rdzv-b")) else "")
+                for c in cmd if c.startswith("--")]  # fmt: skip
+
+    assert flags(mine.command) == flags(chart_trainer["command"])
+    assert mine.resources.limits == {k: str(v) for k, v in chart_trainer["resources"]["limits"].items()}
 
 
 def test_compose_file_loads_with_compose_go_and_follows_the_rules() -> None:
