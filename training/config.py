@@ -132,7 +132,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="LoRA fine-tuning (run under torchrun for DDP).")
     parser.add_argument("--config", type=Path, help="YAML recipe; flags override it.")
     hints = get_type_hints(TrainConfig)
-    docs = _field_docs()
+    docs = {k: v.replace("%", "%%") for k, v in _field_docs().items()}  # argparse formats help with %
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]

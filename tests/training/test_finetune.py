@@ -106,6 +106,8 @@ def test_config_layers_and_errors_name_the_flag(tmp_path: Path) -> None:
         resolve(make_parser().parse_args(["--config", str(recipe)]))
     with pytest.raises(ConfigError, match="must be divisible by the number of processes"):
         TrainConfig(global_batch_size=15).check_world(2)
+    text = make_parser().format_help()  # every field documented, a "%" in a docstring included
+    assert "--lora-dropout" in text and "17% of a step" in text and "--no-merge" in text
 
 
 def test_numbers_from_json_are_coerced_or_named() -> None:
