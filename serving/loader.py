@@ -5,6 +5,7 @@ recorded at registration; nothing is unpickled and no model code from the regist
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -18,6 +19,7 @@ from lifecycle.names import is_valid_model_name
 from lifecycle.settings import Settings
 from serving.engine import ModelSlot, SamplingParams
 
+log = logging.getLogger(__name__)
 _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -113,9 +115,11 @@ def build_slot(name: str, version: str, base_model: str, adapter: Path | None, d
     )
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     tok_source = adapter if adapter is not None and (adapter / "tokenizer.json").exists() else base_model
+    t0 = time.monotonic()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tok_source))
         model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, use_safetensors=True)
+        t1 = time.monotonic()
         if adapter is not None:
             from peft import PeftModel
 
@@ -123,9 +127,12 @@ def build_slot(name: str, version: str, base_model: str, adapter: Path | None, d
     except (OSError, ValueError) as exc:
         raise LoadError(f"{name} v{version}: {exc}") from None
     model = model.to(dev).eval()
+    t2 = time.monotonic()
     ctx = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
     slot = ModelSlot(name, version, model, tokenizer, context_length=min(ctx, 8192))
     warm(slot)
+    log.info("%s v%s: base loaded in %.2fs, adapter merged in %.2fs, warmed in %.2fs", name, version, t1 - t0,
+             t2 - t1, time.monotonic() - t2)  # fmt: skip
     return slot
 
 

@@ -120,3 +120,4 @@ class SwapWatcher:
             return
         w.serve_slot(slot)
         self.swaps.append((version, time.monotonic() - t0))
+        log.info("%s: swapped to v%s in %.2fs (download + verify + load)", w.name, version, time.monotonic() - t0)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -43,21 +45,40 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    def __init__(self, addresses: list[str], poll_interval: float = 0.5) -> None:
+    """Workers by address. An address ``dns:///HOST:PORT`` (a headless Service) stands for every IP
+    the name resolves to, re-resolved every ``resolve_interval``: each pod is a worker of its own, so
+    routing, health and retries work per pod."""
+
+    def __init__(self, addresses: list[str], poll_interval: float = 0.5, resolve_interval: float = 10.0) -> None:
         self.addresses = addresses
         self.workers: list[WorkerHandle] = []
         self.poll_interval = poll_interval
+        self.resolve_interval = resolve_interval
         self._task: asyncio.Task[None] | None = None
+        self._resolved_at = float("-inf")
 
     async def start(self) -> None:
         """Open the channels (in the serving event loop: grpc.aio channels belong to one loop)."""
-        for addr in self.addresses:
-            # A dns:/// address of a headless Service spreads calls over its pods (round robin).
-            options = [("grpc.enable_retries", 0), ("grpc.lb_policy_name", "round_robin")]
-            ch = grpc.aio.insecure_channel(addr, options=options)
-            self.workers.append(WorkerHandle(addr, ch, inference_pb2_grpc.InferenceServiceStub(ch), name=addr))
+        await self.resolve()
         await self.refresh()
         self._task = asyncio.create_task(self._poll())
+
+    async def resolve(self) -> None:
+        """Add a worker for each new address (DNS names expanded), drop the ones that went away."""
+        wanted: list[str] = []
+        for addr in self.addresses:
+            wanted += await asyncio.to_thread(expand, addr) if addr.startswith("dns:///") else [addr]
+        current = {w.address: w for w in self.workers}
+        for addr in wanted:
+            if addr not in current:
+                ch = grpc.aio.insecure_channel(addr, options=[("grpc.enable_retries", 0)])
+                self.workers.append(WorkerHandle(addr, ch, inference_pb2_grpc.InferenceServiceStub(ch), name=addr))
+        gone = [w for w in self.workers if w.address not in wanted]
+        self.workers = [w for w in self.workers if w.address in wanted]
+        for w in gone:
+            log.info("worker %s left (no longer resolved)", w.address)
+            await w.channel.close(grace=30)  # requests in flight on it may finish
+        self._resolved_at = time.monotonic()
 
     async def close(self) -> None:
         if self._task:
@@ -70,6 +91,9 @@ class WorkerPool:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
+            if time.monotonic() - self._resolved_at >= self.resolve_interval:
+                with contextlib.suppress(OSError):
+                    await self.resolve()
             await self.refresh()
 
     async def refresh(self) -> None:
@@ -156,6 +180,18 @@ class WorkerPool:
                 w.outstanding -= 1
                 if not call.done():
                     call.cancel()
+
+
+def expand(address: str) -> list[str]:
+    """``dns:///HOST:PORT`` as the sorted ``IP:PORT`` addresses HOST resolves to (none when it does not)."""
+    target = address.removeprefix("dns:///")
+    host, _, port = target.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return []
+    ips = sorted({str(info[4][0]) for info in infos})
+    return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
 
 
 def _param(details: str | None) -> str | None:

@@ -206,3 +206,17 @@ def test_schemathesis_finds_no_server_error(serving: Settings, tmp_path: Path) -
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     found = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     assert found and int(found[1]) >= 100 and found[1] == found[2], done.stdout[-2000:]
+
+
+def test_a_dns_address_stands_for_every_worker_it_resolves_to(serving: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.gateway.app import create_app
+
+    s = load_settings(rate_limit_per_minute=0)
+    # What a headless Service looks like to the gateway: one name, every pod's IP behind it.
+    with TestClient(create_app(s, [f"dns:///localhost:{serving.worker_port}"], log_inference=False)) as client:
+        workers = client.get("/readyz").json()["workers"]
+        assert [(w["address"], w["up"]) for w in workers] == [(f"127.0.0.1:{serving.worker_port}", True)]
+        r = client.post("/v1/generate", json={"prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
