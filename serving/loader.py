@@ -121,9 +121,7 @@ def build_slot(name: str, version: str, base_model: str, adapter: Path | None, d
         model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, use_safetensors=True)
         t1 = time.monotonic()
         if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            model = merge_adapter(model, adapter)
     except (OSError, ValueError) as exc:
         raise LoadError(f"{name} v{version}: {exc}") from None
     model = model.to(dev).eval()
@@ -134,6 +132,42 @@ def build_slot(name: str, version: str, base_model: str, adapter: Path | None, d
     log.info("%s v%s: base loaded in %.2fs, adapter merged in %.2fs, warmed in %.2fs", name, version, t1 - t0,
              t2 - t1, time.monotonic() - t2)  # fmt: skip
     return slot
+
+
+def merge_adapter(model: Any, adapter: Path) -> Any:
+    """``model`` with a plain LoRA adapter folded into its weights: W += (alpha / r) * B @ A, read
+    from the adapter's safetensors. Seconds faster than building a peft model to merge it (which
+    initialises every adapter layer first); other adapter kinds go through peft."""
+    import json
+
+    from safetensors.torch import load_file
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    plain = (
+        cfg.get("peft_type") == "LORA" and not cfg.get("use_dora") and not cfg.get("fan_in_fan_out")
+        and cfg.get("bias", "none") == "none" and not cfg.get("rank_pattern") and not cfg.get("alpha_pattern")
+        and not cfg.get("modules_to_save") and not cfg.get("lora_bias") and not cfg.get("trainable_token_indices")
+    )  # fmt: skip
+    if not plain:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    r = int(cfg["r"])
+    scale = float(cfg["lora_alpha"]) / (r**0.5 if cfg.get("use_rslora") else r)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    downs = {k: v for k, v in tensors.items() if k.endswith(".lora_A.weight")}
+    if not downs or len(tensors) != 2 * len(downs):
+        raise LoadError(f"{adapter}: not a LoRA adapter of A/B pairs ({len(tensors)} tensors)")
+    with torch.no_grad():
+        for key, a in downs.items():
+            b = tensors[key.replace(".lora_A.", ".lora_B.")]
+            path = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            try:
+                weight = model.get_submodule(path).weight
+            except AttributeError:
+                raise LoadError(f"{adapter}: the base model has no module {path}") from None
+            weight += (b.float() @ a.float() * scale).to(weight.dtype)
+    return model
 
 
 def warm(slot: ModelSlot) -> None:

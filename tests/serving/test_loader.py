@@ -1,0 +1,61 @@
+"""The serving loader's weight handling: folding a LoRA adapter gives peft's merged model, and a
+version's files must match their registered digests (pure, on the tiny Llama)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lifecycle import registry
+from serving.loader import LoadError, merge_adapter, verify
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    get_peft_model(base, cfg).save_pretrained(out, safe_serialization=True)  # random A and B: a real change
+    return out
+
+
+def test_folding_the_adapter_equals_peft_merge(tiny_llama_dir: Path, adapter_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 5, 9, 200, 17, 3]])
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    before = plain(ids).logits
+    ours = merge_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), adapter_dir).eval()
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(adapter_dir))
+    theirs = theirs.merge_and_unload().eval()
+    with torch.no_grad():
+        assert not torch.allclose(before, ours(ids).logits, atol=1e-3)  # the adapter changes the model
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_digests_missing_files_pickles_and_strays_are_refused(adapter_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, folder)
+    digests = registry.file_digests(folder)
+    verify(folder, digests, "m v1")  # as registered: fine
+    with pytest.raises(LoadError, match=r"sha256 of adapter_model\.safetensors is"):
+        verify(folder, {"adapter_model.safetensors": "0" * 64}, "m v1")
+    (folder / "extra.safetensors").write_bytes(b"x")
+    with pytest.raises(LoadError, match=r"not recorded at registration: extra\.safetensors"):
+        verify(folder, digests, "m v1")
+    (folder / "extra.safetensors").unlink()
+    (folder / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(LoadError, match=r"pickled weight files are refused: adapter_model\.bin"):
+        verify(folder, digests, "m v1")
+    (folder / "adapter_model.bin").unlink()
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(LoadError, match=r"adapter_model\.safetensors is missing"):
+        verify(folder, digests, "m v1")
