@@ -237,6 +237,13 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
 
+    def _request(body: Any, model: str, max_tokens: int, **text: Any) -> inference_pb2.GenerateRequest:
+        """The worker request of an OpenAI-style body: its sampling fields, and the prompt or messages."""
+        return inference_pb2.GenerateRequest(
+            request_id=uuid.uuid4().hex, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+            stop=body.stops(), seed=body.seed or 0, model=model, **text,
+        )  # fmt: skip
+
     def _usage(resp: Any) -> dict[str, int]:
         p, c = (resp.usage.prompt_tokens, resp.usage.completion_tokens) if resp else (0, 0)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
@@ -310,16 +317,7 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
         ]
         if not any(m.content.strip() for m in messages):
             raise APIError(400, "messages: every message is empty", param="messages")
-        req = inference_pb2.GenerateRequest(
-            request_id=uuid.uuid4().hex,
-            messages=messages,
-            max_tokens=_max_tokens(body.max_completion_tokens or body.max_tokens, 256),
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=body.stops(),
-            seed=body.seed or 0,
-            model=model,
-        )
+        req = _request(body, model, _max_tokens(body.max_completion_tokens or body.max_tokens, 256), messages=messages)
         cid, created = f"chatcmpl-{req.request_id}", int(time.time())
         gen = _run(req, request, "/v1/chat/completions", {"messages": [m.model_dump() for m in body.messages]})
         if body.stream:
@@ -371,16 +369,7 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
             raise APIError(400, "prompt: exactly one prompt per request", param="prompt")
         if not prompts[0]:
             raise APIError(400, "prompt is empty", param="prompt")
-        req = inference_pb2.GenerateRequest(
-            request_id=uuid.uuid4().hex,
-            prompt=prompts[0],
-            max_tokens=_max_tokens(body.max_tokens, 16),
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=body.stops(),
-            seed=body.seed or 0,
-            model=model,
-        )
+        req = _request(body, model, _max_tokens(body.max_tokens, 16), prompt=prompts[0])
         cid, created = f"cmpl-{req.request_id}", int(time.time())
         gen = _run(req, request, "/v1/completions", {"prompt": prompts[0]})
         if body.stream:

@@ -28,19 +28,9 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
-def serving(stack: Settings, tiny_llama_dir: Path) -> Iterator[Settings]:
-    env = {
-        "LIFECYCLE_GATEWAY_PORT": "18100",
-        "LIFECYCLE_WORKER_PORT": "18151",
-        "LIFECYCLE_MODEL_NAME": f"serve-{uuid.uuid4().hex[:6]}",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        s = load_settings()
-        launcher.start(s, 2, str(tiny_llama_dir), threads=1, report=print)
+def serving(stack: Settings, tiny_llama_dir: Path, start_serving: Any) -> Iterator[Settings]:
+    with start_serving(tiny_llama_dir, 18100, "serve") as s:
         yield s
-        launcher.stop(s, report=print)
 
 
 def url(s: Settings, path: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from lifecycle import topics
-from lifecycle.settings import Settings, load_settings
+from lifecycle.settings import Settings
 from lifecycle.stack.process import wait_for
 from lifecycle.store import Store
 from serving import launcher
@@ -32,16 +31,9 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
-def swapping(stack: Settings, tiny_llama_dir: Path) -> Iterator[Settings]:
-    env = {"LIFECYCLE_GATEWAY_PORT": "18400", "LIFECYCLE_WORKER_PORT": "18451",
-           "LIFECYCLE_MODEL_NAME": f"swap-{uuid.uuid4().hex[:6]}"}  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        s = load_settings()
-        launcher.start(s, 2, str(tiny_llama_dir), threads=1, report=print)
+def swapping(stack: Settings, tiny_llama_dir: Path, start_serving: Any) -> Iterator[Settings]:
+    with start_serving(tiny_llama_dir, 18400, "swap") as s:
         yield s
-        launcher.stop(s, report=print)
 
 
 def served(s: Settings) -> list[str]:
