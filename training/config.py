@@ -65,6 +65,9 @@ class TrainConfig:
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
     log_every: int = 1
     """Log loss / lr / tokens per second every this many steps."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel: auto is eager on CPU while the attention matrices of a micro-batch fit in
+    1 GiB (faster than SDPA on short sequences), else SDPA; always SDPA on CUDA."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Base-model dtype: auto is bfloat16 on CUDA and on CPUs with native bf16, else float32."""
     merge: bool = False
@@ -93,6 +96,13 @@ class TrainConfig:
             raise ConfigError("--epochs must be > 0 (or set --max-steps)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        hints = get_type_hints(TrainConfig)
+        for f in fields(self):
+            choices = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(
+                    f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
         if not self.target_modules:
             raise ConfigError("--target-modules needs at least one module name")
 

@@ -101,6 +101,11 @@ def test_config_layers_and_errors_name_the_flag(tmp_path: Path) -> None:
         TrainConfig(lora_r=0)
     with pytest.raises(ConfigError, match="--lora-dropout must be in"):
         TrainConfig(lora_dropout=1.5)
+    recipe.write_text("dtype: float16\n")  # a recipe's value is checked like a flag's choices
+    with pytest.raises(ConfigError, match="--dtype must be one of auto, float32, bfloat16, got 'float16'"):
+        resolve(make_parser().parse_args(["--config", str(recipe)]))
+    with pytest.raises(ConfigError, match="--attention must be one of auto, eager, sdpa"):
+        TrainConfig(attention="flash")  # type: ignore[arg-type]
     recipe.write_text("lora_rank: 4\n")
     with pytest.raises(ConfigError, match="unknown key 'lora_rank'"):
         resolve(make_parser().parse_args(["--config", str(recipe)]))
