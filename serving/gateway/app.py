@@ -45,6 +45,7 @@ OPEN_PATHS = {"/healthz", "/readyz"}
 def create_app(settings: Settings, worker_addresses: list[str], *, log_inference: bool = True) -> FastAPI:
     pool = WorkerPool(worker_addresses)
     metrics = Metrics()
+    pool.on_retry = lambda when: metrics.retries.labels(when).inc()
     inference_log = InferenceLog(settings, metrics) if log_inference else None
     limiter = RateLimiter(settings.rate_limit_per_minute)
     keys = {hashlib.sha256(k.encode()).hexdigest()[:12]: k for k in settings.api_keys}
@@ -167,18 +168,23 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
         return n
 
     async def _run(
-        grpc_req: inference_pb2.GenerateRequest, request: Request, route: str, logged: dict[str, Any]
+        grpc_req: inference_pb2.GenerateRequest,
+        request: Request,
+        route: str,
+        logged: dict[str, Any],
+        stream: bool,
     ) -> AsyncIterator[tuple[str, inference_pb2.GenerateResponse]]:
-        """Yield (worker, response) for one completion; metrics and the inference log on the way."""
+        """Yield (worker, response) for one completion; metrics and the inference log on the way.
+        A completion that is not streamed starts over on another worker if its worker dies mid-way."""
         t0 = time.monotonic()
-        first = True
         text: list[str] = []
         worker, last = "", None
+
+        def first_token() -> None:
+            metrics.ttft.labels(route).observe(time.monotonic() - t0)
+
         try:
-            async for w, resp in pool.generate(grpc_req):
-                if first:
-                    metrics.ttft.labels(route).observe(time.monotonic() - t0)
-                    first = False
+            async for w, resp in pool.generate(grpc_req, restartable=not stream, on_first=first_token):
                 worker, last = w.name, resp
                 text.append(resp.text)
                 yield w.name, resp
@@ -259,7 +265,15 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
         body = {
             "ready": bool(ready),
             "workers": [
-                {"address": w.address, "up": w.up, "model": w.model, "version": w.version} for w in pool.workers
+                {
+                    "address": w.address,
+                    "up": w.up,
+                    "model": w.model,
+                    "version": w.version,
+                    "outstanding": w.outstanding,
+                    "queued": w.queued,
+                }
+                for w in pool.workers
             ],
         }
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -298,7 +312,7 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
             stop=body.stop,
             model=model,
         )
-        text, last = await _collect(_run(req, request, "/v1/generate", {"prompt": body.prompt}))
+        text, last = await _collect(_run(req, request, "/v1/generate", {"prompt": body.prompt}, stream=False))
         return {
             "text": text,
             "model": model,
@@ -319,7 +333,8 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
             raise APIError(400, "messages: every message is empty", param="messages")
         req = _request(body, model, _max_tokens(body.max_completion_tokens or body.max_tokens, 256), messages=messages)
         cid, created = f"chatcmpl-{req.request_id}", int(time.time())
-        gen = _run(req, request, "/v1/chat/completions", {"messages": [m.model_dump() for m in body.messages]})
+        logged = {"messages": [m.model_dump() for m in body.messages]}
+        gen = _run(req, request, "/v1/chat/completions", logged, stream=bool(body.stream))
         if body.stream:
 
             def chunk(r: inference_pb2.GenerateResponse) -> dict[str, Any]:
@@ -371,7 +386,7 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
             raise APIError(400, "prompt is empty", param="prompt")
         req = _request(body, model, _max_tokens(body.max_tokens, 16), prompt=prompts[0])
         cid, created = f"cmpl-{req.request_id}", int(time.time())
-        gen = _run(req, request, "/v1/completions", {"prompt": prompts[0]})
+        gen = _run(req, request, "/v1/completions", {"prompt": prompts[0]}, stream=bool(body.stream))
         if body.stream:
 
             def chunk(r: inference_pb2.GenerateResponse) -> dict[str, Any]:

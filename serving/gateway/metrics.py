@@ -23,6 +23,13 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.retries = Counter(
+            "lifecycle_gateway_worker_retries",
+            "Requests sent to another worker after theirs failed (before the first token, or mid-generation "
+            "for a completion that is not streamed: it starts over)",
+            ["when"],
+            registry=r,
+        )
         self.tokens = Counter("lifecycle_gateway_completion_tokens", "Completion tokens generated", registry=r)
         self.queue = Gauge("lifecycle_worker_queue_depth", "Requests waiting in a worker", ["worker"], registry=r)
         self.outstanding = Gauge(

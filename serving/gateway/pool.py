@@ -9,7 +9,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -56,6 +56,8 @@ class WorkerPool:
         self.resolve_interval = resolve_interval
         self._task: asyncio.Task[None] | None = None
         self._resolved_at = float("-inf")
+        #: called with "before_first_token" or "mid_generation" each time a request moves to another worker
+        self.on_retry: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         """Open the channels (in the serving event loop: grpc.aio channels belong to one loop)."""
@@ -124,10 +126,17 @@ class WorkerPool:
         return min(ready, key=lambda w: (w.outstanding, w.queued)) if ready else None
 
     async def generate(
-        self, request: inference_pb2.GenerateRequest
+        self,
+        request: inference_pb2.GenerateRequest,
+        restartable: bool = False,
+        on_first: Callable[[], None] | None = None,
     ) -> AsyncIterator[tuple[WorkerHandle, inference_pb2.GenerateResponse]]:
         """Stream one completion. Before the first token a failed worker is marked down and the request
-        goes to the next one; after it, the error reaches the caller."""
+        goes to the next one; after it, the error reaches the caller, unless ``restartable``: then
+        (for a caller that answers only once the completion is whole, so nothing has left the gateway)
+        the responses are held until the call ends and a worker failing mid-generation means the
+        request starts over on another worker, its partial output dropped. ``on_first`` is called when
+        the first response arrives from a worker (time to first token, held or not)."""
         tried: set[WorkerHandle] = set()
         last: grpc.aio.AioRpcError | None = None
         while True:
@@ -152,9 +161,18 @@ class WorkerPool:
             w.outstanding += 1
             call = w.stub.Generate(request)
             started = False
+            held: list[inference_pb2.GenerateResponse] = []
             try:
                 async for resp in call:
+                    if on_first is not None:
+                        on_first()
+                        on_first = None
+                    if restartable:
+                        held.append(resp)
+                        continue
                     started = True
+                    yield w, resp
+                for resp in held:
                     yield w, resp
                 return
             except grpc.aio.AioRpcError as exc:
@@ -174,7 +192,10 @@ class WorkerPool:
                     ) from None
                 if code == grpc.StatusCode.UNAVAILABLE:
                     w.up = False
-                log.warning("worker %s failed before the first token (%s); trying another", w.address, code.name)
+                when = f"after {len(held)} responses, starting over" if held else "before the first token"
+                log.warning("worker %s failed %s (%s); trying another", w.address, when, code.name)
+                if self.on_retry is not None:
+                    self.on_retry("mid_generation" if held else "before_first_token")
                 last = exc
             finally:
                 w.outstanding -= 1
