@@ -227,7 +227,9 @@ def _train(cfg: Settings, dataset: Path, nproc: int, extra: list[str]) -> Any:
 
 @app.command()
 def evaluate(
-    run: Annotated[str, typer.Option(help="MLflow run id of the candidate (printed by `lifecycle train`).")],
+    run: Annotated[
+        str, typer.Option(help="The candidate: training run id (tr-…) or MLflow run id, as `lifecycle train` prints.")
+    ],
     limit: Annotated[int, typer.Option(help="Evaluate only the first N eval items (0: all).")] = 0,
 ) -> None:
     """Compare a candidate with the champion (or the base model) on the dataset's eval split."""
@@ -239,10 +241,25 @@ def _evaluate(cfg: Settings, run: str, limit: int) -> dict[str, Any]:
     from training.evaluate import evaluate as do_evaluate
 
     with Store.connect(cfg) as store:
+        run = _mlflow_run_id(store, run)
         try:
             return do_evaluate(cfg, store, run, limit=limit, report=lambda m: typer.echo(f"  {m}"))
         except ValueError as exc:
             fail(str(exc))
+
+
+def _mlflow_run_id(store: Any, run: str) -> str:
+    """A training run id (``tr-…``, the Mongo ``training_runs`` id) resolved to its MLflow run id."""
+    from lifecycle.store import TRAINING_RUNS
+
+    if not run.startswith("tr-"):
+        return run
+    doc = store.get(TRAINING_RUNS, run)
+    if doc is None:
+        fail(f"--run {run}: no such training run in Mongo `training_runs` (the id `lifecycle train` printed)")
+    if not doc.get("mlflow_run_id"):
+        fail(f"--run {run}: the training run has no MLflow run (status {doc.get('status')})")
+    return str(doc["mlflow_run_id"])
 
 
 def _print_eval(result: dict[str, Any]) -> None:
@@ -265,7 +282,9 @@ def _print_eval(result: dict[str, Any]) -> None:
 
 @app.command()
 def promote(
-    run: Annotated[str | None, typer.Option(help="MLflow run id of the evaluated candidate.")] = None,
+    run: Annotated[
+        str | None, typer.Option(help="The evaluated candidate: its training run id (tr-…) or MLflow run id.")
+    ] = None,
     margin: Annotated[float, typer.Option(help="Accuracy the candidate must gain over the champion.")] = 0.0,
     tolerance: Annotated[float, typer.Option(help="Allowed relative perplexity regression.")] = 0.25,
     rollback: Annotated[bool, typer.Option("--rollback", help="Move champion back to the previous version.")] = False,
@@ -280,6 +299,7 @@ def promote(
     if not rollback and not run:
         fail("--run is required (or --rollback)")
     with Store.connect(cfg) as store:
+        run = _mlflow_run_id(store, run) if run else run
         try:
             if rollback:
                 do_rollback(cfg, store, report=lambda m: typer.echo(f"  {m}"))

@@ -15,6 +15,7 @@ for SmolLM2) is applied only at positions that have a label, not to every prompt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -215,11 +216,17 @@ class FitResult:
 
 
 class MetricsSink:
-    """Rank 0: each logged step to ``metrics.jsonl`` and, when a run id is given, to MLflow."""
+    """Rank 0: each logged step to ``metrics.jsonl`` at once and, when a run id is given, to MLflow
+    in batches (one request per ``flush_seconds`` instead of one per step: on a 2-core machine the
+    tracking server's work competes with training). Each metric keeps its step and timestamp."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: Path) -> None:
+    MAX_BATCH = 900  # MLflow's log_batch takes at most 1000 metrics per request
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, flush_seconds: float = 10.0) -> None:
         self.file = (out_dir / "metrics.jsonl").open("a")
         self.client = None
+        self.pending: list[Any] = []
+        self.flush_seconds, self.last_flush = flush_seconds, time.monotonic()
         if cfg.mlflow_run_id:
             from mlflow import MlflowClient
 
@@ -233,10 +240,22 @@ class MetricsSink:
             from mlflow.entities import Metric
 
             ts = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+            self.pending.extend(Metric(k, v, ts, step) for k, v in metrics.items())
+            if time.monotonic() - self.last_flush >= self.flush_seconds or len(self.pending) >= self.MAX_BATCH:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.client is not None:
+            for i in range(0, len(self.pending), self.MAX_BATCH):
+                self.client.log_batch(self.run_id, metrics=self.pending[i : i + self.MAX_BATCH])
+        self.pending.clear()
+        self.last_flush = time.monotonic()
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.flush()
+        finally:
+            self.file.close()
 
 
 def fit(cfg: TrainConfig, dist: Dist) -> FitResult:
@@ -283,43 +302,52 @@ def fit(cfg: TrainConfig, dist: Dist) -> FitResult:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     epoch_cache: dict[int, list[list[int]]] = {}
     loss_value, t_start, tokens_seen = float("nan"), time.perf_counter(), 0
-    for step in range(start, total_steps):
-        t0 = time.perf_counter()
-        epoch, index = divmod(step, steps_per_epoch)
-        if epoch not in epoch_cache:
-            epoch_cache = {epoch: global_batches(lengths, cfg.global_batch_size, cfg.seed, epoch)}
-        batch = epoch_cache[epoch][index]
-        n_targets = sum(examples[i].target_tokens for i in batch)
-        lr = lr_at(step, cfg, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        mine = micro_batches(shard(batch, dist.rank, dist.world_size), cfg.micro_batch_size)
-        loss_sum = torch.zeros((), device=dist.device)
-        for j, indices in enumerate(mine):
-            inputs = {k: v.to(dist.device) for k, v in collate([examples[i] for i in indices], pad).items()}
-            last = j == len(mine) - 1
-            sync = nullcontext() if last or not dist.enabled else loss_fn.no_sync()  # type: ignore[operator]
-            with sync, autocast:
-                token_loss = loss_fn(**inputs)
-                # DDP averages gradients over ranks; scaling by world size makes that a sum.
-                (token_loss * dist.world_size / n_targets).backward()
-            loss_sum += token_loss.detach().float()
-        if dist.enabled:
-            torch_dist.all_reduce(loss_sum)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss_sum.item() / n_targets
-        step_tokens = sum(lengths[i] for i in batch)
-        tokens_seen += step_tokens
-        if sink is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
-            tps = step_tokens / (time.perf_counter() - t0)
-            sink.log(step + 1, {"loss": loss_value, "lr": lr, "tokens_per_sec": tps, "epoch": step / steps_per_epoch})
-        if dist.is_main and ((step + 1) % max(1, total_steps // 20) == 0 or step + 1 == total_steps):
-            print(f"step {step + 1}/{total_steps} loss {loss_value:.4f} lr {lr:.2e}", flush=True)
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
-            save_checkpoint(out_dir, step + 1, model, optimizer, dist, cfg)
+    try:
+        for step in range(start, total_steps):
+            t0 = time.perf_counter()
+            epoch, index = divmod(step, steps_per_epoch)
+            if epoch not in epoch_cache:
+                epoch_cache = {epoch: global_batches(lengths, cfg.global_batch_size, cfg.seed, epoch)}
+            batch = epoch_cache[epoch][index]
+            n_targets = sum(examples[i].target_tokens for i in batch)
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            mine = micro_batches(shard(batch, dist.rank, dist.world_size), cfg.micro_batch_size)
+            loss_sum = torch.zeros((), device=dist.device)
+            for j, indices in enumerate(mine):
+                inputs = {k: v.to(dist.device) for k, v in collate([examples[i] for i in indices], pad).items()}
+                last = j == len(mine) - 1
+                sync = nullcontext() if last or not dist.enabled else loss_fn.no_sync()  # type: ignore[operator]
+                with sync, autocast:
+                    token_loss = loss_fn(**inputs)
+                    # DDP averages gradients over ranks; scaling by world size makes that a sum.
+                    (token_loss * dist.world_size / n_targets).backward()
+                loss_sum += token_loss.detach().float()
+            if dist.enabled:
+                torch_dist.all_reduce(loss_sum)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = loss_sum.item() / n_targets
+            step_tokens = sum(lengths[i] for i in batch)
+            tokens_seen += step_tokens
+            if sink is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
+                tps = step_tokens / (time.perf_counter() - t0)
+                epoch_f = step / steps_per_epoch
+                sink.log(step + 1, {"loss": loss_value, "lr": lr, "tokens_per_sec": tps, "epoch": epoch_f})
+            if dist.is_main and ((step + 1) % max(1, total_steps // 20) == 0 or step + 1 == total_steps):
+                print(f"step {step + 1}/{total_steps} loss {loss_value:.4f} lr {lr:.2e}", flush=True)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+                save_checkpoint(out_dir, step + 1, model, optimizer, dist, cfg)
+                if sink is not None:
+                    sink.flush()
+    except BaseException:
+        if sink is not None:  # the metrics so far reach MLflow too; the training error is what is raised
+            with contextlib.suppress(Exception):
+                sink.close()
+        raise
     train_seconds = time.perf_counter() - t_start
     adapter_dir = out_dir / "adapter"
     if dist.is_main:

@@ -24,7 +24,9 @@ class LoraChatModel(PythonModel):
         self.config = dict(context.model_config or {})
         self.model, self.tokenizer = load_model(self.config["base_model"], context.artifacts["adapter"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    # model_input has no annotation on purpose: MLflow reads the type hint as the input schema (and
+    # warns that Any is not one); the schema comes from the signature logged with the model.
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> list[str]:
         from training.generation import generate
 
         if hasattr(model_input, "to_dict"):  # a DataFrame with a 'prompt' column

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,7 +181,9 @@ def _log_model(mlflow_run_id: str, cfg: TrainConfig, out_dir: Path, metrics: dic
 
     adapter = out_dir / ("merged" if cfg.merge else "adapter")
     digests = registry.file_digests(out_dir / "adapter")
-    with mlflow.start_run(run_id=mlflow_run_id):
+    with mlflow.start_run(run_id=mlflow_run_id), warnings.catch_warnings():
+        # the signature is given; an input example would make MLflow load and run the model here
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
         mlflow.log_metrics(metrics)
         for name in ("metrics.jsonl", "result.json"):
             mlflow.log_artifact(str(out_dir / name))

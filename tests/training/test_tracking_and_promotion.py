@@ -59,7 +59,15 @@ def test_a_run_is_tracked_from_queued_to_succeeded(
     mlrun = mc.get_run(run.mlflow_run_id)
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["lora_r"] == "16" and mlrun.data.tags["dataset_id"] == toy_dataset.name
-    assert len(mc.get_metric_history(run.mlflow_run_id, "loss")) == 3
+    assert len(mc.get_metric_history(run.mlflow_run_id, "loss")) == 3  # batched, flushed at the end
+    # the CLI's --run takes the training run id as well as the MLflow one
+    from typer import Exit
+
+    from lifecycle.cli import _mlflow_run_id
+
+    assert _mlflow_run_id(store, run.run_id) == run.mlflow_run_id == _mlflow_run_id(store, run.mlflow_run_id)
+    with pytest.raises(Exit):
+        _mlflow_run_id(store, "tr-nosuchrun")
     assert any(k.startswith("sha256.") for k in mlrun.data.tags)
     mlflow.set_tracking_uri(model_settings.mlflow_tracking_uri)
     loaded = mlflow.pyfunc.load_model(run.model_uri)  # base + adapter in one call
