@@ -29,6 +29,8 @@ EVENT_TYPES: dict[str, type[Message]] = {
         "ModelRolledBack",
         "ModelLoadFailed",
         "PipelineEvent",
+        "InferenceJobQueued",
+        "InferenceJobCompleted",
     )
 }
 
@@ -50,11 +52,20 @@ class EventError(ValueError):
 def new_event(kind: type[Message], event_id: str | None = None, **fields: Any) -> Message:
     """A message of ``kind`` with ``event_id``, ``type`` and ``occurred_at`` filled in."""
     msg = kind()
-    json_format.ParseDict({k: v for k, v in fields.items() if v is not None}, msg)
+    json_format.ParseDict(without_nulls(fields), msg)
     msg.event_id = event_id or str(uuid.uuid4())
     msg.type = kind.DESCRIPTOR.name
     msg.occurred_at.FromDatetime(dt.datetime.now(dt.UTC))
     return msg
+
+
+def without_nulls(value: Any) -> Any:
+    """``value`` with every None (at any depth) left out, as proto3 JSON has no null for scalars."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
@@ -92,7 +103,7 @@ def publish(settings: Settings, topic: str, key: str, msg: Message, timeout: flo
 
 
 def publish_raw(settings: Settings, topic: str, key: str, value: bytes, timeout: float = 15.0) -> None:
-    """Send one JSON payload that is not an event of ``proto/`` (jobs); same guarantees as ``publish``."""
+    """Send one JSON payload as it is; same guarantees as ``publish``."""
     from confluent_kafka import Producer
 
     config = topics.producer_config(settings, **{"message.timeout.ms": int(timeout * 1000), "logger": _QUIET})

@@ -8,15 +8,14 @@ uncommitted: the job is redelivered to another worker, which skips the items alr
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
-from lifecycle import topics
-from lifecycle.events import publish_raw
+from lifecycle import events, topics
 from lifecycle.store import JOBS, Store, now
+from lifecycle.v1.events_pb2 import InferenceJobQueued
 from serving import jobstore
 from serving.engine import Delta, EngineError, QueueFullError, SamplingParams
 
@@ -75,11 +74,14 @@ class JobConsumer:
 
     def run_job(self, store: Store, payload: bytes) -> None:
         try:
-            job = json.loads(payload)
-            job_id, items = str(job["job_id"]), list(job["items"])
-        except (ValueError, KeyError, TypeError) as exc:
+            job = events.decode(payload)
+        except events.EventError as exc:
             log.warning("skipping a malformed job message: %s", exc)
             return
+        if not isinstance(job, InferenceJobQueued) or not job.job_id:
+            log.warning("skipping a %s message: not an InferenceJobQueued with a job_id", job.type)
+            return
+        job_id, items = job.job_id, [events.to_dict(it) for it in job.items]
         todo = [it for it in items if store.get(JOBS, jobstore.result_id(job_id, str(it.get("id")))) is None]
         results: queue.Queue[tuple[dict[str, Any], dict[str, Any]]] = queue.Queue()
         for item in todo:  # all of them join the running batch; results are written here, not in the engine
@@ -98,7 +100,7 @@ class JobConsumer:
             store.insert_once(JOBS, doc)
         view = jobstore.view(store, job_id) or {}
         store.update(JOBS, job_id, {"status": view.get("status", "succeeded"), "finished_at": now()})
-        publish_raw(self.worker.settings, topics.INFERENCE_RESULTS, job_id, json.dumps(view, default=str).encode())
+        events.publish(self.worker.settings, topics.INFERENCE_RESULTS, job_id, jobstore.completed_event(view))
 
     def _submit(self, item: dict[str, Any], finish: Any) -> None:
         parts: list[str] = []

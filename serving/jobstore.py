@@ -7,7 +7,6 @@ imports neither torch nor grpc.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -17,17 +16,29 @@ from lifecycle.store import JOBS, Store, now
 
 
 def create(settings: Settings, store: Store, items: list[dict[str, Any]], model: str) -> dict[str, Any]:
-    """Record the job, then queue it on ``lifecycle.inference-requests`` (key = job id)."""
-    from lifecycle.events import publish_raw
+    """Record the job, then queue it on ``lifecycle.inference-requests`` (key = job id) as an
+    ``InferenceJobQueued`` event. Items: ``id``, ``prompt`` or ``messages`` (role, text content),
+    ``max_tokens``, ``temperature``."""
+    from lifecycle.events import new_event, publish
+    from lifecycle.v1.events_pb2 import InferenceJobQueued
 
     job_id = f"job-{uuid.uuid4().hex[:16]}"
     for i, item in enumerate(items):
         item.setdefault("id", str(i))
+    event = new_event(InferenceJobQueued, job_id=job_id, model=model, items=items)  # checks the items' fields
     doc = {"_id": job_id, "kind": "job", "status": "queued", "model": model, "total": len(items), "created_at": now()}
     store.insert_once(JOBS, doc)
-    payload = {"job_id": job_id, "model": model, "items": items}
-    publish_raw(settings, topics.INFERENCE_REQUESTS, job_id, json.dumps(payload).encode())
+    publish(settings, topics.INFERENCE_REQUESTS, job_id, event)
     return view(store, job_id) or {}
+
+
+def completed_event(job: dict[str, Any]) -> Any:
+    """The ``InferenceJobCompleted`` event of a finished job's view (``view``)."""
+    from lifecycle.events import new_event
+    from lifecycle.v1.events_pb2 import InferenceJobCompleted
+
+    fields = ("job_id", "model", "status", "total", "completed", "results")
+    return new_event(InferenceJobCompleted, **{k: v for k, v in {**job, "job_id": job["id"]}.items() if k in fields})
 
 
 def result_id(job_id: str, item_id: str) -> str:

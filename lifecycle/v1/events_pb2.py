@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from lifecycle.v1 import inference_pb2 as lifecycle_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lifecycle/v1/events.proto\x12\x0clifecycle.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\x13TrainingDataArrived\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12(\n\x07records\x18\x05 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x0b\n\x03uri\x18\x06 \x01(\t\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x94\x02\n\x0fModelRegistered\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12;\n\x07metrics\x18\x08 \x03(\x0b\x32*.lifecycle.v1.ModelRegistered.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa4\x03\n\rModelPromoted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\r\n\x05\x61lias\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\x39\n\x07metrics\x18\x08 \x03(\x0b\x32(.lifecycle.v1.ModelPromoted.MetricsEntry\x12\x18\n\x10previous_version\x18\t \x01(\x05\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x39\n\x07\x64igests\x18\x0b \x03(\x0b\x32(.lifecycle.v1.ModelPromoted.DigestsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\x0fModelRolledBack\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\r\n\x05\x61lias\x18\x06 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x07 \x01(\x05\x12\x0e\n\x06reason\x18\x08 \x01(\t\"\xa6\x01\n\x0fModelLoadFailed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xb4\x01\n\rPipelineEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x61g_id\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x12\n\ntry_number\x18\x08 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lifecycle/v1/events.proto\x12\x0clifecycle.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1clifecycle/v1/inference.proto\"\xd7\x01\n\x13TrainingDataArrived\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12(\n\x07records\x18\x05 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x0b\n\x03uri\x18\x06 \x01(\t\x12\'\n\x06params\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x94\x02\n\x0fModelRegistered\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\x0e\n\x06run_id\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12;\n\x07metrics\x18\x08 \x03(\x0b\x32*.lifecycle.v1.ModelRegistered.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa4\x03\n\rModelPromoted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\r\n\x05\x61lias\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\x39\n\x07metrics\x18\x08 \x03(\x0b\x32(.lifecycle.v1.ModelPromoted.MetricsEntry\x12\x18\n\x10previous_version\x18\t \x01(\x05\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x39\n\x07\x64igests\x18\x0b \x03(\x0b\x32(.lifecycle.v1.ModelPromoted.DigestsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\x0fModelRolledBack\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\r\n\x05\x61lias\x18\x06 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x07 \x01(\x05\x12\x0e\n\x06reason\x18\x08 \x01(\t\"\xa6\x01\n\x0fModelLoadFailed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xb4\x01\n\rPipelineEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x61g_id\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x12\n\ntry_number\x18\x08 \x01(\x05\"\xaa\x01\n\x12InferenceJobQueued\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12$\n\x05items\x18\x06 \x03(\x0b\x32\x15.lifecycle.v1.JobItem\"{\n\x07JobItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.lifecycle.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x01\"\xe3\x01\n\x15InferenceJobCompleted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\r\n\x05total\x18\x07 \x01(\x05\x12\x11\n\tcompleted\x18\x08 \x01(\x05\x12(\n\x07results\x18\t \x03(\x0b\x32\x17.lifecycle.v1.JobResult\"\x95\x01\n\tJobResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.lifecycle.v1.Usageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,22 +40,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELPROMOTED_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODELPROMOTED_DIGESTSENTRY']._loaded_options = None
   _globals['_MODELPROMOTED_DIGESTSENTRY']._serialized_options = b'8\001'
-  _globals['_TRAININGDATAARRIVED']._serialized_start=107
-  _globals['_TRAININGDATAARRIVED']._serialized_end=322
-  _globals['_MODELREGISTERED']._serialized_start=325
-  _globals['_MODELREGISTERED']._serialized_end=601
-  _globals['_MODELREGISTERED_METRICSENTRY']._serialized_start=555
-  _globals['_MODELREGISTERED_METRICSENTRY']._serialized_end=601
-  _globals['_MODELPROMOTED']._serialized_start=604
-  _globals['_MODELPROMOTED']._serialized_end=1024
-  _globals['_MODELPROMOTED_METRICSENTRY']._serialized_start=555
-  _globals['_MODELPROMOTED_METRICSENTRY']._serialized_end=601
-  _globals['_MODELPROMOTED_DIGESTSENTRY']._serialized_start=978
-  _globals['_MODELPROMOTED_DIGESTSENTRY']._serialized_end=1024
-  _globals['_MODELROLLEDBACK']._serialized_start=1027
-  _globals['_MODELROLLEDBACK']._serialized_end=1215
-  _globals['_MODELLOADFAILED']._serialized_start=1218
-  _globals['_MODELLOADFAILED']._serialized_end=1384
-  _globals['_PIPELINEEVENT']._serialized_start=1387
-  _globals['_PIPELINEEVENT']._serialized_end=1567
+  _globals['_TRAININGDATAARRIVED']._serialized_start=137
+  _globals['_TRAININGDATAARRIVED']._serialized_end=352
+  _globals['_MODELREGISTERED']._serialized_start=355
+  _globals['_MODELREGISTERED']._serialized_end=631
+  _globals['_MODELREGISTERED_METRICSENTRY']._serialized_start=585
+  _globals['_MODELREGISTERED_METRICSENTRY']._serialized_end=631
+  _globals['_MODELPROMOTED']._serialized_start=634
+  _globals['_MODELPROMOTED']._serialized_end=1054
+  _globals['_MODELPROMOTED_METRICSENTRY']._serialized_start=585
+  _globals['_MODELPROMOTED_METRICSENTRY']._serialized_end=631
+  _globals['_MODELPROMOTED_DIGESTSENTRY']._serialized_start=1008
+  _globals['_MODELPROMOTED_DIGESTSENTRY']._serialized_end=1054
+  _globals['_MODELROLLEDBACK']._serialized_start=1057
+  _globals['_MODELROLLEDBACK']._serialized_end=1245
+  _globals['_MODELLOADFAILED']._serialized_start=1248
+  _globals['_MODELLOADFAILED']._serialized_end=1414
+  _globals['_PIPELINEEVENT']._serialized_start=1417
+  _globals['_PIPELINEEVENT']._serialized_end=1597
+  _globals['_INFERENCEJOBQUEUED']._serialized_start=1600
+  _globals['_INFERENCEJOBQUEUED']._serialized_end=1770
+  _globals['_JOBITEM']._serialized_start=1772
+  _globals['_JOBITEM']._serialized_end=1895
+  _globals['_INFERENCEJOBCOMPLETED']._serialized_start=1898
+  _globals['_INFERENCEJOBCOMPLETED']._serialized_end=2125
+  _globals['_JOBRESULT']._serialized_start=2128
+  _globals['_JOBRESULT']._serialized_end=2277
 # @@protoc_insertion_point(module_scope)

@@ -425,7 +425,14 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
             if not (it.prompt or it.messages):
                 raise APIError(400, f"items.{i}: needs a prompt or messages", param=f"items.{i}")
             _max_tokens(it.max_tokens, 64)
-            items.append(it.model_dump(exclude_none=True) | {"id": it.id or str(i)})
+            item: dict[str, Any] = {"id": it.id or str(i), "max_tokens": it.max_tokens, "temperature": it.temperature}
+            if it.messages:
+                item["messages"] = [
+                    {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in it.messages
+                ]
+            else:
+                item["prompt"] = it.prompt
+            items.append(item)
         if len({it["id"] for it in items}) != len(items):
             raise APIError(400, "items: ids must be unique", param="items")
 

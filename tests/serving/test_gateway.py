@@ -19,10 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
+from lifecycle import events, topics
+from lifecycle.events import publish_raw
 from lifecycle.settings import Settings, load_settings
 from lifecycle.stack import process
 from lifecycle.store import INFERENCE_LOG, Store
+from lifecycle.v1.events_pb2 import InferenceJobCompleted, InferenceJobQueued, ModelLoadFailed
 from serving import launcher
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kafka_read import read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -136,6 +142,35 @@ def test_a_queued_job_is_answered_through_kafka(serving: Settings) -> None:
     assert sorted(x["item_id"] for x in job["results"]) == [f"q{i}" for i in range(5)]
     assert all(x["text"] is not None and x["usage"]["completion_tokens"] >= 1 for x in job["results"])
     assert httpx.get(url(serving, "/v1/jobs/job-nope"), timeout=10).status_code == 404
+
+    # Both topics carry events of proto/ (proto3 JSON): the queued job and, once whole, its results.
+    def of_job(topic: str) -> list[dict]:
+        return read_topic(serving, topic, lambda m, _v: m.key() == job_id.encode())
+
+    # (the results are published right after the last one is stored, so the event may trail the view)
+    assert process.wait_for(lambda: len(of_job(topics.INFERENCE_RESULTS)) == 1, timeout=30) == "ok"
+    queued, results = of_job(topics.INFERENCE_REQUESTS), of_job(topics.INFERENCE_RESULTS)
+    assert len(queued) == 1 and len(results) == 1
+    request_event, result_event = events.decode(queued[0]), events.decode(results[0])
+    assert isinstance(request_event, InferenceJobQueued) and [i.max_tokens for i in request_event.items] == [4] * 5
+    assert isinstance(result_event, InferenceJobCompleted) and result_event.status == "succeeded"
+    by_item = {r.item_id: r for r in result_event.results}
+    assert sorted(by_item) == [f"q{i}" for i in range(5)]
+    assert all(by_item[x["item_id"]].text == x["text"] for x in job["results"])
+    assert all(r.usage.completion_tokens >= 1 and r.worker for r in result_event.results)
+
+
+def test_a_job_message_that_is_not_a_queued_job_is_skipped_and_the_next_one_answered(serving: Settings) -> None:
+    for bad in (b"not json", b'{"job_id": "job-old-format", "items": []}', events.encode(events.new_event(
+        ModelLoadFailed, model_name="m", version=1, error="x"))):  # fmt: skip
+        publish_raw(serving, topics.INFERENCE_REQUESTS, "job-bad", bad)
+    r = httpx.post(url(serving, "/v1/jobs"), json={"items": [{"prompt": "still there?", "max_tokens": 2}]}, timeout=30)
+    job_id = r.json()["id"]
+
+    def done() -> bool:
+        return httpx.get(url(serving, f"/v1/jobs/{job_id}"), timeout=10).json()["status"] == "succeeded"
+
+    assert process.wait_for(done, timeout=120) == "ok"
 
 
 def metric(s: Settings, sample: str) -> float:
