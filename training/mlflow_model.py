@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -24,9 +25,10 @@ class LoraChatModel(PythonModel):
         self.config = dict(context.model_config or {})
         self.model, self.tokenizer = load_model(self.config["base_model"], context.artifacts["adapter"])
 
-    # model_input has no annotation on purpose: MLflow reads the type hint as the input schema (and
-    # warns that Any is not one); the schema comes from the signature logged with the model.
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> list[str]:
+    # model_input is annotated as a DataFrame, a type MLflow infers no schema from (Any or no hint
+    # make it warn on every log and load); the schema is the signature logged with the model, and
+    # plain lists and strings are accepted too.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         from training.generation import generate
 
         if hasattr(model_input, "to_dict"):  # a DataFrame with a 'prompt' column
