@@ -1,8 +1,8 @@
 """Where the trainer's speed comes from: one training step with and without each of its choices.
 
-    .venv/bin/python bench/train_ablation.py [--rounds 4] [--model DIR]
+    .venv/bin/python bench/train_ablation.py [--rounds 4] [--model DIR] [--dtype float32]
 
-Four variants of the same LoRA step (SmolLM2, bf16 autocast, toy-set batches of 16 sequences, loss
+Four variants of the same LoRA step (SmolLM2, bf16 autocast by default, toy-set batches of 16 sequences, loss
 on assistant tokens only, AdamW): peft's LoRA forward or the fused one (`training/fused_lora.py`),
 SDPA or eager attention. All four live in one process and take turns step by step, so noise from
 the machine hits each alike. Prints the median step time of each and its speed-up over the first
@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="base model folder (default: the pulled SmolLM2)")
     parser.add_argument("--rounds", type=int, default=4, help="passes over the 5 batches (the first is warm-up)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     args = parser.parse_args()
     model_dir = args.model or resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
 
@@ -50,7 +51,7 @@ def main() -> None:
 
     steps = {}
     for name, fused, attention in VARIANTS:
-        cfg = TrainConfig(base_model=str(model_dir), dtype="bfloat16", attention=attention)  # type: ignore[arg-type]
+        cfg = TrainConfig(base_model=str(model_dir), dtype=args.dtype, attention=attention)  # type: ignore[arg-type]
         model = load_model(cfg, torch.device("cpu"))
         if not fused:  # load_model fuses; give the layers peft's own forward back
             for m in model.modules():
@@ -61,7 +62,7 @@ def main() -> None:
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
         def step(batch: dict, loss_fn: AssistantLoss = loss_fn, opt: torch.optim.Optimizer = opt) -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
                 (loss_fn(**batch) / 1000).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -66,8 +66,8 @@ class TrainConfig:
     log_every: int = 1
     """Log loss / lr / tokens per second every this many steps."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
-    """Attention kernel: auto is eager on CPU while the attention matrices of a micro-batch fit in
-    1 GiB (faster than SDPA on short sequences), else SDPA; always SDPA on CUDA."""
+    """Attention kernel: auto is eager on CPU in bfloat16 while the attention matrices of a
+    micro-batch fit in 1 GiB (faster than SDPA's bf16 CPU kernels), else SDPA; SDPA on CUDA."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Base-model dtype: auto is bfloat16 on CUDA and on CPUs with native bf16, else float32."""
     merge: bool = False

@@ -100,14 +100,17 @@ _EAGER_BYTES_PER_SCORE = 8
 EAGER_ATTENTION_BUDGET = 1 << 30
 
 
-def attention_kernel(cfg: TrainConfig, device: torch.device, model_config: Any, longest: int) -> str:
-    """eager or sdpa. On CPU, SmolLM2 bf16 steps ran 1.2x faster with eager attention than with
-    SDPA's flash kernel (its backward is slow on short sequences; measured at 60 and 512 tokens), but
-    eager keeps every layer's score matrices for backward, so it is used only while those fit in
-    EAGER_ATTENTION_BUDGET for the longest micro-batch of the run."""
+def attention_kernel(
+    cfg: TrainConfig, device: torch.device, model_config: Any, longest: int, dtype: torch.dtype = torch.bfloat16
+) -> str:
+    """eager or sdpa. On CPU in bf16, SmolLM2 steps ran 1.2x faster with eager attention than with
+    SDPA's flash kernel (its bf16 backward is slow; measured at 60 and 512 tokens); in float32 both
+    ran at the same speed (bench/train_ablation.py), so SDPA is kept there. Eager keeps every layer's
+    score matrices for backward, so it is used only while those fit in EAGER_ATTENTION_BUDGET for the
+    longest micro-batch of the run."""
     if cfg.attention != "auto":
         return cfg.attention
-    if device.type == "cuda":
+    if device.type == "cuda" or dtype != torch.bfloat16:
         return "sdpa"
     heads = getattr(model_config, "num_attention_heads", 1)
     layers = getattr(model_config, "num_hidden_layers", 1)
@@ -123,10 +126,10 @@ def load_model(cfg: TrainConfig, device: torch.device, longest: int | None = Non
 
     from training.fused_lora import fuse_lora
 
-    attention = attention_kernel(cfg, device, AutoConfig.from_pretrained(cfg.base_model), longest or cfg.max_seq_len)
-    base = AutoModelForCausalLM.from_pretrained(
-        cfg.base_model, dtype=compute_dtype(cfg, device), attn_implementation=attention
-    )
+    dtype = compute_dtype(cfg, device)
+    model_config = AutoConfig.from_pretrained(cfg.base_model)
+    attention = attention_kernel(cfg, device, model_config, longest or cfg.max_seq_len, dtype)
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype, attn_implementation=attention)
     torch.manual_seed(cfg.seed)  # identical LoRA init on every rank and on resume
     lora = LoraConfig(
         r=cfg.lora_r,

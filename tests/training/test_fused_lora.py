@@ -97,3 +97,4 @@ def test_attention_kernel_choice() -> None:
     assert attention_kernel(cfg, cpu, smol, longest=512) == "sdpa"  # 8.4 GiB: over the budget
     assert attention_kernel(cfg, cuda, smol, longest=64) == "sdpa"
     assert attention_kernel(TrainConfig(attention="sdpa"), cpu, smol, longest=64) == "sdpa"
+    assert attention_kernel(cfg, cpu, smol, longest=64, dtype=torch.float32) == "sdpa"  # as fast, no memory cost
