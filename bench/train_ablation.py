@@ -32,7 +32,7 @@ def main() -> None:
     from training.batching import collate, encode_chat
     from training.config import TrainConfig
     from training.finetune import AssistantLoss, load_model
-    from training.fused_lora import fuse_lora
+    from training.fused_lora import unfuse_lora
     from training.records import parse_record
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,10 +54,7 @@ def main() -> None:
         cfg = TrainConfig(base_model=str(model_dir), dtype=args.dtype, attention=attention)  # type: ignore[arg-type]
         model = load_model(cfg, torch.device("cpu"))
         if not fused:  # load_model fuses; give the layers peft's own forward back
-            for m in model.modules():
-                m.__dict__.pop("forward", None)
-        else:
-            assert fuse_lora(model) > 0
+            assert unfuse_lora(model) > 0
         loss_fn = AssistantLoss(model)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 

@@ -37,8 +37,8 @@ def completed_event(job: dict[str, Any]) -> Any:
     from lifecycle.events import new_event
     from lifecycle.v1.events_pb2 import InferenceJobCompleted
 
-    fields = ("job_id", "model", "status", "total", "completed", "results")
-    return new_event(InferenceJobCompleted, **{k: v for k, v in {**job, "job_id": job["id"]}.items() if k in fields})
+    fields = ("model", "status", "total", "completed", "results")
+    return new_event(InferenceJobCompleted, job_id=job["id"], **{k: job[k] for k in fields})
 
 
 def result_id(job_id: str, item_id: str) -> str:

@@ -102,3 +102,12 @@ def fuse_lora(model: nn.Module) -> int:
             module.forward = types.MethodType(_fused_forward, module)  # type: ignore[method-assign]
             count += 1
     return count
+
+
+def unfuse_lora(model: nn.Module) -> int:
+    """Give the layers ``fuse_lora`` changed peft's own forward back; return how many."""
+    count = 0
+    for module in model.modules():
+        if module.__dict__.pop("forward", None) is not None:
+            count += 1
+    return count

@@ -325,10 +325,7 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
     async def chat(request: Request) -> dict[str, Any] | StreamingResponse:
         body = ChatCompletionRequest.model_validate(await _body(request))
         model = _model(body.model)
-        messages = [
-            inference_pb2.ChatMessage(role=m.role if m.role != "developer" else "system", content=m.text())
-            for m in body.messages
-        ]
+        messages = [inference_pb2.ChatMessage(role=m.worker_role, content=m.text()) for m in body.messages]
         if not any(m.content.strip() for m in messages):
             raise APIError(400, "messages: every message is empty", param="messages")
         req = _request(body, model, _max_tokens(body.max_completion_tokens or body.max_tokens, 256), messages=messages)
@@ -427,9 +424,7 @@ def create_app(settings: Settings, worker_addresses: list[str], *, log_inference
             _max_tokens(it.max_tokens, 64)
             item: dict[str, Any] = {"id": it.id or str(i), "max_tokens": it.max_tokens, "temperature": it.temperature}
             if it.messages:
-                item["messages"] = [
-                    {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in it.messages
-                ]
+                item["messages"] = [{"role": m.worker_role, "content": m.text()} for m in it.messages]
             else:
                 item["prompt"] = it.prompt
             items.append(item)

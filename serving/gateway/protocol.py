@@ -64,6 +64,11 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart] | None = None
 
+    @property
+    def worker_role(self) -> str:
+        """The role as workers know it: OpenAI's ``developer`` is the chat template's ``system``."""
+        return "system" if self.role == "developer" else self.role
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)

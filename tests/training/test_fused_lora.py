@@ -11,7 +11,7 @@ import torch
 from training.batching import collate, encode_chat
 from training.config import DEFAULT_TARGETS, TrainConfig
 from training.finetune import AssistantLoss, attention_kernel
-from training.fused_lora import fuse_lora
+from training.fused_lora import fuse_lora, unfuse_lora
 
 
 def _peft(tiny_llama_dir: Path, dropout: float, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -61,6 +61,7 @@ def test_fused_matches_peft(tiny_llama_dir: Path, dropout: float, autocast: bool
     reference = _peft(tiny_llama_dir, dropout)
     fused = _peft(tiny_llama_dir, dropout)
     assert fuse_lora(fused) == 2 * len(DEFAULT_TARGETS)  # 2 layers x 7 target modules
+    assert unfuse_lora(fused) == 2 * len(DEFAULT_TARGETS) and fuse_lora(fused) == 2 * len(DEFAULT_TARGETS)
     ref_loss, ref_grads = _loss_and_grads(reference, batch, autocast)
     loss, grads = _loss_and_grads(fused, batch, autocast)
     assert loss == pytest.approx(ref_loss, rel=rtol)
