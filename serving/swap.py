@@ -57,8 +57,13 @@ class SwapWatcher:
         from confluent_kafka import Consumer
 
         s = self.worker.settings
+        # A group of its own per worker, with static membership: a worker restarted after a crash
+        # (kill -9, OOM) takes its old member's place at once instead of waiting out the session
+        # timeout (45 s) for the group to rebalance before it can read the champion and serve.
         conf = topics.consumer_config(
-            s, f"lifecycle-worker-{self.worker.name}", **{"auto.offset.reset": "latest", "logger": _QUIET}
+            s,
+            f"lifecycle-worker-{self.worker.name}",
+            **{"auto.offset.reset": "latest", "group.instance.id": self.worker.name, "logger": _QUIET},
         )
         self.consumer = Consumer(conf)
         self.consumer.subscribe([topics.MODEL_EVENTS], on_assign=lambda c, p: self._assigned.set())

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,7 +186,7 @@ def test_kill_9_of_a_worker_mid_generation_fails_no_request_and_it_comes_back(
     serving: Settings, tiny_llama_dir: Path
 ) -> None:
     def ask(i: int) -> int:
-        body = {"prompt": f"tell me a long story {i}", "max_tokens": 256}
+        body = {"prompt": f"tell me a long story {i}", "max_tokens": 1024}
         return httpx.post(url(serving, "/v1/generate"), json=body, timeout=300).status_code
 
     victim = serving.run_dir / f"worker-{serving.worker_port + 1}.pid"
@@ -196,8 +197,16 @@ def test_kill_9_of_a_worker_mid_generation_fails_no_request_and_it_comes_back(
     before, mid_before = metric(serving, first_tokens), metric(serving, mid)
     with cf.ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(ask, i) for i in range(16)]
-        # kill once every request has its first token: the victim's half are mid-generation
-        assert process.wait_for(lambda: metric(serving, first_tokens) - before >= 16, timeout=120) == "ok"
+
+        # Kill once every request has its first token while the victim still has requests in flight:
+        # those are mid-generation. (1024 tokens take seconds, far longer than the requests' first
+        # tokens are spread apart, even on a loaded machine; at 256 the victim had once finished them all.)
+        def victim_mid_generation() -> bool:
+            ws = httpx.get(url(serving, "/readyz"), timeout=10).json()["workers"]
+            in_flight = [w["outstanding"] for w in ws if w["address"].endswith(f":{serving.worker_port + 1}")]
+            return metric(serving, first_tokens) - before >= 16 and in_flight[0] >= 1
+
+        assert process.wait_for(victim_mid_generation, timeout=120) == "ok"
         os.killpg(pid, signal.SIGKILL)
         codes = [f.result() for f in futures]
     # Not streamed, so nothing had reached the clients: the victim's requests start over on the other
@@ -210,8 +219,10 @@ def test_kill_9_of_a_worker_mid_generation_fails_no_request_and_it_comes_back(
         return [w["up"] for w in ws] == [True, up]
 
     assert process.wait_for(lambda: worker_up(False), timeout=30) == "ok"
+    t0 = time.monotonic()
     launcher.start(serving, 2, str(tiny_llama_dir), threads=1, report=print)
     assert process.wait_for(lambda: worker_up(True), timeout=60) == "ok"
+    print(f"restarted worker serving again in {time.monotonic() - t0:.1f} s")
 
 
 def test_api_keys_and_rate_limit(serving: Settings) -> None:
