@@ -80,8 +80,14 @@ class SwapWatcher:
         self.consumer.close()
 
     def _run(self) -> None:
+        from confluent_kafka import KafkaError
+
         while not self._stop.is_set():
             msg = self.consumer.poll(0.5)
+            if msg is not None and msg.error() and msg.error().code() == KafkaError._FATAL:
+                # e.g. fenced: another live worker has this worker's name (--name), so the same static member
+                log.error("%s: the model-event consumer stopped: %s", self.worker.name, msg.error())
+                return
             if msg is None or msg.error():
                 continue
             try:

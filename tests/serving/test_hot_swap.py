@@ -1,12 +1,15 @@
 """Hot swap end to end: a version promoted through the real gate (MLflow registry + Kafka) reaches two
 running workers under load with no failed request; a version whose weights do not match their
-registered digests is refused with ``ModelLoadFailed`` while the old version keeps answering."""
+registered digests is refused with ``ModelLoadFailed`` while the old version keeps answering; a worker
+that comes back under its old name takes over its model-event subscription at once."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from lifecycle.settings import Settings
 from lifecycle.stack.process import wait_for
 from lifecycle.store import Store
 from serving import launcher
+from serving.swap import SwapWatcher
 from training.config import TrainConfig
 from training.evaluate import evaluate
 from training.promote import promote
@@ -109,3 +113,29 @@ def test_promotion_swaps_under_load_and_a_bad_digest_is_refused(
         assert served(s) == ["1", "1"]
         r = httpx.post(launcher.gateway_url(s) + "/v1/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
         assert r.status_code == 200 and r.json()["version"] == "1"
+
+
+def test_a_worker_back_under_its_name_takes_over_its_subscription_and_a_duplicate_name_is_reported(
+    stack: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = types.SimpleNamespace(settings=stack, name=f"w-{time.monotonic_ns()}", slot=None)
+    crashed, back, duplicate = SwapWatcher(worker), SwapWatcher(worker), SwapWatcher(worker)  # type: ignore[arg-type]
+    crashed.start()
+    assert crashed._assigned.is_set()
+    # A crashed worker: it no longer reads, its member is still in the group. Joining as a new member
+    # would wait for that one to be dropped (minutes); under the same group.instance.id it is at once.
+    crashed._stop.set()
+    assert crashed._thread is not None
+    crashed._thread.join()
+    t0 = time.monotonic()
+    back.start(timeout=30)
+    joined = time.monotonic() - t0
+    assert back._assigned.is_set() and joined < 15, joined
+    # Two live workers with one name: the older one is fenced, its watcher stops and says why.
+    with caplog.at_level(logging.ERROR, logger="serving.swap"):
+        duplicate.start(timeout=30)
+        assert back._thread is not None and wait_for(lambda: not back._thread.is_alive(), timeout=30) == "ok"
+    assert any(worker.name in r.message and "consumer stopped" in r.message for r in caplog.records)
+    assert duplicate._thread is not None and duplicate._thread.is_alive()
+    for w in (duplicate, back, crashed):
+        w.stop()
