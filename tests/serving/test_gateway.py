@@ -189,6 +189,10 @@ def test_kill_9_of_a_worker_mid_generation_fails_no_request_and_it_comes_back(
         body = {"prompt": f"tell me a long story {i}", "max_tokens": 1024}
         return httpx.post(url(serving, "/v1/generate"), json=body, timeout=300).status_code
 
+    def job(i: int) -> str:
+        body = {"items": [{"prompt": f"after the kill {i}", "max_tokens": 2}]}
+        return str(httpx.post(url(serving, "/v1/jobs"), json=body, timeout=30).json()["id"])
+
     victim = serving.run_dir / f"worker-{serving.worker_port + 1}.pid"
     pid = process.read_pid(victim)
     assert pid is not None
@@ -208,17 +212,32 @@ def test_kill_9_of_a_worker_mid_generation_fails_no_request_and_it_comes_back(
 
         assert process.wait_for(victim_mid_generation, timeout=120) == "ok"
         os.killpg(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        # Queued jobs keyed to the dead worker's partitions go to the survivor once the group drops the
+        # dead member (session timeout 10 s; with Kafka's default 45 s they waited that long).
+        jobs = [job(i) for i in range(12)]
+
+        def jobs_done() -> bool:
+            return all(
+                httpx.get(url(serving, f"/v1/jobs/{j}"), timeout=10).json()["status"] == "succeeded" for j in jobs
+            )
+
+        assert process.wait_for(jobs_done, timeout=120) == "ok"
+        after_kill = time.monotonic() - killed_at
         codes = [f.result() for f in futures]
     # Not streamed, so nothing had reached the clients: the victim's requests start over on the other
     # worker and every request succeeds.
     assert codes == [200] * 16, codes
     assert metric(serving, mid) - mid_before >= 1
+    print(f"12 jobs queued at the kill answered {after_kill:.1f} s after it")
+    assert after_kill < 30, after_kill
 
     def worker_up(up: bool) -> bool:
         ws = httpx.get(url(serving, "/readyz"), timeout=10).json()["workers"]
         return [w["up"] for w in ws] == [True, up]
 
     assert process.wait_for(lambda: worker_up(False), timeout=30) == "ok"
+
     t0 = time.monotonic()
     launcher.start(serving, 2, str(tiny_llama_dir), threads=1, report=print)
     assert process.wait_for(lambda: worker_up(True), timeout=60) == "ok"
