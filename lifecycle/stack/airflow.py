@@ -74,6 +74,8 @@ def connections(settings: Settings) -> dict[str, dict[str, Any]]:
                 "group.id": "lifecycle-airflow",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                # a killed triggerer's partitions go to its successor in 10 s, not Kafka's default 45 s
+                "session.timeout.ms": 10000,
             },
         },
         CONN_MONGO: {
