@@ -26,13 +26,20 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     }
 
 
+SESSION_TIMEOUT_MS = 10_000
+
+
 def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str, Any]:
-    """Consumer that commits only when told to (after its side effect), from the earliest offset."""
+    """Consumer that commits only when told to (after its side effect), from the earliest offset.
+    A member that dies (kill -9, OOM) holds its partitions until its session times out: 10 s here,
+    not Kafka's default 45 s (heartbeats come from librdkafka's own thread, so a busy process does
+    not miss them). Airflow's ``lifecycle_kafka`` connection sets the same."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
         **extra,
     }
 

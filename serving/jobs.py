@@ -48,10 +48,7 @@ class JobConsumer:
         from confluent_kafka import Consumer
 
         s = self.worker.settings
-        # A worker killed mid-job holds its partitions until the group drops it: 10 s, not Kafka's
-        # default 45 s (heartbeats come from librdkafka's own thread, so a busy engine does not miss them).
-        extra = {"logger": _QUIET, "max.poll.interval.ms": 900_000, "session.timeout.ms": 10_000}
-        consumer = Consumer(topics.consumer_config(s, GROUP, **extra))
+        consumer = Consumer(topics.consumer_config(s, GROUP, **{"logger": _QUIET, "max.poll.interval.ms": 900_000}))
         consumer.subscribe([topics.INFERENCE_REQUESTS])
         store = Store.connect(s)
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from lifecycle import topics
 from lifecycle.settings import Settings
 from lifecycle.stack.base import Launch, Service, StackError
 
@@ -75,7 +76,7 @@ def connections(settings: Settings) -> dict[str, dict[str, Any]]:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 # a killed triggerer's partitions go to its successor in 10 s, not Kafka's default 45 s
-                "session.timeout.ms": 10000,
+                "session.timeout.ms": topics.SESSION_TIMEOUT_MS,
             },
         },
         CONN_MONGO: {
