@@ -58,8 +58,9 @@ class SwapWatcher:
 
         s = self.worker.settings
         # A group of its own per worker, with static membership: a worker restarted after a crash
-        # (kill -9, OOM) takes its old member's place at once instead of waiting out the session
-        # timeout (45 s) for the group to rebalance before it can read the champion and serve.
+        # (kill -9, OOM) takes its old member's place at once instead of waiting out the dead member's
+        # session (topics.SESSION_TIMEOUT_MS) for the group to rebalance before it can read the
+        # champion and serve.
         conf = topics.consumer_config(
             s,
             f"lifecycle-worker-{self.worker.name}",
