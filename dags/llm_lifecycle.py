@@ -8,10 +8,9 @@ Mongo document. The task bodies live in ``plugins/pipeline.py`` over the ``train
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, get_current_context, task
 
-from plugins.lifecycle_tasks import DEFAULT_ARGS, train_and_promote
+from plugins.lifecycle_tasks import lifecycle_dag, train_and_promote
 
 PARAMS = {
     "dataset_path": Param("", type="string", title="Training data",
@@ -39,17 +38,7 @@ PARAMS = {
 }  # fmt: skip
 
 
-@dag(
-    dag_id="llm_lifecycle",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    params=PARAMS,
-    tags=["llm-lifecycle", "training"],
-    doc_md=__doc__,
-)
+@lifecycle_dag("llm_lifecycle", schedule=None, tags=["training"], doc=__doc__, max_active_runs=1, params=PARAMS)
 def llm_lifecycle() -> None:
     @task(retries=0)  # bad data does not get better on retry
     def ingest() -> str:

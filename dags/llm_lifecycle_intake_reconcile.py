@@ -9,18 +9,18 @@ and the runs' atomic claim keeps it to one training per event.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import task
+
+from plugins.lifecycle_tasks import lifecycle_dag
 
 
-@dag(
-    dag_id="llm_lifecycle_intake_reconcile",
+@lifecycle_dag(
+    "llm_lifecycle_intake_reconcile",
     schedule="*/5 * * * *",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
+    tags=["kafka", "ops"],
+    doc=__doc__,
     max_active_runs=1,
     default_args={"owner": "llm-lifecycle", "retries": 1, "retry_delay": pendulum.duration(seconds=30)},
-    tags=["llm-lifecycle", "kafka", "ops"],
-    doc_md=__doc__,
 )
 def llm_lifecycle_intake_reconcile() -> None:
     @task

@@ -10,18 +10,16 @@ message delivered twice trains once (see ``plugins/kafka_intake.py``). The ``rec
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import pendulum
 from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
-from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+from airflow.sdk import Asset, AssetWatcher, get_current_context, task
 
-from plugins.lifecycle_tasks import DEFAULT_ARGS, train_and_promote
+from plugins.lifecycle_tasks import lifecycle_dag, parse_settings, train_and_promote
 
 TOPIC = "lifecycle.training-data"
-# Parse-time read with a default; the broker address itself comes from the lifecycle_kafka connection.
-BOOTSTRAP = os.environ.get("LIFECYCLE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+# Names the asset only; the watcher's broker address comes from the lifecycle_kafka connection.
+BOOTSTRAP = parse_settings().kafka_bootstrap
 
 training_data = Asset(
     name="lifecycle_training_data",
@@ -42,12 +40,11 @@ training_data = Asset(
 )
 
 
-@dag(
-    dag_id="llm_lifecycle_kafka",
+@lifecycle_dag(
+    "llm_lifecycle_kafka",
     schedule=[training_data],
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    default_args=DEFAULT_ARGS,
+    tags=["training", "kafka"],
+    doc=__doc__,
     params={
         "dataset_name": "kafka",
         "epochs": 5.0,
@@ -57,8 +54,6 @@ training_data = Asset(
         "backend": "local",
         "max_steps": 0,
     },
-    tags=["llm-lifecycle", "training", "kafka"],
-    doc_md=__doc__,
 )
 def llm_lifecycle_kafka() -> None:
     @task.short_circuit(retries=0)

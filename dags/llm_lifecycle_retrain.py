@@ -8,27 +8,18 @@ ingested after the champion's training run started, the run short-circuits: ever
 
 from __future__ import annotations
 
-import os
+from airflow.sdk import get_current_context, task
 
-import pendulum
-from airflow.sdk import dag, get_current_context, task
-
-from plugins.lifecycle_tasks import DEFAULT_ARGS, train_and_promote
-
-# Parse-time read with a default (no connections, no required variables at parse time).
-SCHEDULE = os.environ.get("LIFECYCLE_RETRAIN_SCHEDULE", "0 3 * * 0")
+from plugins.lifecycle_tasks import lifecycle_dag, parse_settings, train_and_promote
 
 
-@dag(
-    dag_id="llm_lifecycle_retrain",
-    schedule=SCHEDULE,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
+@lifecycle_dag(
+    "llm_lifecycle_retrain",
+    schedule=parse_settings().retrain_schedule,  # LIFECYCLE_RETRAIN_SCHEDULE
+    tags=["training", "scheduled"],
+    doc=__doc__,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
     params={"promotion_margin": 0.0, "eval_limit": 0, "nproc": 1, "backend": "local"},
-    tags=["llm-lifecycle", "training", "scheduled"],
-    doc_md=__doc__,
 )
 def llm_lifecycle_retrain() -> None:
     @task.short_circuit

@@ -8,20 +8,14 @@ and fails with the address it could not reach.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import task
+
+from plugins.lifecycle_tasks import lifecycle_dag
 
 DEFAULT_ARGS = {"owner": "llm-lifecycle", "retries": 2, "retry_delay": pendulum.duration(seconds=10)}
 
 
-@dag(
-    dag_id="stack_check",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    default_args=DEFAULT_ARGS,
-    tags=["llm-lifecycle", "ops"],
-    doc_md=__doc__,
-)
+@lifecycle_dag("stack_check", schedule=None, tags=["ops"], doc=__doc__, default_args=DEFAULT_ARGS)
 def stack_check() -> None:
     @task
     def check_kafka() -> list[str]:

@@ -5,10 +5,13 @@ Each task reads the DAG run's params and passes ids only; bodies are in ``plugin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pendulum
-from airflow.sdk import XComArg, get_current_context, task
+from airflow.sdk import XComArg, dag, get_current_context, task
+
+from lifecycle.settings import Settings, load_settings
 
 #: default_args of the project's DAGs: an owner, and retries with exponential backoff.
 DEFAULT_ARGS = {
@@ -18,6 +21,22 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": pendulum.duration(minutes=5),
 }
+
+
+def parse_settings() -> Settings:
+    """The settings a DAG file may read while it is parsed: from the environment, with their defaults;
+    no connection is opened. An invalid value fails the import, naming the variable."""
+    return load_settings()
+
+
+def lifecycle_dag(dag_id: str, *, schedule: Any, tags: list[str], doc: str | None, **kwargs: Any) -> Callable[..., Any]:
+    """``@dag`` with what every DAG of the project shares: a fixed start date, no catch-up, the
+    ``llm-lifecycle`` tag (the listener reports only tagged DAGs), and ``DEFAULT_ARGS`` unless given."""
+    kwargs.setdefault("default_args", DEFAULT_ARGS)
+    return dag(
+        dag_id=dag_id, schedule=schedule, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
+        tags=["llm-lifecycle", *tags], doc_md=doc, **kwargs,
+    )  # fmt: skip
 
 
 def _params() -> dict[str, Any]:
