@@ -41,15 +41,15 @@ def main() -> None:
 
     from lifecycle import events, topics
     from lifecycle.settings import load_settings
+    from lifecycle.stack.serving import gateway_url, start_serving, stop_serving
     from lifecycle.store import Store
     from lifecycle.v1 import events_pb2
-    from serving import launcher
     from training.base_model import load_tokenizer, resolve_base_model
     from training.config import TrainConfig
     from training.evaluate import evaluate
     from training.ingest import ingest
+    from training.launch import run_training
     from training.promote import promote
-    from training.train import run_training
 
     s = load_settings()
     quiet = lambda m: None  # noqa: E731
@@ -67,10 +67,10 @@ def main() -> None:
             evaluate(s, store, run.mlflow_run_id, limit=2, max_new_tokens=2, report=quiet)
             runs.append(run)
         promote(s, store, runs[0].mlflow_run_id, margin=-1.0, report=quiet)
-        launcher.start(s, args.workers, report=quiet)
+        start_serving(s, args.workers, report=quiet)
         promote(s, store, runs[1].mlflow_run_id, margin=-1.0, report=quiet)
 
-    url = launcher.gateway_url(s)
+    url = gateway_url(s)
 
     def versions() -> list[str]:
         return [w["version"] for w in httpx.get(url + "/readyz", timeout=10).json()["workers"]]
@@ -121,11 +121,11 @@ def main() -> None:
         until = swaps[k + 1][2] - swaps[k + 1][1] if k + 1 < len(swaps) else float("inf")
         wrong += sum(1 for t0, code, v in results if done_at < t0 < until and code == 200 and v != target)
 
-    launcher.stop(s, report=quiet)  # baseline: a restart onto the champion (v2 by alias)
+    stop_serving(s, report=quiet)  # baseline: a restart onto the champion (v2 by alias)
     t0 = time.monotonic()
-    launcher.start(s, args.workers, report=quiet)
+    start_serving(s, args.workers, report=quiet)
     restart = time.monotonic() - t0
-    launcher.stop(s, report=quiet)
+    stop_serving(s, report=quiet)
 
     times = [x[1] for x in swaps]
     print(f"{args.workers} workers, {args.concurrency} clients, {len(results)} requests during {len(swaps)} swaps")

@@ -138,7 +138,7 @@ def wait_http(url: str, timeout: float = 300) -> None:
 
 def main() -> None:
     from lifecycle.settings import load_settings
-    from serving import launcher
+    from lifecycle.stack.serving import gateway_url, start_serving, stop_serving
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="")
@@ -157,16 +157,16 @@ def main() -> None:
     s = load_settings()
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, dict[int, dict[str, float]]] = {"ours": {}, "naive": {}}
-    launcher.start(
+    start_serving(
         s, args.workers, model, threads=max(1, args.threads // args.workers), events=False, report=lambda m: None
     )
     try:
-        ours = launcher.gateway_url(s) + "/v1/chat/completions"
+        ours = gateway_url(s) + "/v1/chat/completions"
         asyncio.run(load(ours, 2, 2, 4, True))  # warm-up
         for c in levels:
             results["ours"][c] = asyncio.run(load(ours, c, max(args.requests, c), args.max_tokens, True))
     finally:
-        launcher.stop(s, report=lambda m: None)
+        stop_serving(s, report=lambda m: None)
     script = home / "naive.py"
     script.write_text(BASELINE)
     proc = subprocess.Popen([sys.executable, str(script), model, "18300", str(args.threads)])

@@ -8,6 +8,7 @@ FROM ${AIRFLOW_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 USER airflow
 COPY --chown=airflow:0 pyproject.toml README.md /opt/llm-lifecycle/
+COPY --chown=airflow:0 cli /opt/llm-lifecycle/cli
 COPY --chown=airflow:0 lifecycle /opt/llm-lifecycle/lifecycle
 COPY --chown=airflow:0 training /opt/llm-lifecycle/training
 COPY --chown=airflow:0 serving /opt/llm-lifecycle/serving

@@ -14,6 +14,7 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY docker/requirements-serving.txt /tmp/requirements.txt
 RUN pip install --extra-index-url "${TORCH_INDEX}" -r /tmp/requirements.txt
 COPY pyproject.toml README.md /src/
+COPY cli /src/cli
 COPY lifecycle /src/lifecycle
 COPY serving /src/serving
 COPY training /src/training

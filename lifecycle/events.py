@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import uuid
 from typing import Any
 
@@ -36,9 +35,6 @@ EVENT_TYPES: dict[str, type[Message]] = {
 
 # librdkafka's own log lines (retries while a coordinator loads, …) go here, not to stderr;
 # a delivery failure still surfaces as PublishError.
-_QUIET = logging.getLogger("lifecycle.events.kafka")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 class PublishError(RuntimeError):
@@ -106,7 +102,9 @@ def publish_raw(settings: Settings, topic: str, key: str, value: bytes, timeout:
     """Send one JSON payload as it is; same guarantees as ``publish``."""
     from confluent_kafka import Producer
 
-    config = topics.producer_config(settings, **{"message.timeout.ms": int(timeout * 1000), "logger": _QUIET})
+    config = topics.producer_config(
+        settings, **{"message.timeout.ms": int(timeout * 1000), "logger": topics.quiet_logger(__name__)}
+    )
     producer = Producer(config)
     outcome: list[Any] = []
     producer.produce(topic, key=key.encode(), value=value, on_delivery=lambda err, _m: outcome.append(err))

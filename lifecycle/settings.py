@@ -137,18 +137,17 @@ class Settings(BaseSettings):
             self.mlflow_tracking_uri = f"http://{self.host}:{self.mlflow_port}"
         return self
 
-    # Paths under the state and cache dirs, in one place.
-    @property
-    def logs_dir(self) -> Path:
-        return self.home / "logs"
+    # Paths under the state and cache dirs, in one place: every module asks these, none builds its own.
+    logs_dir = property(lambda self: self.home / "logs", doc="Logs of the local stack and serving processes.")
+    run_dir = property(lambda self: self.home / "run", doc="Pid files.")
+    datasets_dir = property(lambda self: self.home / "datasets", doc="Ingested datasets, a folder per id.")
+    runs_dir = property(lambda self: self.home / "runs", doc="Training runs' outputs, a folder per run id.")
+    serving_dir = property(lambda self: self.home / "serving", doc="Versions a worker downloads, until loaded.")
+    models_dir = property(lambda self: self.cache_dir / "models", doc="Base models (the model cache).")
 
-    @property
-    def run_dir(self) -> Path:
-        return self.home / "run"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.cache_dir / "models"
+    def service_data_dir(self, service: str) -> Path:
+        """Data of one local-stack service (Kafka log dirs, FerretDB, MLflow, Airflow)."""
+        return self.home / "data" / service
 
     @property
     def kafka_controller_port(self) -> int:

@@ -1,10 +1,16 @@
-"""Kafka topics of SPEC.md and the client configurations every producer and consumer uses."""
+"""Kafka topics of SPEC.md, the client configurations every producer and consumer uses, and the one
+consume loop of the project's long-running consumers (commit after the side effect)."""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from lifecycle.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TRAINING_DATA = "lifecycle.training-data"
 MODEL_EVENTS = "lifecycle.model-events"
@@ -67,3 +73,58 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL, timeout: flo
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+def quiet_logger(name: str) -> logging.Logger:
+    """A logger for librdkafka's own lines (``"logger"`` of a client config): they go nowhere. A broker
+    that is briefly away is retried by the client and reported by our own code, not by a stream of
+    librdkafka warnings in every process's log."""
+    quiet = logging.getLogger(f"{name}.kafka")
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    return quiet
+
+
+def consume(
+    consumer: Any,
+    handle: Callable[[bytes], None],
+    stop: threading.Event,
+    *,
+    name: str,
+    ready: Callable[[], bool] | None = None,
+    retry_pause: float = 2.0,
+) -> None:
+    """Poll ``consumer`` until ``stop`` is set and ``handle`` each message's value, committing its offset
+    only after ``handle`` returned. A message that cannot be handled yet (``ready()`` false) or whose
+    handling raised is read again after ``retry_pause``: its offset is not committed, so a crash in
+    between also brings it back. A fatal consumer error (e.g. fenced: another live member with the
+    same ``group.instance.id``) ends the loop with an error naming ``name``."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    while not stop.is_set():
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error():
+            # librdkafka reports a fatal error as a _FATAL message whose .fatal() is False: check the code.
+            if msg.error().code() == KafkaError._FATAL:
+                log.error("%s: the consumer stopped: %s", name, msg.error())
+                return
+            continue
+        again = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+        if ready is not None and not ready():
+            consumer.seek(again)
+            stop.wait(retry_pause)
+            continue
+        try:
+            handle(msg.value())
+        except Exception:
+            log.exception("%s: handling a message of %s failed; reading it again", name, msg.topic())
+            consumer.seek(again)
+            stop.wait(retry_pause)
+            continue
+        try:
+            consumer.commit(message=msg, asynchronous=False)
+        except KafkaException as exc:  # e.g. a rebalance took the partition: its new owner reads it again
+            log.warning("%s: commit of %s[%d]@%d failed: %s", name, msg.topic(), msg.partition(), msg.offset(), exc)

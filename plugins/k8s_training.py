@@ -1,6 +1,6 @@
 """The ``kubernetes`` training backend: the trainer as a pod, run by ``KubernetesPodOperator``.
 
-The pod runs the same command as the local backend (``training.train.trainer_command``) in the
+The pod runs the same command as the local backend (``training.launch.trainer_command``) in the
 trainer image, with GPUs (``nvidia.com/gpu``), node selector, tolerations, CPU and memory from the
 settings (``LIFECYCLE_TRAINER_*``). ``LIFECYCLE_HOME`` is a shared volume (the PVC
 ``LIFECYCLE_SHARED_VOLUME_CLAIM``) mounted at the same path in Airflow workers and trainer pods, so
@@ -23,7 +23,7 @@ from typing import Any
 
 from lifecycle.settings import Settings
 from training.config import TrainConfig
-from training.train import Launcher, Report, TrainingError, trainer_command
+from training.launch import Launcher, Report, TrainingError, trainer_command
 
 CONTAINER_PYTHON = "python"
 
@@ -135,17 +135,14 @@ def training_job(settings: Settings, cfg: TrainConfig, nproc: int, nnodes: int, 
             ),
         ),
     )
-    service = k8s.V1Service(
-        api_version="v1",
-        kind="Service",
-        metadata=meta,
-        spec=k8s.V1ServiceSpec(
-            cluster_ip="None",
-            publish_not_ready_addresses=True,  # the rendezvous happens before any pod is "ready"
-            selector={"batch.kubernetes.io/job-name": name},
-            ports=[k8s.V1ServicePort(name="rdzv", port=RDZV_PORT, target_port=RDZV_PORT)],
-        ),
+    # Headless; publishes pods before they are "ready", since the rendezvous happens before that.
+    spec = k8s.V1ServiceSpec(
+        cluster_ip="None",
+        publish_not_ready_addresses=True,
+        selector={"batch.kubernetes.io/job-name": name},
+        ports=[k8s.V1ServicePort(name="rdzv", port=RDZV_PORT, target_port=RDZV_PORT)],
     )
+    service = k8s.V1Service(api_version="v1", kind="Service", metadata=meta, spec=spec)
     return job, service
 
 

@@ -1,4 +1,4 @@
-"""The lifecycle DAG's task bodies: thin wrappers over ``training`` that pass ids, never data.
+"""The lifecycle DAG's task bodies: thin wrappers over ``training.steps`` that pass ids, never data.
 
 Each function is idempotent for the same inputs: ingest keys the dataset by its content hash,
 fine-tuning keys its Mongo run by the DAG run (a retry after success returns the finished run),
@@ -47,9 +47,7 @@ def _path(uri: str) -> Path:
 
 def ingest(params: dict[str, Any], records: list[dict[str, Any]] | None = None) -> str:
     """Ingest the dataset named by the params (a JSONL path/URI) or inline records; returns its id."""
-    from training.base_model import load_tokenizer
-    from training.ingest import ingest as do_ingest
-    from training.ingest import record_lineage
+    from training import steps
 
     s = _settings(params)
     eval_path = _path(params["eval_path"]) if params.get("eval_path") else None
@@ -61,12 +59,9 @@ def ingest(params: dict[str, Any], records: list[dict[str, Any]] | None = None) 
             raise PipelineError("params.dataset_path is empty and the run carries no records")
         source = _path(params["dataset_path"])
         label = str(source)
-    ds = do_ingest(source, s.home / "datasets", name=params.get("dataset_name", "dataset"), eval_source=eval_path,
-                   tokenizer=load_tokenizer(s.base_model, s.models_dir), source_label=label)  # fmt: skip
+    ds, _ = steps.ingest(s, source, label, name=params.get("dataset_name", "dataset"), eval_source=eval_path)
     for r in ds.rejected:
         print(f"rejected {r.source} line {r.line}: {r.reason}")
-    with Store.connect(s) as store:
-        record_lineage(store, ds, label)
     print(f"dataset {ds.id}: {ds.train} train, {ds.eval} eval, {len(ds.rejected)} rejected")
     return ds.id
 
@@ -75,10 +70,10 @@ def validate(dataset_id: str, params: dict[str, Any]) -> str:
     """Fail fast, before any training, on a dataset or base model that cannot work."""
     from training.base_model import resolve_base_model
     from training.ingest import load_split
-    from training.train import check_base_model
+    from training.launch import check_base_model
 
     s = _settings(params)
-    path = s.home / "datasets" / dataset_id
+    path = s.datasets_dir / dataset_id
     train = load_split(path, "train")
     if len(train) < int(params.get("global_batch_size", 16)):
         raise PipelineError(f"dataset {dataset_id} has {len(train)} training records, fewer than one batch")
@@ -95,9 +90,9 @@ def training_run_id(dag_run_id: str, dataset_id: str) -> str:
 def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str, context: Any = None) -> str:
     """Train with the run's backend: ``local`` (torchrun subprocess, its output is the task log) or
     ``kubernetes`` (a trainer pod, see ``plugins/k8s_training.py``). Returns the MLflow run id."""
+    from training import steps
     from training.base_model import resolve_base_model
     from training.config import TrainConfig
-    from training.train import run_training
 
     s = _settings(params)
     run_id = training_run_id(dag_run_id, dataset_id)
@@ -114,38 +109,32 @@ def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str, context:
         raise PipelineError(f"params.nodes is {nodes}: several nodes need backend 'kubernetes'")
     with Store.connect(s) as store:
         done = store.get(TRAINING_RUNS, run_id)
-        if done is not None and done.get("status") == "succeeded":
-            print(f"training run {run_id} already succeeded: MLflow run {done['mlflow_run_id']}")
-            return str(done["mlflow_run_id"])
-        fields = {field: params[p] for p, field in TRAIN_PARAMS.items() if params.get(p) is not None}
-        cfg = TrainConfig(
-            base_model=resolve_base_model(s.base_model, s.models_dir),
-            dataset=str(s.home / "datasets" / dataset_id),
-            out_dir=str(s.home / "runs" / run_id),
-            **fields,
-        )
-        # A retry after a failure reuses the run document, which then follows the new attempt.
-        run = run_training(
-            s, cfg, nproc=int(params.get("nproc", 1)), store=store, run_id=run_id, report=print, launcher=launcher
-        )
-    return run.mlflow_run_id
+    if done is not None and done.get("status") == "succeeded":
+        print(f"training run {run_id} already succeeded: MLflow run {done['mlflow_run_id']}")
+        return str(done["mlflow_run_id"])
+    fields = {field: params[p] for p, field in TRAIN_PARAMS.items() if params.get(p) is not None}
+    cfg = TrainConfig(
+        base_model=resolve_base_model(s.base_model, s.models_dir),
+        dataset=str(s.datasets_dir / dataset_id),
+        out_dir=str(s.runs_dir / run_id),
+        **fields,
+    )
+    # A retry after a failure reuses the run document, which then follows the new attempt.
+    run = steps.train(s, cfg, int(params.get("nproc", 1)), print, run_id=run_id, launcher=launcher)
+    return str(run.mlflow_run_id)
 
 
 def evaluate(mlflow_run_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    from training.evaluate import evaluate as do_evaluate
+    from training import steps
 
-    s = _settings(params)
-    with Store.connect(s) as store:
-        result = do_evaluate(s, store, mlflow_run_id, limit=int(params.get("eval_limit", 0)), report=print)
+    result = steps.evaluate(_settings(params), mlflow_run_id, int(params.get("eval_limit", 0)), print)
     return {"candidate": result["candidate"]["metrics"], "baseline": result["baseline"]["metrics"]}
 
 
 def promote(mlflow_run_id: str, params: dict[str, Any]) -> dict[str, Any]:
-    from training.promote import promote as do_promote
+    from training import steps
 
-    s = _settings(params)
-    with Store.connect(s) as store:
-        res = do_promote(s, store, mlflow_run_id, margin=float(params.get("promotion_margin", 0.0)), report=print)
+    res = steps.promote(_settings(params), mlflow_run_id, print, margin=float(params.get("promotion_margin", 0.0)))
     return {"model_name": res.model_name, "version": res.version, "alias": res.alias, "reason": res.reason}
 
 
@@ -177,15 +166,15 @@ def merge_datasets(dataset_ids: list[str], params: dict[str, Any]) -> str:
     s = _settings(params)
     train, evaluation = [], []
     for ds_id in dataset_ids:
-        train += load_split(s.home / "datasets" / ds_id, "train")
-        evaluation += load_split(s.home / "datasets" / ds_id, "eval")
+        train += load_split(s.datasets_dir / ds_id, "train")
+        evaluation += load_split(s.datasets_dir / ds_id, "eval")
     unique_train: dict[str, Any] = {}
     for r in train:
         unique_train.setdefault(r.content_hash, r)
     unique_eval = {r.content_hash: r for r in evaluation if r.content_hash not in unique_train}
     train, evaluation = list(unique_train.values()), list(unique_eval.values())
     label = "merge:" + ",".join(dataset_ids)
-    ds = write_dataset(s.home / "datasets", "retrain", label, train, evaluation, [], 0)
+    ds = write_dataset(s.datasets_dir, "retrain", label, train, evaluation, [], 0)
     with Store.connect(s) as store:
         record_lineage(store, ds, label)
     return ds.id

@@ -28,9 +28,7 @@ def _producer() -> Any:
     from lifecycle import topics
     from lifecycle.settings import load_settings
 
-    quiet = logging.getLogger("lifecycle.pipeline_events.kafka")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
+    quiet = topics.quiet_logger(__name__)
     producer = Producer(topics.producer_config(load_settings(), **{"message.timeout.ms": 10_000, "logger": quiet}))
     atexit.register(producer.flush, 3)
     return producer

@@ -84,15 +84,9 @@ def baseline(settings: Settings, base_model: str) -> ModelUnderTest:
 
 
 def evaluate(
-    settings: Settings,
-    store: Store,
-    mlflow_run_id: str,
-    *,
-    limit: int = 0,
-    max_new_tokens: int = 32,
-    samples: int = 3,
-    report: Report = print,
-) -> dict[str, Any]:
+    settings: Settings, store: Store, mlflow_run_id: str, *, limit: int = 0, max_new_tokens: int = 32,
+    samples: int = 3, report: Report = print,
+) -> dict[str, Any]:  # fmt: skip
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

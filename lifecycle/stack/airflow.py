@@ -34,7 +34,7 @@ CONN_MLFLOW = "lifecycle_mlflow"
 
 
 def airflow_home(settings: Settings) -> Path:
-    return settings.home / "data" / "airflow"
+    return settings.service_data_dir("airflow")
 
 
 def _load_secrets(settings: Settings) -> dict[str, str]:
@@ -142,6 +142,11 @@ class _AirflowComponent(Service):
     """One Airflow process; the api-server prepares the shared home and database."""
 
     command: str = ""
+    #: Its port is ``airflow_port`` plus this (the log servers of the scheduler and triggerer), if any.
+    port_offset: int | None = None
+
+    def ports(self) -> list[int]:
+        return [] if self.port_offset is None else [self.settings.airflow_port + self.port_offset]
 
     @cached_property
     def env(self) -> dict[str, str]:
@@ -169,9 +174,7 @@ class _AirflowComponent(Service):
 class AirflowApiServer(_AirflowComponent):
     name = "airflow-api-server"
     command = "api-server"
-
-    def ports(self) -> list[int]:
-        return [self.settings.airflow_port]
+    port_offset = 0
 
     @property
     def address(self) -> str:
@@ -209,9 +212,7 @@ class AirflowScheduler(_AirflowComponent):
     name = "airflow-scheduler"
     command = "scheduler"
     after = ("airflow-api-server",)
-
-    def ports(self) -> list[int]:
-        return [self.settings.airflow_port + 1]  # task-log server ([logging] worker_log_server_port)
+    port_offset = 1  # task-log server ([logging] worker_log_server_port)
 
 
 class AirflowDagProcessor(_AirflowComponent):
@@ -224,6 +225,4 @@ class AirflowTriggerer(_AirflowComponent):
     name = "airflow-triggerer"
     command = "triggerer"
     after = ("airflow-api-server",)
-
-    def ports(self) -> list[int]:
-        return [self.settings.airflow_port + 2]  # trigger-log server ([logging] trigger_log_server_port)
+    port_offset = 2  # trigger-log server ([logging] trigger_log_server_port)

@@ -47,7 +47,7 @@ class Service:
 
     @property
     def data_dir(self) -> Path:
-        return self.settings.home / "data" / self.name
+        return self.settings.service_data_dir(self.name)
 
     # -- what subclasses provide -------------------------------------------------------------
     def ports(self) -> list[int]:

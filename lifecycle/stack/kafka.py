@@ -8,7 +8,6 @@ The jars are resolved once with the machine's Maven (``kafka-pom.xml`` beside th
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import shutil
 import subprocess
@@ -19,9 +18,6 @@ from typing import Any
 from lifecycle import topics
 from lifecycle.stack.base import Launch, MissingToolError, Service, StackError
 
-_QUIET = logging.getLogger("lifecycle.stack.kafka.probe")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 POM = Path(__file__).with_name("kafka-pom.xml")
 LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -161,7 +157,7 @@ class KafkaService(Service):
         config: dict[str, Any] = {
             "bootstrap.servers": self.settings.kafka_bootstrap,
             "socket.timeout.ms": 2000,
-            "logger": _QUIET,
+            "logger": topics.quiet_logger(__name__),
         }
         admin = AdminClient(config)
         meta = admin.list_topics(timeout=2)

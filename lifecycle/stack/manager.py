@@ -99,10 +99,20 @@ def _prepare_env(settings: Settings) -> None:
 
 def up(settings: Settings, names: list[str] | None = None, report: Report = print) -> list[str]:
     """Start what is not running; returns the names started. Raises ``StackError``."""
+    return [s.name for s in start(settings, select(settings, names), report)]
+
+
+def start(
+    settings: Settings, wanted: list[Service], report: Report = print, timeout: float | None = None
+) -> list[Service]:
+    """Start those of ``wanted`` that are not running and wait until all of them answer; returns the
+    services started. Tools and ports are checked before anything starts; when one does not answer,
+    the ones this call started are stopped again. Raises ``StackError``."""
     _prepare_env(settings)
+    timeout = timeout or settings.startup_timeout
     todo = []
     just_died = set()
-    for svc in select(settings, names):
+    for svc in wanted:
         if process.read_pid(svc.pidfile) is not None:
             report(f"{svc.name}: already running")
             continue
@@ -118,18 +128,17 @@ def up(settings: Settings, names: list[str] | None = None, report: Report = prin
         with ThreadPoolExecutor(max_workers=len(todo)) as pool:
             list(pool.map(lambda s: s.prepare(), todo))
     started: list[Service] = []
-    fresh = {s.name for s in todo}
     try:
-        _start_in_waves(todo, started, settings.startup_timeout, report)
-        for svc in select(settings, names):
-            if svc.name not in fresh:  # already running: it must answer too
-                _await(svc, settings.startup_timeout)
+        _start_in_waves(todo, started, timeout, report)
+        for svc in wanted:
+            if svc not in todo:  # already running: it must answer too
+                _await(svc, timeout)
             svc.after_start()  # idempotent (topics, …)
     except BaseException:
         for svc in reversed(started):
             process.stop(svc.pidfile)
         raise
-    return [s.name for s in started]
+    return started
 
 
 def _check_ports(settings: Settings, todo: list[Service], just_died: set[str]) -> None:

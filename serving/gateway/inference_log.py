@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import uuid
 from typing import Any
 
+from lifecycle.background import Background
 from lifecycle.settings import Settings
 from lifecycle.store import INFERENCE_LOG, Store, now
 
@@ -22,8 +22,9 @@ class InferenceLog:
         self.metrics = metrics
         self.buffer: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=capacity)
         self.batch = batch
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.background = Background("inference-log", self._run)
+        self.start, self.stop = self.background.start, self.background.stop
+        self._stop = self.background.stopping
 
     def add(self, record: dict[str, Any]) -> None:
         record = {"_id": uuid.uuid4().hex, "created_at": now(), **record}
@@ -32,17 +33,8 @@ class InferenceLog:
         except queue.Full:
             self.metrics.log_dropped.inc()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
-
     def _drain(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         while len(out) < self.batch:
             try:
                 out.append(self.buffer.get_nowait())

@@ -1,6 +1,7 @@
 """The gateway's view of its gRPC workers: which are up and what they serve (polled), which to send a
 request to (least outstanding requests), and a retry on another worker when one fails before its
-first token. Imports grpc, never torch."""
+first token. A transport: it raises ``PoolError``s of its own, which ``errors.py`` maps to HTTP in
+one place. Imports grpc, never torch."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from lifecycle.names import PARAM_METADATA_KEY
 from lifecycle.v1 import inference_pb2, inference_pb2_grpc
-from serving.gateway.protocol import APIError
 
 log = logging.getLogger(__name__)
 _RETRYABLE = {
@@ -26,6 +27,30 @@ _RETRYABLE = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+
+class PoolError(Exception):
+    """A request the pool could not complete."""
+
+
+class NoWorkerError(PoolError):
+    """No worker up serves the model."""
+
+
+class WorkersBusyError(PoolError):
+    """Every worker serving the model refused the request for lack of room."""
+
+
+class RequestRejectedError(PoolError):
+    """A worker refused the request itself (bad value, unknown model): retrying elsewhere cannot help."""
+
+    def __init__(self, message: str, *, param: str | None, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.param, self.not_found = param, not_found
+
+
+class WorkerFailedError(PoolError):
+    """The worker failed after the answer had started to reach the client."""
 
 
 @dataclass(eq=False)
@@ -143,20 +168,8 @@ class WorkerPool:
             w = self.pick(request.model, tried)
             if w is None:
                 if last is not None and last.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise APIError(
-                        429,
-                        "all workers are busy; retry shortly",
-                        type="rate_limit_error",
-                        code="overloaded",
-                        headers={"Retry-After": "1"},
-                    )
-                raise APIError(
-                    503,
-                    "no inference worker is serving the model right now",
-                    type="server_error",
-                    code="unavailable",
-                    headers={"Retry-After": "2"},
-                )
+                    raise WorkersBusyError("all workers are busy; retry shortly")
+                raise NoWorkerError("no inference worker is serving the model right now")
             tried.add(w)
             w.outstanding += 1
             call = w.stub.Generate(request)
@@ -177,19 +190,10 @@ class WorkerPool:
                 return
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise APIError(400, exc.details() or "invalid request", param=_param(exc.details())) from None
-                if code == grpc.StatusCode.NOT_FOUND:
-                    raise APIError(
-                        404, exc.details() or "model not found", code="model_not_found", param="model"
-                    ) from None
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                    raise _rejected(exc) from None
                 if started or code not in _RETRYABLE:
-                    raise APIError(
-                        502,
-                        f"worker {w.name} failed mid-stream: {exc.details()}",
-                        type="server_error",
-                        code="worker_failed",
-                    ) from None
+                    raise WorkerFailedError(f"worker {w.name} failed mid-stream: {exc.details()}") from None
                 if code == grpc.StatusCode.UNAVAILABLE:
                     w.up = False
                 when = f"after {len(held)} responses, starting over" if held else "before the first token"
@@ -215,9 +219,8 @@ def expand(address: str) -> list[str]:
     return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
 
 
-def _param(details: str | None) -> str | None:
-    text = details or ""
-    for p in ("max_tokens", "temperature", "top_p", "prompt", "messages"):
-        if p in text:
-            return p
-    return "prompt" if "context" in text else None
+def _rejected(exc: grpc.aio.AioRpcError) -> RequestRejectedError:
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return RequestRejectedError(exc.details() or "model not found", param="model", not_found=True)
+    param = next((str(v) for k, v in (exc.trailing_metadata() or ()) if k == PARAM_METADATA_KEY), None)
+    return RequestRejectedError(exc.details() or "invalid request", param=param)

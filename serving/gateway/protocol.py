@@ -1,34 +1,15 @@
 """Request and response schemas of the gateway (OpenAI-compatible where OpenAI has the route) and the
-one error shape every route answers with: ``{"error": {"message", "type", "param", "code"}}``."""
+one error shape every route answers with: ``{"error": {"message", "type", "param", "code"}}``.
+Limits live in the schemas, so the OpenAPI document states them and a bad value is answered by the
+validation handler, naming the field."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_TOKENS_LIMIT = 1024
-
-
-class APIError(Exception):
-    """An error answered with the OpenAI error body."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class _Request(BaseModel):
@@ -53,6 +34,9 @@ class _Request(BaseModel):
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def token_limit(self) -> int:
+        return self.max_tokens or 16
 
 
 class ContentPart(BaseModel):
@@ -79,6 +63,9 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
 
+    def token_limit(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or 256
+
 
 class CompletionRequest(_Request):
     prompt: str | list[str]
@@ -95,7 +82,14 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list, max_length=4)
+    seed: int | None = None
     model: str | None = None
+
+    def stops(self) -> list[str]:
+        return list(self.stop)
+
+    def token_limit(self) -> int:
+        return self.max_tokens
 
 
 class JobItem(BaseModel):
@@ -113,3 +107,143 @@ class JobRequest(BaseModel):
 
     items: list[JobItem] = Field(..., min_length=1, max_length=1000)
     model: str | None = None
+
+
+# -- responses -----------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt: int, completion: int) -> Usage:
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    model: str
+    version: str
+    finish_reason: str
+    usage: Usage
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class _Choice(BaseModel):
+    index: int = 0
+    finish_reason: str | None
+
+
+class ChatChoice(_Choice):
+    message: AssistantMessage
+    logprobs: None = None
+
+
+class _Answer(BaseModel):
+    """What every completion answer, whole or a chunk, starts with."""
+
+    id: str
+    created: int
+    model: str
+
+
+class ChatCompletion(_Answer):
+    object: Literal["chat.completion"] = "chat.completion"
+    system_fingerprint: str | None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatChunkChoice(_Choice):
+    delta: AssistantMessage
+
+
+class ChatCompletionChunk(_Answer):
+    """One server-sent event of a streamed chat completion; the last one carries ``usage``."""
+
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    system_fingerprint: str | None
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(_Choice):
+    text: str
+    logprobs: None = None
+
+
+class Completion(_Answer):
+    """A text completion, whole or (without ``usage``) one server-sent event of a stream."""
+
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "llm-lifecycle"
+    versions: list[str]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class JobResult(BaseModel):
+    item_id: str
+    text: str | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    version: str | None = None
+    worker: str | None = None
+    usage: dict[str, int] | None = None
+
+
+class Job(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: str
+    model: str
+    total: int
+    completed: int
+    created_at: str
+    results: list[JobResult]
+
+
+class WorkerState(BaseModel):
+    address: str
+    up: bool
+    model: str
+    version: str
+    outstanding: int
+    queued: int
+
+
+class Readiness(BaseModel):
+    ready: bool
+    workers: list[WorkerState]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"

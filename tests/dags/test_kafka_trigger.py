@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import signal
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,12 @@ from typing import Any
 import pytest
 
 from lifecycle import events, topics
+from lifecycle.airflow_client import call, dag_ids
 from lifecycle.settings import Settings
 from lifecycle.stack import manager, process
 from lifecycle.stack.process import wait_for
 from lifecycle.store import Store
 from lifecycle.v1 import events_pb2
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lifecycle.airflow_client import call, dag_ids
 
 pytestmark = pytest.mark.stack
 DAG = "llm_lifecycle_kafka"

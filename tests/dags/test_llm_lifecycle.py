@@ -12,13 +12,17 @@ from types import SimpleNamespace
 import pytest
 
 from lifecycle import registry
-from lifecycle.settings import Settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lifecycle.airflow_client import AirflowApiError, call, trigger_and_wait
+from lifecycle.settings import Settings
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 REPO = DAGS.parent
+
+
+def toy_conf(base_model: Path, **params: object) -> dict[str, object]:
+    """A run's conf that trains the tiny model on the shipped toy dataset."""
+    data = {"dataset_path": str(REPO / "data/toy/train.jsonl"), "eval_path": str(REPO / "data/toy/eval.jsonl")}
+    return {**data, "base_model": str(base_model), **params}
 
 
 def load_dags() -> dict[str, object]:
@@ -87,14 +91,7 @@ def test_rest_triggered_run_succeeds_and_registers_a_version(stack: Settings, ti
         return len(mc.search_model_versions(f"name = '{stack.model_name}'"))
 
     before = versions()
-    conf = {
-        "dataset_path": str(REPO / "data/toy/train.jsonl"),
-        "eval_path": str(REPO / "data/toy/eval.jsonl"),
-        "base_model": str(tiny_llama_dir),
-        "max_steps": 2,
-        "eval_limit": 4,
-        "dataset_name": "toy",
-    }
+    conf = toy_conf(tiny_llama_dir, max_steps=2, eval_limit=4, dataset_name="toy")
     run = trigger_and_wait(stack, "llm_lifecycle", conf, timeout=900)
     assert run["state"] == "success", run
     assert set(run["tasks"].values()) == {"success"}
@@ -125,8 +122,8 @@ def test_retrain_dag_is_scheduled_and_finds_only_data_newer_than_the_champion(
     from training.config import TrainConfig
     from training.evaluate import evaluate
     from training.ingest import ingest, record_lineage
+    from training.launch import run_training
     from training.promote import promote
-    from training.train import run_training
 
     dag = call(stack, "GET", "/api/v2/dags/llm_lifecycle_retrain")
     assert dag["timetable_summary"] == "0 3 * * 0"
@@ -161,15 +158,7 @@ def test_dag_test_runs_end_to_end_on_the_tiny_model(stack: Settings, tiny_llama_
     from lifecycle.stack.airflow import airflow_env
 
     name = f"dagtest-{uuid.uuid4().hex[:8]}"
-    conf = {
-        "dataset_path": str(REPO / "data/toy/train.jsonl"),
-        "eval_path": str(REPO / "data/toy/eval.jsonl"),
-        "base_model": str(tiny_llama_dir),
-        "max_steps": 1,
-        "eval_limit": 2,
-        "model_name": name,
-        "promotion_margin": -1.0,
-    }
+    conf = toy_conf(tiny_llama_dir, max_steps=1, eval_limit=2, model_name=name, promotion_margin=-1.0)
     runner = Path(__file__).with_name("dag_test_runner.py")
     done = subprocess.run(
         [sys.executable, str(runner), str(DAGS / "llm_lifecycle.py"), "llm_lifecycle_dag", json.dumps(conf)],
@@ -195,8 +184,8 @@ def test_a_training_failure_fails_the_task_with_the_torchrun_error_and_keeps_the
     from lifecycle.store import TRAINING_RUNS, Store
     from training.config import TrainConfig
     from training.evaluate import evaluate
+    from training.launch import run_training
     from training.promote import promote
-    from training.train import run_training
 
     name = f"fail-{uuid.uuid4().hex[:6]}"
     s = load_settings(model_name=name)
@@ -210,9 +199,7 @@ def test_a_training_failure_fails_the_task_with_the_torchrun_error_and_keeps_the
     broken = tmp_path / "no-weights"
     shutil.copytree(tiny_llama_dir, broken)
     (broken / "model.safetensors").unlink()
-    conf = {"dataset_path": str(REPO / "data/toy/train.jsonl"), "eval_path": str(REPO / "data/toy/eval.jsonl"),
-            "base_model": str(broken), "max_steps": 2, "eval_limit": 2, "dataset_name": "toy",
-            "model_name": name}  # fmt: skip
+    conf = toy_conf(broken, max_steps=2, eval_limit=2, dataset_name="toy", model_name=name)
     run = trigger_and_wait(stack, "llm_lifecycle", conf, timeout=900)
     assert run["state"] == "failed" and run["tasks"]["fine_tune"] == "failed", run
     assert run["tasks"]["promote"] == "upstream_failed"

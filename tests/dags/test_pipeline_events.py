@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from lifecycle import topics
+from lifecycle.airflow_client import trigger_and_wait
 from lifecycle.settings import Settings
 from lifecycle.store import Store
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kafka_read import read_topic
-
-from lifecycle.airflow_client import trigger_and_wait
+from tests.kafka_read import read_topic
 
 pytestmark = pytest.mark.stack
 

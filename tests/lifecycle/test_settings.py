@@ -77,7 +77,7 @@ def test_invalid_value_names_variable_and_allowed_values(
 
 def test_cli_exits_non_zero_with_one_line_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIFECYCLE_MONGO_BACKEND", "postgres")
-    done = subprocess.run([sys.executable, "-m", "lifecycle.cli", "status"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "cli.main", "status"], capture_output=True, text=True)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1

@@ -60,7 +60,7 @@ def test_dead_service_shows_down_and_up_restarts_it_with_its_data(stack: Setting
     assert states["mongo"] == "down"
     assert states["kafka"] == "up"
 
-    cli = subprocess.run([sys.executable, "-m", "lifecycle.cli", "status"], capture_output=True, text=True)
+    cli = subprocess.run([sys.executable, "-m", "cli.main", "status"], capture_output=True, text=True)
     assert cli.returncode == 3  # degraded stack
     assert "down" in cli.stdout
 

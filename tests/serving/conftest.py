@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle.settings import Settings, load_settings
-from serving import launcher
+from lifecycle.stack import serving as serving_stack
 
 
 @contextlib.contextmanager
@@ -22,11 +22,11 @@ def serving_tier(model: Path, gateway_port: int, prefix: str) -> Iterator[Settin
         for k, v in env.items():
             mp.setenv(k, v)
         s = load_settings()
-        launcher.start(s, 2, str(model), threads=1, report=print)
+        serving_stack.start_serving(s, 2, str(model), threads=1, report=print)
         try:
             yield s
         finally:
-            launcher.stop(s, report=print)
+            serving_stack.stop_serving(s, report=print)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ on the tiny model against the real stack."""
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +12,11 @@ import pytest
 from lifecycle import registry, topics
 from lifecycle.settings import Settings, load_settings
 from lifecycle.store import EVALUATIONS, MODEL_CONFIGS, TRAINING_RUNS, Store
+from tests.kafka_read import read_topic
 from training.config import TrainConfig
 from training.evaluate import evaluate
+from training.launch import TrainingError, run_training
 from training.promote import PromotionError, decide, promote, rollback
-from training.train import TrainingError, run_training
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kafka_read import read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -61,13 +58,11 @@ def test_a_run_is_tracked_from_queued_to_succeeded(
     assert mlrun.data.params["lora_r"] == "16" and mlrun.data.tags["dataset_id"] == toy_dataset.name
     assert len(mc.get_metric_history(run.mlflow_run_id, "loss")) == 3  # batched, flushed at the end
     # the CLI's --run takes the training run id as well as the MLflow one
-    from typer import Exit
+    from training.steps import StepError, mlflow_run_id
 
-    from lifecycle.cli import _mlflow_run_id
-
-    assert _mlflow_run_id(store, run.run_id) == run.mlflow_run_id == _mlflow_run_id(store, run.mlflow_run_id)
-    with pytest.raises(Exit):
-        _mlflow_run_id(store, "tr-nosuchrun")
+    assert mlflow_run_id(store, run.run_id) == run.mlflow_run_id == mlflow_run_id(store, run.mlflow_run_id)
+    with pytest.raises(StepError, match="tr-nosuchrun"):
+        mlflow_run_id(store, "tr-nosuchrun")
     assert any(k.startswith("sha256.") for k in mlrun.data.tags)
     mlflow.set_tracking_uri(model_settings.mlflow_tracking_uri)
     loaded = mlflow.pyfunc.load_model(run.model_uri)  # base + adapter in one call

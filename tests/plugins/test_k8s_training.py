@@ -7,7 +7,7 @@ import pytest
 from lifecycle.settings import load_settings
 from plugins.k8s_training import pod_name, training_pod
 from training.config import TrainConfig
-from training.train import TrainingError
+from training.launch import TrainingError
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ that comes back under its old name takes over its model-event subscription at on
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,16 +18,14 @@ import pytest
 from lifecycle import topics
 from lifecycle.settings import Settings
 from lifecycle.stack.process import wait_for
+from lifecycle.stack.serving import gateway_url
 from lifecycle.store import Store
-from serving import launcher
-from serving.swap import SwapWatcher
+from serving.worker.model_events import ModelEventConsumer
+from tests.kafka_read import read_topic
 from training.config import TrainConfig
 from training.evaluate import evaluate
+from training.launch import run_training
 from training.promote import promote
-from training.train import run_training
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kafka_read import read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -41,7 +37,7 @@ def swapping(stack: Settings, tiny_llama_dir: Path, start_serving: Any) -> Itera
 
 
 def served(s: Settings) -> list[str]:
-    return [w["version"] for w in httpx.get(launcher.gateway_url(s) + "/readyz", timeout=10).json()["workers"]]
+    return [w["version"] for w in httpx.get(gateway_url(s) + "/readyz", timeout=10).json()["workers"]]
 
 
 def train_and_promote(s: Settings, store: Store, tiny: Path, dataset: Path, out: Path, seed: int) -> Any:
@@ -56,7 +52,7 @@ class Load:
     """Requests in a loop from 4 threads: (start, end, status, version) of each."""
 
     def __init__(self, s: Settings) -> None:
-        self.url = launcher.gateway_url(s) + "/v1/generate"
+        self.url = gateway_url(s) + "/v1/generate"
         self.results: list[tuple[float, float, int, str]] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run) for _ in range(4)]
@@ -111,31 +107,31 @@ def test_promotion_swaps_under_load_and_a_bad_digest_is_refused(
         assert wait_for(lambda: len(failures()) == 2, timeout=120, interval=1) == "ok"
         assert all(f["version"] == 2 and "sha256 of adapter_model.safetensors" in f["error"] for f in failures())
         assert served(s) == ["1", "1"]
-        r = httpx.post(launcher.gateway_url(s) + "/v1/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+        r = httpx.post(gateway_url(s) + "/v1/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
         assert r.status_code == 200 and r.json()["version"] == "1"
 
 
 def test_a_worker_back_under_its_name_takes_over_its_subscription_and_a_duplicate_name_is_reported(
     stack: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    worker = types.SimpleNamespace(settings=stack, name=f"w-{time.monotonic_ns()}", slot=None)
-    crashed, back, duplicate = SwapWatcher(worker), SwapWatcher(worker), SwapWatcher(worker)  # type: ignore[arg-type]
+    name = f"w-{time.monotonic_ns()}"
+    crashed, back, duplicate = (ModelEventConsumer(stack, name, lambda: None, lambda slot: None) for _ in range(3))
     crashed.start()
     assert crashed._assigned.is_set()
     # A crashed worker: it no longer reads, its member is still in the group. Joining as a new member
     # would wait for that one to be dropped (minutes); under the same group.instance.id it is at once.
-    crashed._stop.set()
-    assert crashed._thread is not None
-    crashed._thread.join()
+    crashed.background.stopping.set()
+    assert crashed.background.thread is not None
+    crashed.background.thread.join()
     t0 = time.monotonic()
     back.start(timeout=30)
     joined = time.monotonic() - t0
     assert back._assigned.is_set() and joined < 15, joined
     # Two live workers with one name: the older one is fenced, its watcher stops and says why.
-    with caplog.at_level(logging.ERROR, logger="serving.swap"):
+    with caplog.at_level(logging.ERROR, logger="lifecycle.topics"):
         duplicate.start(timeout=30)
-        assert back._thread is not None and wait_for(lambda: not back._thread.is_alive(), timeout=30) == "ok"
-    assert any(worker.name in r.message and "consumer stopped" in r.message for r in caplog.records)
-    assert duplicate._thread is not None and duplicate._thread.is_alive()
+        assert wait_for(lambda: not back.background.alive(), timeout=30) == "ok"
+    assert any(name in r.message and "consumer stopped" in r.message for r in caplog.records)
+    assert duplicate.background.alive()
     for w in (duplicate, back, crashed):
         w.stop()

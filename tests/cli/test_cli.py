@@ -16,11 +16,12 @@ pytestmark = pytest.mark.stack
 
 
 def lifecycle(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lifecycle.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
                           input=stdin, timeout=600)  # fmt: skip
 
 
-def test_ingest_reports_rejected_lines_and_keeps_the_rest(stack: Settings, tmp_path: Path) -> None:
+def test_ingest_reports_rejected_lines_and_keeps_the_rest(stack: Settings, smollm2_dir: Path, tmp_path: Path) -> None:
+    # smollm2_dir: ingest counts tokens with the default base model's tokenizer, pulled into the cache
     tag = uuid.uuid4().hex  # new content, so a new dataset id, every run
     good = [{"instruction": f"cli question {i} {tag}?", "output": f"answer {i}"} for i in range(12)]
     lines = [json.dumps(g) for g in good[:5]] + ["{oops"] + [json.dumps(g) for g in good[5:]]
@@ -32,7 +33,7 @@ def test_ingest_reports_rejected_lines_and_keeps_the_rest(stack: Settings, tmp_p
     assert "(already ingested)" in again.stdout
 
 
-def test_failures_exit_non_zero_with_one_line(stack: Settings, tmp_path: Path) -> None:
+def test_failures_exit_non_zero_with_one_line(stack: Settings, smollm2_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{nope\n")
     done = lifecycle("ingest", str(bad))

@@ -17,7 +17,7 @@ import torch
 from lifecycle import registry
 from lifecycle.names import is_valid_model_name
 from lifecycle.settings import Settings
-from serving.engine import ModelSlot, SamplingParams
+from serving.worker.engine import ModelSlot, SamplingParams
 
 log = logging.getLogger(__name__)
 _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -58,8 +58,8 @@ def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path,
     if not digests:
         raise LoadError(f"{name} v{version}: no sha256 digests recorded at registration; refusing to load it")
     # A directory of its own: workers on one host (sharing LIFECYCLE_HOME) load the same version at once.
-    (settings.home / "serving").mkdir(parents=True, exist_ok=True)
-    dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=settings.home / "serving"))
+    settings.serving_dir.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=settings.serving_dir))
     try:
         return _download(settings, mv, name, version, dest, digests)
     except BaseException:
@@ -172,7 +172,7 @@ def merge_adapter(model: Any, adapter: Path) -> Any:
 
 def warm(slot: ModelSlot) -> None:
     """One short greedy generation, so the first real request does not pay for lazy initialisation."""
-    from serving.engine import Engine
+    from serving.worker.engine import Engine
 
     eng = Engine(max_batch=2)
     eng.swap(slot)
@@ -198,7 +198,7 @@ def load(settings: Settings, name: str, version: str = "champion", path: str = "
         try:
             slot = build_slot(name, number, base, adapter)
         finally:  # the weights are in memory now (merged); the download is not needed any more
-            downloads = settings.home / "serving"
+            downloads = settings.serving_dir
             shutil.rmtree(downloads / adapter.relative_to(downloads).parts[0], ignore_errors=True)
     slot.load_seconds = time.monotonic() - t0
     return slot

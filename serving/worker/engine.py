@@ -26,11 +26,17 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from serving.worker.stops import find_stop, safe_end
+
 log = logging.getLogger(__name__)
 
 
 class EngineError(ValueError):
-    """A request the engine refuses; the message names the field."""
+    """A request the engine refuses; the message names the field, ``param`` is its name."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class QueueFullError(RuntimeError):
@@ -198,14 +204,18 @@ class Engine:
         if slot is None:
             raise QueueFullError("no model is loaded yet")
         if params.max_tokens < 1 or params.max_tokens > self.max_tokens_limit:
-            raise EngineError(f"max_tokens must be between 1 and {self.max_tokens_limit}, got {params.max_tokens}")
+            raise EngineError(
+                f"max_tokens must be between 1 and {self.max_tokens_limit}, got {params.max_tokens}", "max_tokens"
+            )
         if params.temperature < 0 or not 0 < params.top_p <= 1:
-            raise EngineError("temperature must be >= 0 and top_p in (0, 1]")
+            raise EngineError(
+                "temperature must be >= 0 and top_p in (0, 1]", "temperature" if params.temperature < 0 else "top_p"
+            )
         ids = slot.encode(prompt, messages)
         if not ids:
-            raise EngineError("prompt is empty")
+            raise EngineError("prompt is empty", "prompt")
         if len(ids) >= slot.context_length:
-            raise EngineError(f"prompt is {len(ids)} tokens; the model's context is {slot.context_length}")
+            raise EngineError(f"prompt is {len(ids)} tokens; the model's context is {slot.context_length}", "prompt")
         gen = None
         if params.temperature > 0:
             gen = torch.Generator(device="cpu")
@@ -344,14 +354,14 @@ class Engine:
             else:
                 r.out_ids.append(tok)
             text = slot.tokenizer.decode(r.out_ids, skip_special_tokens=True)
-            cut = _find_stop(text, r.params.stop, r.sent)
+            cut = find_stop(text, r.params.stop, r.sent)
             if cut is not None:
                 text, finish = text[:cut], "stop"
             if not finish and len(r.out_ids) >= r.params.max_tokens:
                 finish = "length"
             if not finish and len(r.prompt_ids) + len(r.out_ids) >= slot.context_length:
                 finish = "length"
-            ready = len(text) if finish else _safe_end(text, r.params.stop)
+            ready = len(text) if finish else safe_end(text, r.params.stop)
             delta = Delta(text[r.sent : ready], finish, model=slot.name, version=slot.version)
             r.sent = max(r.sent, ready)
             if finish:
@@ -381,29 +391,3 @@ def _deliver(req: Request, delta: Delta) -> None:
     except Exception:
         log.exception("sink of %s failed", req.id)
         req.cancelled = True
-
-
-def _find_stop(text: str, stops: list[str], sent: int) -> int | None:
-    """Index where the first stop string begins, searching only text not yet sent (and its overlap)."""
-    best = None
-    for s in stops:
-        if not s:
-            continue
-        i = text.find(s, max(0, sent - len(s) + 1))
-        if i >= 0 and (best is None or i < best):
-            best = i
-    return best
-
-
-def _safe_end(text: str, stops: list[str]) -> int:
-    """How much of ``text`` can be sent: hold back an unfinished UTF-8 character and any tail that
-    could still grow into a stop string."""
-    end = len(text)
-    while end and text[end - 1] == "\ufffd":
-        end -= 1
-    for s in stops:
-        for k in range(min(len(s) - 1, end), 0, -1):
-            if text[:end].endswith(s[:k]):
-                end = min(end, len(text[:end]) - k)
-                break
-    return end

@@ -1,11 +1,13 @@
 """gRPC inference worker: the engine behind ``lifecycle.v1.InferenceService`` and ``grpc.health.v1``.
+This module is where a worker process is wired together: engine, gRPC server, model-event consumer
+(hot swap) and job consumer, each given only what it needs.
 
     python -m serving.worker --port 50051 [--model-path DIR]     # usually started by `lifecycle serve`
 
 On start it subscribes to ``lifecycle.model-events`` (a consumer group of its own, so every worker sees
 every promotion), then loads the champion from the MLflow registry (or ``--model-path``). Health is
-NOT_SERVING until a model is warm. Promotions and rollbacks are applied by ``serving.swap``; queued
-jobs by ``serving.jobs``.
+NOT_SERVING until a model is warm. Promotions and rollbacks are applied by ``model_events``; queued
+jobs by ``job_consumer``.
 """
 
 from __future__ import annotations
@@ -14,63 +16,52 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from lifecycle.names import PARAM_METADATA_KEY
 from lifecycle.settings import Settings, load_settings
 from lifecycle.v1 import inference_pb2, inference_pb2_grpc
-from serving import loader
-from serving.engine import Delta, Engine, EngineError, ModelSlot, QueueFullError, SamplingParams
+from serving.worker import loader
+from serving.worker.engine import Delta, Engine, EngineError, ModelSlot, QueueFullError, SamplingParams
 
 log = logging.getLogger(__name__)
 SERVICE = "lifecycle.v1.InferenceService"
 
 
-class Worker:
-    """One engine, the model versions it serves, and its health."""
+def set_health(servicer: health.HealthServicer, ok: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    for svc in ("", SERVICE):
+        servicer.set(svc, status)
 
-    def __init__(self, settings: Settings, name: str, max_batch: int = 32, max_queue: int = 256) -> None:
-        self.settings = settings
-        self.name = name
-        self.engine = Engine(max_batch=max_batch, max_queue=max_queue)
-        self.health = health.HealthServicer()
-        self._set_health(False)
 
-    def _set_health(self, ok: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-        for svc in ("", SERVICE):
-            self.health.set(svc, status)
+def switcher(engine: Engine, health_servicer: health.HealthServicer, name: str) -> Callable[[ModelSlot], None]:
+    """``switch(slot)``: serve a warm slot from the next decode step (in-flight requests finish on the
+    old one) and report SERVING."""
 
-    @property
-    def slot(self) -> ModelSlot | None:
-        return self.engine.current
+    def switch(slot: ModelSlot) -> None:
+        previous = engine.swap(slot)
+        set_health(health_servicer, True)
+        was = f"v{previous.version}" if previous else "nothing"
+        log.info("%s: serving %s v%s (was %s)", name, slot.name, slot.version, was)
 
-    def serve_slot(self, slot: ModelSlot) -> None:
-        """Switch to a warm slot between decode steps; in-flight requests finish on the old one."""
-        previous = self.engine.swap(slot)
-        self._set_health(True)
-        log.info(
-            "%s: serving %s v%s (was %s)",
-            self.name,
-            slot.name,
-            slot.version,
-            f"v{previous.version}" if previous else "nothing",
-        )
+    return switch
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    """Translates gRPC to the engine and back; ``switch`` serves a slot that ``LoadModel`` loaded."""
+
+    def __init__(self, settings: Settings, name: str, engine: Engine, switch: Callable[[ModelSlot], None]) -> None:
+        self.settings, self.name, self.engine, self.switch = settings, name, engine, switch
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
-        engine = self.worker.engine
+        engine = self.engine
         slot = engine.current
         if slot is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no model is loaded yet")
@@ -81,6 +72,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta] = asyncio.Queue()
+
+        def sink(d: Delta) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, d)
+
         params = SamplingParams(
             max_tokens=request.max_tokens or 64,
             temperature=request.temperature,
@@ -94,11 +89,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 prompt=request.prompt if not messages else None,
                 messages=messages or None,
                 params=params,
-                sink=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
+                sink=sink,
                 request_id=request.request_id,
             )
         except EngineError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            field = ((PARAM_METADATA_KEY, exc.param),) if exc.param else None
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailing_metadata=field)
         except QueueFullError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
@@ -119,42 +115,41 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def ModelStatus(
         self, request: inference_pb2.ModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ModelStatusResponse:
-        w = self.worker
-        slot = w.engine.current
+        engine = self.engine
+        slot = engine.current
         return inference_pb2.ModelStatusResponse(
             model=slot.name if slot else "",
             version=slot.version if slot else "",
             ready=slot is not None,
-            running=w.engine.running(),
-            queued=w.engine.queued(),
-            max_batch=w.engine.max_batch,
-            worker=w.name,
+            running=engine.running(),
+            queued=engine.queued(),
+            max_batch=engine.max_batch,
+            worker=self.name,
             context_length=slot.context_length if slot else 0,
-            max_tokens_limit=w.engine.max_tokens_limit,
+            max_tokens_limit=engine.max_tokens_limit,
         )
 
     async def LoadModel(
         self, request: inference_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.LoadModelResponse:
+        model = request.model or self.settings.model_name
         try:
             slot = await asyncio.to_thread(
-                loader.load,
-                self.worker.settings,
-                request.model or self.worker.settings.model_name,
-                request.version or "champion",
-                request.path,
+                loader.load, self.settings, model, request.version or "champion", request.path
             )
         except loader.LoadError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        self.worker.serve_slot(slot)
+        self.switch(slot)
         return inference_pb2.LoadModelResponse(model=slot.name, version=slot.version, load_seconds=slot.load_seconds)
 
 
-def create_server(worker: Worker, port: int, host: str = "127.0.0.1") -> tuple[grpc.aio.Server, int]:
+def create_server(
+    servicer: InferenceServicer, health_servicer: health.HealthServicer, port: int, host: str = "127.0.0.1"
+) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with the inference and health services; port 0 picks a free one."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(worker), server)
-    health_pb2_grpc.add_HealthServicer_to_server(worker.health, server)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"worker: cannot bind {host}:{port} (in use?)")
@@ -171,48 +166,62 @@ async def serve(
     events: bool = True,
     drain_seconds: float = 30.0,
 ) -> None:
-    from serving import jobs, swap
+    """Run one worker until SIGTERM/SIGINT, then drain."""
+    from serving.worker.job_consumer import JobConsumer
+    from serving.worker.model_events import ModelEventConsumer
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    worker = Worker(settings, name, max_batch=max_batch)
-    server, bound = create_server(worker, port, settings.host)
+    engine = Engine(max_batch=max_batch, max_queue=256)
+    health_servicer = health.HealthServicer()
+    set_health(health_servicer, False)
+    switch = switcher(engine, health_servicer, name)
+    server, bound = create_server(
+        InferenceServicer(settings, name, engine, switch), health_servicer, port, settings.host
+    )
     await server.start()
     log.info("%s: listening on %s:%d", name, settings.host, bound)
-    watcher = swap.SwapWatcher(worker) if events else None
+    serving = lambda: engine.current.version if engine.current else None  # noqa: E731
+    watcher = ModelEventConsumer(settings, name, serving, switch) if events else None
     if watcher:
         await asyncio.to_thread(watcher.start)  # subscribed before the champion is read: no promotion missed
     try:
-        slot = await asyncio.to_thread(loader.load, settings, settings.model_name, "champion", model_path)
-        worker.serve_slot(slot)
+        switch(await asyncio.to_thread(loader.load, settings, settings.model_name, "champion", model_path))
     except loader.LoadError as exc:
         log.warning("%s: not serving yet: %s (waiting for a promotion)", name, exc)
-    worker.engine.start()
-    job_consumer = jobs.JobConsumer(worker) if events else None
+    engine.start()
+    job_consumer = JobConsumer(settings, name, engine) if events else None
     if job_consumer:
         job_consumer.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await _until_signalled()
     # Drain: NOT_SERVING first (the gateway and the kubelet stop sending), then let running requests
     # finish before the server goes (Kubernetes' terminationGracePeriodSeconds bounds the whole).
-    worker._set_health(False)
+    set_health(health_servicer, False)
+    loop = asyncio.get_running_loop()
     deadline = loop.time() + drain_seconds
-    while (worker.engine.running() or worker.engine.queued()) and loop.time() < deadline:
+    while (engine.running() or engine.queued()) and loop.time() < deadline:
         await asyncio.sleep(0.1)
     await server.stop(grace=5)
     for part in (watcher, job_consumer):
         if part:
             part.stop()
-    worker.engine.stop()
+    engine.stop()
+
+
+async def _until_signalled() -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> Any:
-    p = argparse.ArgumentParser(description="gRPC inference worker")
+    p = argparse.ArgumentParser(prog="python -m serving.worker", description="gRPC inference worker")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--name", default="")
     p.add_argument("--model-path", default="", help="serve a local HF folder instead of the champion")
@@ -227,18 +236,6 @@ def main(argv: list[str] | None = None) -> Any:
     name = args.name or f"{socket.gethostname()}-{args.port}"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     asyncio.run(
-        serve(
-            settings,
-            args.port,
-            name,
-            args.model_path,
-            args.threads,
-            args.max_batch,
-            not args.no_events,
-            args.drain_seconds,
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()
+        serve(settings, args.port, name, args.model_path, args.threads, args.max_batch, not args.no_events,
+              args.drain_seconds)
+    )  # fmt: skip

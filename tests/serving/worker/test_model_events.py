@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lifecycle import events
 from lifecycle.v1 import events_pb2
-from serving.swap import decide
+from serving.worker.model_events import decide
 
 
 def promoted(version: int, name: str = "m", alias: str = "champion") -> events_pb2.ModelPromoted:

@@ -92,7 +92,7 @@ def run_training(
         raise TrainingError(f"dataset folder {dataset} has no train.jsonl (run `lifecycle ingest` first)")
     dataset_id = dataset.name
     run_id = run_id or f"tr-{uuid.uuid4().hex[:12]}"
-    out_dir = Path(cfg.out_dir or settings.home / "runs" / run_id)
+    out_dir = Path(cfg.out_dir or settings.runs_dir / run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     store.insert_once(
         TRAINING_RUNS,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lifecycle import registry
-from serving.loader import LoadError, merge_adapter, verify
+from serving.worker.loader import LoadError, merge_adapter, verify
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,10 @@ from lifecycle import events, topics
 from lifecycle.events import publish_raw
 from lifecycle.settings import Settings, load_settings
 from lifecycle.stack import process
+from lifecycle.stack.serving import gateway_url, start_serving
 from lifecycle.store import INFERENCE_LOG, Store
 from lifecycle.v1.events_pb2 import InferenceJobCompleted, InferenceJobQueued, ModelLoadFailed
-from serving import launcher
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kafka_read import read_topic
+from tests.kafka_read import read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -41,7 +39,7 @@ def serving(stack: Settings, tiny_llama_dir: Path, start_serving: Any) -> Iterat
 
 
 def url(s: Settings, path: str) -> str:
-    return launcher.gateway_url(s) + path
+    return gateway_url(s) + path
 
 
 def test_openai_client_gets_a_chat_completion_and_streams(serving: Settings) -> None:
@@ -239,7 +237,7 @@ def test_kill_9_of_a_worker_mid_generation_fails_no_request_and_it_comes_back(
     assert process.wait_for(lambda: worker_up(False), timeout=30) == "ok"
 
     t0 = time.monotonic()
-    launcher.start(serving, 2, str(tiny_llama_dir), threads=1, report=print)
+    start_serving(serving, 2, str(tiny_llama_dir), threads=1, report=print)
     assert process.wait_for(lambda: worker_up(True), timeout=60) == "ok"
     print(f"restarted worker serving again in {time.monotonic() - t0:.1f} s")
 
@@ -267,7 +265,7 @@ def test_schemathesis_finds_no_server_error(serving: Settings, tmp_path: Path) -
     # Every documented operation but job creation (its items would queue long generations behind the
     # other tests), positive and negative examples, checked for 5xx.
     cmd = [
-        str(Path(sys.executable).with_name("schemathesis")), "run", launcher.gateway_url(serving) + "/openapi.json",
+        str(Path(sys.executable).with_name("schemathesis")), "run", gateway_url(serving) + "/openapi.json",
         "--checks", "not_a_server_error", "--max-examples", "15", "--exclude-path", "/v1/jobs",
         "--request-timeout", "120", "--seed", "1",
     ]  # fmt: skip

@@ -10,64 +10,47 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lifecycle import events, topics
+from lifecycle import events, jobstore, topics
+from lifecycle.background import Background
+from lifecycle.settings import Settings
 from lifecycle.store import JOBS, Store, now
 from lifecycle.v1.events_pb2 import InferenceJobQueued
-from serving import jobstore
-from serving.engine import Delta, EngineError, QueueFullError, SamplingParams
-
-if TYPE_CHECKING:
-    from serving.worker import Worker
+from serving.worker.engine import Delta, Engine, EngineError, QueueFullError, SamplingParams
 
 log = logging.getLogger(__name__)
 GROUP = "lifecycle-jobs"
-_QUIET = logging.getLogger("serving.jobs.kafka")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 class JobConsumer:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    """Answers queued jobs with ``engine``; ``name`` (the worker's) is recorded with each result."""
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+    def __init__(self, settings: Settings, name: str, engine: Engine) -> None:
+        self.settings, self.name, self.engine = settings, name, engine
+        self.background = Background("jobs", self._run)
+        self.start, self.stop = self.background.start, self.background.stop
+        self._stop = self.background.stopping
 
     def _run(self) -> None:
         from confluent_kafka import Consumer
 
-        s = self.worker.settings
-        consumer = Consumer(topics.consumer_config(s, GROUP, **{"logger": _QUIET, "max.poll.interval.ms": 900_000}))
+        quiet = topics.quiet_logger(__name__)
+        consumer = Consumer(
+            topics.consumer_config(self.settings, GROUP, **{"logger": quiet, "max.poll.interval.ms": 900_000})
+        )
         consumer.subscribe([topics.INFERENCE_REQUESTS])
-        store = Store.connect(s)
+        store = Store.connect(self.settings)
         try:
-            while not self._stop.is_set():
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                if self.worker.engine.current is None:  # no model yet: let the job wait for us or a peer
-                    consumer.seek(msg)
-                    self._stop.wait(1.0)
-                    continue
-                try:
-                    self.run_job(store, msg.value())
-                except Exception:
-                    log.exception("%s: job failed; it will be redelivered", self.worker.name)
-                    consumer.seek(msg)
-                    self._stop.wait(1.0)
-                    continue
-                consumer.commit(message=msg, asynchronous=False)
+            # No model yet: the job waits (uncommitted) for this worker or a peer.
+            topics.consume(
+                consumer,
+                lambda payload: self.run_job(store, payload),
+                self._stop,
+                name=f"{self.name} jobs",
+                ready=lambda: self.engine.current is not None,
+                retry_pause=1.0,
+            )
         finally:
             consumer.close()
             store.close()
@@ -93,14 +76,14 @@ class JobConsumer:
                 "kind": "result",
                 "job_id": job_id,
                 "item_id": str(item.get("id")),
-                "worker": self.worker.name,
+                "worker": self.name,
                 "created_at": now(),
                 **result,
             }
             store.insert_once(JOBS, doc)
         view = jobstore.view(store, job_id) or {}
         store.update(JOBS, job_id, {"status": view.get("status", "succeeded"), "finished_at": now()})
-        events.publish(self.worker.settings, topics.INFERENCE_RESULTS, job_id, jobstore.completed_event(view))
+        events.publish(self.settings, topics.INFERENCE_RESULTS, job_id, jobstore.completed_event(view))
 
     def _submit(self, item: dict[str, Any], finish: Any) -> None:
         parts: list[str] = []
@@ -129,7 +112,7 @@ class JobConsumer:
                 messages = [{"role": "user", "content": str(prompt)}]
             while True:
                 try:
-                    self.worker.engine.submit(messages=messages, params=params, sink=sink)
+                    self.engine.submit(messages=messages, params=params, sink=sink)
                     return
                 except QueueFullError:
                     if self._stop.is_set():

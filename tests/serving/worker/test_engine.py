@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from serving.engine import Delta, Engine, EngineError, ModelSlot, QueueFullError, SamplingParams
+from serving.worker.engine import Delta, Engine, EngineError, ModelSlot, QueueFullError, SamplingParams
 from training.generation import load_model
 
 QUESTIONS = ["What is the capital of France?", "hi", "Write a haiku about the sea, please, in English.", "2+2?"]

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from typing import Any
 
 from lifecycle import events, topics
+from lifecycle.background import Background
+from lifecycle.settings import Settings
 from lifecycle.v1 import events_pb2
-from serving import loader
-
-if TYPE_CHECKING:
-    from serving.worker import Worker
+from serving.worker import loader
+from serving.worker.engine import ModelSlot
 
 log = logging.getLogger(__name__)
-_QUIET = logging.getLogger("serving.swap.kafka")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 def _num(version: str) -> int:
@@ -44,92 +43,76 @@ def decide(event: Any, model_name: str, serving: str | None) -> str | None:
     return None
 
 
-class SwapWatcher:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self._stop = threading.Event()
+class ModelEventConsumer:
+    """Follows ``lifecycle.model-events`` for one worker.
+
+    Given what it needs and nothing more: the settings, the worker's ``name`` (its consumer group and
+    static member id), ``serving()`` (the version served now, or None) and ``switch(slot)`` (serve a
+    loaded, warm slot)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        serving: Callable[[], str | None],
+        switch: Callable[[ModelSlot], None],
+    ) -> None:
+        self.settings, self.name, self.serving, self.switch = settings, name, serving, switch
+        self.background = Background("model-events", self._run)
         self._assigned = threading.Event()
-        self._thread: threading.Thread | None = None
         self.swaps: list[tuple[str, float]] = []  # (version, seconds from event to serving)
 
     def start(self, timeout: float = 60.0) -> None:
         """Subscribe and wait for the partition assignment, then consume in a thread."""
         from confluent_kafka import Consumer
 
-        s = self.worker.settings
         # A group of its own per worker, with static membership: a worker restarted after a crash
         # (kill -9, OOM) takes its old member's place at once instead of waiting out the dead member's
         # session (topics.SESSION_TIMEOUT_MS) for the group to rebalance before it can read the
         # champion and serve.
         conf = topics.consumer_config(
-            s,
-            f"lifecycle-worker-{self.worker.name}",
-            **{"auto.offset.reset": "latest", "group.instance.id": self.worker.name, "logger": _QUIET},
+            self.settings,
+            f"lifecycle-worker-{self.name}",
+            **{"auto.offset.reset": "latest", "group.instance.id": self.name, "logger": topics.quiet_logger(__name__)},
         )
         self.consumer = Consumer(conf)
         self.consumer.subscribe([topics.MODEL_EVENTS], on_assign=lambda c, p: self._assigned.set())
         while not self._assigned.is_set() and timeout > 0:
             self.consumer.poll(0.2)  # assignment happens inside poll; nothing is published yet
             timeout -= 0.2
-        self._thread = threading.Thread(target=self._run, name="swap-watcher", daemon=True)
-        self._thread.start()
+        self.background.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
+        self.background.stop()
         self.consumer.close()
 
     def _run(self) -> None:
-        from confluent_kafka import KafkaError
-
-        while not self._stop.is_set():
-            msg = self.consumer.poll(0.5)
-            if msg is not None and msg.error() and msg.error().code() == KafkaError._FATAL:
-                # e.g. fenced: another live worker has this worker's name (--name), so the same static member
-                log.error("%s: the model-event consumer stopped: %s", self.worker.name, msg.error())
-                return
-            if msg is None or msg.error():
-                continue
-            try:
-                self.handle(msg.value())
-            except Exception:
-                # Not committed: read the event again after a pause (a registry or network hiccup).
-                log.exception("%s: handling a model event failed; retrying it", self.worker.name)
-                from confluent_kafka import TopicPartition
-
-                self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
-                self._stop.wait(2.0)
-                continue
-            self.consumer.commit(message=msg, asynchronous=False)
+        topics.consume(self.consumer, self.handle, self.background.stopping, name=f"{self.name} model events")
 
     def handle(self, payload: bytes) -> None:
-        import time
-
         try:
             event = events.decode(payload)
         except events.EventError as exc:
-            log.warning("%s: skipping a bad model event: %s", self.worker.name, exc)
+            log.warning("%s: skipping a bad model event: %s", self.name, exc)
             return
-        w = self.worker
-        serving = w.slot.version if w.slot else None
-        version = decide(event, w.settings.model_name, serving)
+        s, serving = self.settings, self.serving()
+        version = decide(event, s.model_name, serving)
         if version is None:
             return
         t0 = time.monotonic()
         try:
-            slot = loader.load(w.settings, w.settings.model_name, version)
+            slot = loader.load(s, s.model_name, version)
         except loader.LoadError as exc:
-            log.error("%s: keeping v%s: %s", w.name, serving, exc)
+            log.error("%s: keeping v%s: %s", self.name, serving, exc)
             failed = events.new_event(
                 events_pb2.ModelLoadFailed,
-                model_name=w.settings.model_name,
+                model_name=s.model_name,
                 version=int(version),
-                worker=w.name,
+                worker=self.name,
                 error=str(exc),
             )
-            events.publish(w.settings, topics.MODEL_EVENTS, w.settings.model_name, failed)
+            events.publish(s, topics.MODEL_EVENTS, s.model_name, failed)
             return
-        w.serve_slot(slot)
+        self.switch(slot)
         self.swaps.append((version, time.monotonic() - t0))
-        log.info("%s: swapped to v%s in %.2fs (download + verify + load)", w.name, version, time.monotonic() - t0)
+        log.info("%s: swapped to v%s in %.2fs (download + verify + load)", self.name, version, time.monotonic() - t0)

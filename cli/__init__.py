@@ -1,0 +1,1 @@
+"""The ``lifecycle`` console script: ``main.py`` assembles the command groups of this package."""

@@ -1,0 +1,136 @@
+"""The logic behind the completion routes, apart from HTTP: which model a request names, the worker
+request of a body, one completion run on the pool (time to first token, tokens, the inference log),
+and its answer whole or as server-sent events. Routes translate; this does the work."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from lifecycle.names import is_valid_model_name
+from lifecycle.v1 import inference_pb2
+from serving.gateway.errors import APIError, from_pool, unavailable
+from serving.gateway.inference_log import InferenceLog
+from serving.gateway.metrics import Metrics
+from serving.gateway.pool import PoolError, WorkerPool
+from serving.gateway.protocol import Usage
+
+Responses = AsyncIterator[inference_pb2.GenerateResponse]
+
+
+class SamplingBody(Protocol):
+    """What every completion body offers (``GenerateRequest``, ``CompletionRequest``, chat)."""
+
+    temperature: float
+    top_p: float
+    seed: int | None
+
+    def stops(self) -> list[str]: ...
+    def token_limit(self) -> int: ...
+
+
+def usage(resp: inference_pb2.GenerateResponse | None) -> Usage:
+    return Usage.of(resp.usage.prompt_tokens, resp.usage.completion_tokens) if resp else Usage.of(0, 0)
+
+
+class Completions:
+    def __init__(self, pool: WorkerPool, metrics: Metrics, inference_log: InferenceLog | None) -> None:
+        self.pool, self.metrics, self.inference_log = pool, metrics, inference_log
+
+    def model(self, name: str | None) -> str:
+        """The served model a request names (the served one when it names none)."""
+        served = self.pool.models()
+        if name is not None and not is_valid_model_name(name):
+            raise APIError(400, f"model name {name!r} is not allowed", param="model", code="invalid_model")
+        if not served:
+            raise unavailable("no inference worker is serving a model right now")
+        if name is None:
+            return next(iter(served))
+        if name not in served:
+            served_names = ", ".join(served)
+            raise APIError(
+                404, f"model {name!r} does not exist; served: {served_names}", param="model", code="model_not_found"
+            )
+        return name
+
+    def request(self, body: SamplingBody, model: str, **text: Any) -> inference_pb2.GenerateRequest:
+        """The worker request of a body: its sampling fields, and ``prompt=`` or ``messages=``."""
+        return inference_pb2.GenerateRequest(
+            request_id=uuid.uuid4().hex, max_tokens=body.token_limit(), temperature=body.temperature,
+            top_p=body.top_p, stop=body.stops(), seed=body.seed or 0, model=model, **text,
+        )  # fmt: skip
+
+    async def run(
+        self, req: inference_pb2.GenerateRequest, route: str, logged: dict[str, Any], key_id: str, stream: bool
+    ) -> Responses:
+        """The worker's responses for one completion; metrics and the inference log on the way.
+        A completion that is not streamed starts over on another worker if its worker dies mid-way."""
+        t0 = time.monotonic()
+        text: list[str] = []
+        worker, last = "", None
+
+        def first_token() -> None:
+            self.metrics.ttft.labels(route).observe(time.monotonic() - t0)
+
+        try:
+            async for w, resp in self.pool.generate(req, restartable=not stream, on_first=first_token):
+                worker, last = w.name, resp
+                text.append(resp.text)
+                yield resp
+        finally:
+            if last is not None:
+                self.metrics.tokens.inc(last.usage.completion_tokens)
+                if self.inference_log:
+                    self.inference_log.add(
+                        {**logged, "route": route, "model": last.model, "version": last.version, "worker": worker,
+                         "output": "".join(text), "finish_reason": last.finish_reason or "cancelled",
+                         "latency_ms": round((time.monotonic() - t0) * 1000, 1),
+                         "prompt_tokens": last.usage.prompt_tokens, "completion_tokens": last.usage.completion_tokens,
+                         "api_key_id": key_id}
+                    )  # fmt: skip
+
+
+async def collect(responses: Responses) -> tuple[str, inference_pb2.GenerateResponse | None]:
+    """The whole text of a completion and its last response (finish reason, usage, version)."""
+    parts, last = [], None
+    async for resp in responses:
+        parts.append(resp.text)
+        last = resp
+    return "".join(parts), last
+
+
+async def sse(responses: Responses, chunk: Callable[[inference_pb2.GenerateResponse], BaseModel]) -> StreamingResponse:
+    """Server-sent events of a completion, ``data: [DONE]`` last. The stream is started before the
+    answer is, so an error before the first token is a plain 4xx/5xx; one after it is an error event."""
+    it = responses.__aiter__()
+    try:
+        first: inference_pb2.GenerateResponse | None = await it.__anext__()
+    except StopAsyncIteration:
+        first = None
+
+    def event(resp: inference_pb2.GenerateResponse) -> bytes:
+        body = chunk(resp)
+        unset = {"usage"} if getattr(body, "usage", None) is None else None  # as OpenAI: usage in the last only
+        return f"data: {body.model_dump_json(exclude=unset)}\n\n".encode()
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield event(first)
+            async for resp in it:
+                yield event(resp)
+        except (APIError, PoolError) as exc:
+            err = exc if isinstance(exc, APIError) else from_pool(exc)
+            yield f"data: {json.dumps(err.body())}\n\n".encode()
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]
+        yield b"data: [DONE]\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

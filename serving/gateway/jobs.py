@@ -1,0 +1,54 @@
+"""Queued inference for the gateway: the items of a ``POST /v1/jobs`` body as the workers take them,
+and the job records in Mongo (one client for the gateway's life, opened on first use)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from lifecycle import jobstore
+from lifecycle.settings import Settings
+from lifecycle.store import Store
+from serving.gateway.errors import APIError
+from serving.gateway.protocol import JobRequest
+
+
+def job_items(body: JobRequest) -> list[dict[str, Any]]:
+    """Each item as the ``InferenceJobQueued`` event carries it; 400 naming the item when one is bad."""
+    items = []
+    for i, it in enumerate(body.items):
+        if not (it.prompt or it.messages):
+            raise APIError(400, f"items.{i}: needs a prompt or messages", param=f"items.{i}")
+        item: dict[str, Any] = {"id": it.id or str(i), "max_tokens": it.max_tokens, "temperature": it.temperature}
+        if it.messages:
+            item["messages"] = [{"role": m.worker_role, "content": m.text()} for m in it.messages]
+        else:
+            item["prompt"] = it.prompt
+        items.append(item)
+    if len({it["id"] for it in items}) != len(items):
+        raise APIError(400, "items: ids must be unique", param="items")
+    return items
+
+
+class Jobs:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                self._store = Store.connect(self.settings)
+            return self._store
+
+    async def create(self, items: list[dict[str, Any]], model: str) -> dict[str, Any]:
+        return await asyncio.to_thread(lambda: jobstore.create(self.settings, self.store(), items, model))
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(lambda: jobstore.view(self.store(), job_id))
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()

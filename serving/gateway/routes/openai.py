@@ -1,0 +1,95 @@
+"""OpenAI-compatible ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true`` -> SSE)
+and ``GET /v1/models``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from lifecycle.v1 import inference_pb2
+from serving.gateway.body import body_doc, json_body
+from serving.gateway.completions import collect, sse, usage
+from serving.gateway.errors import APIError
+from serving.gateway.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from serving.gateway.routes.deps import ERRORS, CompletionsDep, KeyId
+from serving.gateway.security import authorize
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=ERRORS)
+SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events with stream: true"}
+}
+
+
+ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]
+CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionRequest))]
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses=SSE,
+             openapi_extra=body_doc(ChatCompletionRequest))  # fmt: skip
+async def chat(body: ChatBody, completions: CompletionsDep, key_id: KeyId) -> ChatCompletion | StreamingResponse:
+    model = completions.model(body.model)
+    messages = [inference_pb2.ChatMessage(role=m.worker_role, content=m.text()) for m in body.messages]
+    if not any(m.content.strip() for m in messages):
+        raise APIError(400, "messages: every message is empty", param="messages")
+    req = completions.request(body, model, messages=messages)
+    cid, created = f"chatcmpl-{req.request_id}", int(time.time())
+    logged = {"messages": [m.model_dump() for m in body.messages]}
+    responses = completions.run(req, "/v1/chat/completions", logged, key_id, stream=body.stream)
+    if body.stream:
+
+        def chunk(r: inference_pb2.GenerateResponse) -> ChatCompletionChunk:
+            choice = ChatChunkChoice(delta=AssistantMessage(content=r.text), finish_reason=r.finish_reason or None)
+            return ChatCompletionChunk(id=cid, created=created, model=model, system_fingerprint=f"v{r.version}",
+                                       choices=[choice], usage=usage(r) if r.finish_reason else None)  # fmt: skip
+
+        return await sse(responses, chunk)
+    text, last = await collect(responses)
+    choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason if last else "stop")
+    return ChatCompletion(id=cid, created=created, model=model, choices=[choice], usage=usage(last),
+                          system_fingerprint=f"v{last.version}" if last else None)  # fmt: skip
+
+
+@router.post("/completions", response_model=Completion, responses=SSE, openapi_extra=body_doc(CompletionRequest))
+async def completion(
+    body: CompletionBody, completions: CompletionsDep, key_id: KeyId
+) -> Completion | StreamingResponse:
+    model = completions.model(body.model)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) != 1:
+        raise APIError(400, "prompt: exactly one prompt per request", param="prompt")
+    if not prompts[0]:
+        raise APIError(400, "prompt is empty", param="prompt")
+    req = completions.request(body, model, prompt=prompts[0])
+    cid, created = f"cmpl-{req.request_id}", int(time.time())
+    responses = completions.run(req, "/v1/completions", {"prompt": prompts[0]}, key_id, stream=body.stream)
+
+    def answer(text: str, finish_reason: str | None, used: Usage | None) -> Completion:
+        choice = CompletionChoice(text=text, finish_reason=finish_reason)
+        return Completion(id=cid, created=created, model=model, choices=[choice], usage=used)
+
+    if body.stream:
+        return await sse(responses, lambda r: answer(r.text, r.finish_reason or None, None))
+    text, last = await collect(responses)
+    return answer(text, last.finish_reason if last else "stop", usage(last))
+
+
+@router.get("/models", response_model=ModelList)
+async def models(completions: CompletionsDep) -> ModelList:
+    served = completions.pool.models().items()
+    return ModelList(data=[ModelCard(id=name, versions=sorted({w.version for w in ws})) for name, ws in served])
