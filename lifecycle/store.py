@@ -21,6 +21,11 @@ EVALUATIONS = "evaluations"
 MODEL_CONFIGS = "model_configs"
 INFERENCE_LOG = "inference_log"
 JOBS = "jobs"
+#: Kafka intake of the training-data DAG: each message landed before its offset counts, and its claim.
+TRAINING_EVENTS = "training_events"
+TRAINING_EVENT_CLAIMS = "training_event_claims"
+#: DAG-run and task state changes, as the Airflow listener reports them.
+PIPELINE_EVENTS = "pipeline_events"
 
 Doc = dict[str, Any]
 

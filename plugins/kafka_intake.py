@@ -22,8 +22,8 @@ import datetime as dt
 import json
 from typing import Any
 
-COLLECTION = "training_events"
-CLAIMS = "training_event_claims"
+from lifecycle.store import TRAINING_EVENT_CLAIMS as CLAIMS
+from lifecycle.store import TRAINING_EVENTS as COLLECTION
 
 
 def _store() -> Any:

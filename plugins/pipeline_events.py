@@ -18,7 +18,6 @@ from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
 
 log = logging.getLogger(__name__)
-PIPELINE_EVENTS_COLLECTION = "pipeline_events"
 
 
 @cache
@@ -39,10 +38,11 @@ def _collection() -> Any:
     from pymongo import MongoClient
 
     from lifecycle.settings import load_settings
+    from lifecycle.store import PIPELINE_EVENTS
 
     s = load_settings()
     client: MongoClient[dict[str, Any]] = MongoClient(s.mongo_uri, serverSelectionTimeoutMS=1000, tz_aware=True)
-    return client[s.mongo_db][PIPELINE_EVENTS_COLLECTION]
+    return client[s.mongo_db][PIPELINE_EVENTS]
 
 
 def build_event(dag_id: str, run_id: str, state: str, task_id: str = "", try_number: int = 0) -> Any:

@@ -5,7 +5,9 @@
     ... --resume                       # continue after a crash from the latest checkpoint in OUT
 
 DDP is detected from torchrun's ``RANK``/``WORLD_SIZE``: gloo on CPU, nccl on GPU, the same code
-for one process. Only rank 0 writes files and logs. Reads top to bottom: setup() -> fit() -> save.
+for one process. Only rank 0 writes files and logs. Reads top to bottom: ``setup()`` (data, model,
+optimizer, resume) -> ``fit()`` (the loop, then the adapter); the world and the checkpoints are in
+``training/checkpoint.py``.
 
 Why the loss is computed here and not by the model: the loss of a global batch is the sum over its
 assistant tokens divided by their count in the *whole* global batch, so any split into processes
@@ -18,13 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
 import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,39 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.batching import IGNORE, Example, collate, encode_chat, global_batches, micro_batches, shard
+from training.checkpoint import Dist, barrier, latest_checkpoint, load_checkpoint, save_checkpoint, setup_distributed
 from training.config import TrainConfig, make_parser, resolve
 from training.ingest import load_split
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed() -> Dist:
-    """Join the process group when launched by torchrun; a plain process is world of one."""
-    if "RANK" not in os.environ:
-        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-        torch_dist.init_process_group("nccl", device_id=device)
-    else:
-        device = torch.device("cpu")
-        torch_dist.init_process_group("gloo")
-    return Dist(rank, world, local, device)
 
 
 class AssistantLoss(nn.Module):
@@ -152,60 +122,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-# -- checkpoints ------------------------------------------------------------------------------
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    ckpts = sorted((out_dir / "checkpoints").glob("step-*"))
-    return ckpts[-1] if ckpts else None
-
-
-def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: Any, dist: Dist, cfg: TrainConfig) -> None:
-    """Adapter, optimizer, RNG of every rank and the step (the data position follows from it)."""
-    final = out_dir / "checkpoints" / f"step-{step:07d}"
-    tmp = out_dir / "checkpoints" / f".step-{step:07d}.partial"
-    if dist.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier(dist)
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state(dist.device)
-    torch.save(rng, tmp / f"rng-rank{dist.rank}.pt")
-    if dist.is_main:
-        model.save_pretrained(tmp / "adapter")  # type: ignore[operator]
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / "trainer_state.pt")
-        cfg.save(tmp / "config.json")
-    _barrier(dist)
-    if dist.is_main:
-        tmp.rename(final)  # a checkpoint exists only once it is complete
-        for old in sorted((out_dir / "checkpoints").glob("step-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier(dist)
-
-
-def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Any, dist: Dist) -> int:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(ckpt / "adapter" / "adapter_model.safetensors"))
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    rng_file = ckpt / f"rng-rank{dist.rank}.pt"
-    if rng_file.exists():  # resuming with another world size keeps rank 0's stream only
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"], dist.device)
-    return int(state["step"])
-
-
-def _barrier(dist: Dist) -> None:
-    if dist.enabled:
-        torch_dist.barrier()
-
-
 # -- the loop ---------------------------------------------------------------------------------
 
 
@@ -261,7 +177,26 @@ class MetricsSink:
             self.file.close()
 
 
-def fit(cfg: TrainConfig, dist: Dist) -> FitResult:
+@dataclass
+class Prepared:
+    """What ``setup`` makes ready for ``fit``: the encoded data, its schedule, the model (DDP-wrapped
+    loss when distributed), the optimizer, and the step to start at (after a resume)."""
+
+    tokenizer: Any
+    examples: list[Example]
+    lengths: list[int]
+    steps_per_epoch: int
+    total_steps: int
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: Any
+    trainable: list[nn.Parameter]
+    start: int
+
+
+def setup(cfg: TrainConfig, dist: Dist) -> Prepared:
+    """Check the config against the world, encode the training split, load the model with its LoRA
+    adapters and the optimizer, and resume from the latest checkpoint when asked."""
     from transformers import AutoTokenizer
 
     cfg.check_world(dist.world_size)
@@ -295,6 +230,16 @@ def fit(cfg: TrainConfig, dist: Dist) -> FitResult:
         from torch.nn.parallel import DistributedDataParallel
 
         loss_fn = DistributedDataParallel(loss_fn, device_ids=[dist.device] if dist.device.type == "cuda" else None)
+    return Prepared(tokenizer, examples, lengths, steps_per_epoch, total_steps, model, loss_fn, optimizer, trainable,
+                    start)  # fmt: skip
+
+
+def fit(cfg: TrainConfig, dist: Dist, prep: Prepared) -> FitResult:
+    """The training loop from ``prep.start`` to the last step; the adapter and ``result.json`` at the end."""
+    out_dir = Path(cfg.out_dir)
+    tokenizer, examples, lengths, steps_per_epoch = prep.tokenizer, prep.examples, prep.lengths, prep.steps_per_epoch
+    total_steps, model, loss_fn, optimizer = prep.total_steps, prep.model, prep.loss_fn, prep.optimizer
+    trainable, start = prep.trainable, prep.start
     model.train()
 
     # With a bf16 base, autocast runs the fp32 LoRA matmuls in bf16 too instead of casting every
@@ -360,7 +305,7 @@ def fit(cfg: TrainConfig, dist: Dist) -> FitResult:
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     if sink is not None:
         sink.close()
-    _barrier(dist)
+    barrier(dist)
     return FitResult(total_steps, loss_value, tokens_seen / max(train_seconds, 1e-9), train_seconds, adapter_dir)
 
 
@@ -381,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve(make_parser().parse_args(argv))
     dist = setup_distributed()
     try:
-        result = fit(cfg, dist)
+        result = fit(cfg, dist, setup(cfg, dist))
         if dist.is_main:
             print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, "
                   f"{result.tokens_per_sec:.0f} tokens/s, adapter in {result.adapter_dir}", flush=True)  # fmt: skip

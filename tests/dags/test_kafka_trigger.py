@@ -19,7 +19,7 @@ from lifecycle.airflow_client import call, dag_ids
 from lifecycle.settings import Settings
 from lifecycle.stack import manager, process
 from lifecycle.stack.process import wait_for
-from lifecycle.store import Store
+from lifecycle.store import TRAINING_EVENTS, Store
 from lifecycle.v1 import events_pb2
 
 pytestmark = pytest.mark.stack
@@ -82,7 +82,7 @@ def test_a_message_starts_a_run_and_a_duplicate_trains_once(watching: Settings, 
     started = min(dt.datetime.fromisoformat(runs(s)[r]["start_date"]) for r in states)
     assert (started - t0).total_seconds() < 60
     with Store.connect(s) as store:
-        doc = store.get("training_events", msg.event_id)
+        doc = store.get(TRAINING_EVENTS, msg.event_id)
     assert doc is not None and doc["state"] == "claimed" and doc["dag_run_id"] == trained[0]
 
 
@@ -125,14 +125,14 @@ def test_a_killed_triggerer_loses_nothing(watching: Settings, tiny_llama_dir: Pa
 
 def _event(s: Settings, key: str) -> dict[str, Any]:
     with Store.connect(s) as store:
-        return store.get("training_events", key) or {}
+        return store.get(TRAINING_EVENTS, key) or {}
 
 
 def _landed(s: Settings, key: str) -> bool:
     with Store.connect(s) as store:
-        return store.get("training_events", key) is not None
+        return store.get(TRAINING_EVENTS, key) is not None
 
 
 def _claimed(s: Settings, key: str) -> bool:
     with Store.connect(s) as store:
-        return (store.get("training_events", key) or {}).get("state") == "claimed"
+        return (store.get(TRAINING_EVENTS, key) or {}).get("state") == "claimed"

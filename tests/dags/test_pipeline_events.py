@@ -7,7 +7,7 @@ import pytest
 from lifecycle import topics
 from lifecycle.airflow_client import trigger_and_wait
 from lifecycle.settings import Settings
-from lifecycle.store import Store
+from lifecycle.store import PIPELINE_EVENTS, Store
 from tests.kafka_read import read_topic
 
 pytestmark = pytest.mark.stack
@@ -31,5 +31,5 @@ def test_a_dag_run_and_its_tasks_are_reported(stack: Settings) -> None:
 
     assert wait_for(lambda: seen_on_kafka() == expected, timeout=60) == "ok", seen_on_kafka()
     with Store.connect(stack) as store:
-        docs = list(store.db["pipeline_events"].find({"run_id": run_id}))
+        docs = list(store.db[PIPELINE_EVENTS].find({"run_id": run_id}))
     assert {(d.get("task_id", ""), d["state"]) for d in docs} == expected
