@@ -30,9 +30,12 @@ def gateway_url(settings: Settings) -> str:
 
 
 def readiness(settings: Settings) -> dict[str, Any]:
-    """The gateway's ``/readyz`` body; empty while it does not answer (or answers 503: no worker ready)."""
+    """The gateway's ``/readyz`` body; empty while it does not answer (or answers 503: no worker ready).
+    With keys set the gateway lists its workers only to a caller with a key: the first one is sent."""
+    auth = {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
+    req = urllib.request.Request(gateway_url(settings) + "/readyz", headers=auth)
     try:
-        with urllib.request.urlopen(gateway_url(settings) + "/readyz", timeout=2) as resp:
+        with urllib.request.urlopen(req, timeout=2) as resp:
             return dict(json.loads(resp.read()))
     except (OSError, ValueError):
         return {}

@@ -25,9 +25,32 @@ async def read_json(request: Request) -> Any:
         if len(raw) > MAX_BODY:
             raise APIError(413, f"request body is over the limit of {MAX_BODY} bytes", code="body_too_large")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}") from None
+    if (where := lone_surrogate(data)) is not None:
+        # JSON may escape half of a UTF-16 pair ("\ud800"); no worker, protobuf or tokenizer takes it.
+        raise APIError(400, f"{where or 'body'}: a string holds a lone UTF-16 surrogate (not valid Unicode)",
+                       param=where or None)  # fmt: skip
+    return data
+
+
+def lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string in ``value`` that cannot be encoded as UTF-8, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and lone_surrogate(key) is not None:
+            return f"{path}.{key!a}".lstrip(".")
+        found = lone_surrogate(item, f"{path}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
 
 
 def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:

@@ -242,7 +242,7 @@ class WorkerState(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    workers: list[WorkerState]
+    workers: list[WorkerState] | None = Field(default=None, description="Listed without keys set, or to a caller with one.")
 
 
 class Health(BaseModel):

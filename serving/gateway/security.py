@@ -26,13 +26,18 @@ class Guard:
         self.keys = {key_id(k): k for k in settings.api_keys}
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
 
+    def known(self, authorization: str) -> str | None:
+        """The key id of a valid ``Authorization`` header, else None (no rate-limit token taken)."""
+        token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        kid = key_id(token)
+        return kid if token and hmac.compare_digest(self.keys.get(kid, ""), token) else None
+
     def check(self, authorization: str) -> str:
         """The caller's key id ("" without keys); raises 401 or 429 as ``APIError``."""
         if not self.keys:
             return ""
-        token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
-        kid = key_id(token)
-        if not token or not hmac.compare_digest(self.keys.get(kid, ""), token):
+        kid = self.known(authorization)
+        if kid is None:
             raise APIError(
                 401,
                 "missing or invalid API key (Authorization: Bearer <key>)",

@@ -18,16 +18,21 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+@router.get("/readyz", response_model=Readiness, response_model_exclude_none=True,
+            responses={503: {"model": Readiness}})  # fmt: skip
 async def readyz(request: Request) -> JSONResponse:
+    """200 when some worker serves, else 503. The workers (addresses, versions, queues) are listed only
+    when no keys are set or the caller gives one: a probe needs the status, not the topology."""
     workers = request.app.state.completions.pool.workers
-    states = [
-        WorkerState(address=w.address, up=w.up, model=w.model, version=w.version, outstanding=w.outstanding,
-                    queued=w.queued)
-        for w in workers
-    ]  # fmt: skip
-    body = Readiness(ready=any(w.up for w in workers), workers=states)
-    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+    body = Readiness(ready=any(w.up for w in workers))
+    guard = request.app.state.guard
+    if not guard.keys or guard.known(request.headers.get("authorization", "")) is not None:
+        body.workers = [
+            WorkerState(address=w.address, up=w.up, model=w.model, version=w.version, outstanding=w.outstanding,
+                        queued=w.queued)
+            for w in workers
+        ]  # fmt: skip
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if body.ready else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(authorize)])

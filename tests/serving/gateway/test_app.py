@@ -224,3 +224,36 @@ def test_the_openapi_document_types_answers_and_errors(client: TestClient) -> No
     assert body["$ref"].endswith("/GenerateRequest")
     limits = spec["components"]["schemas"]["GenerateRequest"]["properties"]["max_tokens"]
     assert limits["maximum"] == 1024 and limits["minimum"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "param"),
+    [
+        ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi \\ud800"}]}', "messages.0.content"),
+        ("/v1/completions", '{"prompt": "\\udfff"}', "prompt"),
+        ("/v1/generate", '{"prompt": "ok", "stop": ["\\ud83d"]}', "stop.0"),
+        ("/v1/jobs", '{"items": [{"prompt": "a"}, {"prompt": "\\ud800"}]}', "items.1.prompt"),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_naming_the_field_not_a_500(
+    client: TestClient, pool: ScriptedPool, path: str, raw: str, param: str
+) -> None:
+    r = client.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400 and error(r)["param"] == param and "surrogate" in error(r)["message"], r.text
+    assert pool.requests == []
+    ok = client.post(
+        "/v1/generate", content=b'{"prompt": "\\ud83d\\ude00"}', headers={"content-type": "application/json"}
+    )
+    assert ok.status_code == 200  # a surrogate pair is a character (here an emoji), not an error
+
+
+def test_readiness_lists_the_workers_only_to_a_caller_with_a_key(pool: ScriptedPool) -> None:
+    for client in client_of(pool, api_keys=["k1"]):
+        assert client.get("/readyz").json() == {"ready": True}
+        listed = client.get("/readyz", headers={"Authorization": "Bearer k1"}).json()["workers"]
+        assert [(w["address"], w["version"]) for w in listed] == [("fake:1", "3")]
+        pool.workers[0].up = False
+        r = client.get("/readyz")
+        assert (r.status_code, r.json()) == (503, {"ready": False})
+    for client in client_of(pool):
+        assert client.get("/readyz").json()["workers"][0]["address"] == "fake:1"  # no keys: nothing to hide
