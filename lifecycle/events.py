@@ -30,6 +30,7 @@ EVENT_TYPES: dict[str, type[Message]] = {
         "PipelineEvent",
         "InferenceJobQueued",
         "InferenceJobCompleted",
+        "DeadLetter",
     )
 }
 

@@ -1,16 +1,11 @@
-"""Kafka topics of SPEC.md, the client configurations every producer and consumer uses, and the one
-consume loop of the project's long-running consumers (commit after the side effect)."""
+"""Kafka topics of SPEC.md and the client configurations every producer and consumer uses."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from typing import Any
 
 from lifecycle.settings import Settings
-
-log = logging.getLogger(__name__)
 
 TRAINING_DATA = "lifecycle.training-data"
 MODEL_EVENTS = "lifecycle.model-events"
@@ -18,7 +13,15 @@ INFERENCE_REQUESTS = "lifecycle.inference-requests"
 INFERENCE_RESULTS = "lifecycle.inference-results"
 PIPELINE_EVENTS = "lifecycle.pipeline-events"
 
-ALL = (TRAINING_DATA, MODEL_EVENTS, INFERENCE_REQUESTS, INFERENCE_RESULTS, PIPELINE_EVENTS)
+
+def dlq(topic: str) -> str:
+    """Where a consumer puts a message of ``topic`` it gave up on (``DeadLetter`` events)."""
+    return f"{topic}.dlq"
+
+
+#: Topics the project itself consumes: each has its dead-letter topic.
+CONSUMED = (TRAINING_DATA, MODEL_EVENTS, INFERENCE_REQUESTS)
+ALL = (TRAINING_DATA, MODEL_EVENTS, INFERENCE_REQUESTS, INFERENCE_RESULTS, PIPELINE_EVENTS, *map(dlq, CONSUMED))
 
 
 def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -84,47 +87,3 @@ def quiet_logger(name: str) -> logging.Logger:
         quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
     return quiet
-
-
-def consume(
-    consumer: Any,
-    handle: Callable[[bytes], None],
-    stop: threading.Event,
-    *,
-    name: str,
-    ready: Callable[[], bool] | None = None,
-    retry_pause: float = 2.0,
-) -> None:
-    """Poll ``consumer`` until ``stop`` is set and ``handle`` each message's value, committing its offset
-    only after ``handle`` returned. A message that cannot be handled yet (``ready()`` false) or whose
-    handling raised is read again after ``retry_pause``: its offset is not committed, so a crash in
-    between also brings it back. A fatal consumer error (e.g. fenced: another live member with the
-    same ``group.instance.id``) ends the loop with an error naming ``name``."""
-    from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
-    while not stop.is_set():
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        if msg.error():
-            # librdkafka reports a fatal error as a _FATAL message whose .fatal() is False: check the code.
-            if msg.error().code() == KafkaError._FATAL:
-                log.error("%s: the consumer stopped: %s", name, msg.error())
-                return
-            continue
-        again = TopicPartition(msg.topic(), msg.partition(), msg.offset())
-        if ready is not None and not ready():
-            consumer.seek(again)
-            stop.wait(retry_pause)
-            continue
-        try:
-            handle(msg.value())
-        except Exception:
-            log.exception("%s: handling a message of %s failed; reading it again", name, msg.topic())
-            consumer.seek(again)
-            stop.wait(retry_pause)
-            continue
-        try:
-            consumer.commit(message=msg, asynchronous=False)
-        except KafkaException as exc:  # e.g. a rebalance took the partition: its new owner reads it again
-            log.warning("%s: commit of %s[%d]@%d failed: %s", name, msg.topic(), msg.partition(), msg.offset(), exc)

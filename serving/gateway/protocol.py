@@ -242,7 +242,9 @@ class WorkerState(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    workers: list[WorkerState] | None = Field(default=None, description="Listed without keys set, or to a caller with one.")
+    workers: list[WorkerState] | None = Field(
+        default=None, description="Listed without keys set, or to a caller with one."
+    )
 
 
 class Health(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any
 
 from lifecycle import events, jobstore, topics
 from lifecycle.background import Background
+from lifecycle.consumer import RetryPolicy, consume
 from lifecycle.settings import Settings
 from lifecycle.store import JOBS, Store, now
 from lifecycle.v1.events_pb2 import InferenceJobQueued
@@ -43,13 +44,14 @@ class JobConsumer:
         store = Store.connect(self.settings)
         try:
             # No model yet: the job waits (uncommitted) for this worker or a peer.
-            topics.consume(
+            consume(
                 consumer,
                 lambda payload: self.run_job(store, payload),
                 self._stop,
+                settings=self.settings,
                 name=f"{self.name} jobs",
                 ready=lambda: self.engine.current is not None,
-                retry_pause=1.0,
+                policy=RetryPolicy(attempts=3, pause=1.0),
             )
         finally:
             consumer.close()

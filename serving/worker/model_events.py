@@ -18,6 +18,7 @@ from typing import Any
 
 from lifecycle import events, topics
 from lifecycle.background import Background
+from lifecycle.consumer import RetryPolicy, consume
 from lifecycle.settings import Settings
 from lifecycle.v1 import events_pb2
 from serving.worker import loader
@@ -87,7 +88,10 @@ class ModelEventConsumer:
         self.consumer.close()
 
     def _run(self) -> None:
-        topics.consume(self.consumer, self.handle, self.background.stopping, name=f"{self.name} model events")
+        # A registry that is briefly away must not cost a promotion: ~6 minutes of tries before giving up.
+        policy = RetryPolicy(attempts=10, pause=2.0, max_pause=60.0)
+        consume(self.consumer, self.handle, self.background.stopping, settings=self.settings,
+                name=f"{self.name} model events", policy=policy)  # fmt: skip
 
     def handle(self, payload: bytes) -> None:
         try:

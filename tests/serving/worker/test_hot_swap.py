@@ -128,7 +128,7 @@ def test_a_worker_back_under_its_name_takes_over_its_subscription_and_a_duplicat
     joined = time.monotonic() - t0
     assert back._assigned.is_set() and joined < 15, joined
     # Two live workers with one name: the older one is fenced, its watcher stops and says why.
-    with caplog.at_level(logging.ERROR, logger="lifecycle.topics"):
+    with caplog.at_level(logging.ERROR, logger="lifecycle.consumer"):
         duplicate.start(timeout=30)
         assert wait_for(lambda: not back.background.alive(), timeout=30) == "ok"
     assert any(name in r.message and "consumer stopped" in r.message for r in caplog.records)
