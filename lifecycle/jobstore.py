@@ -18,8 +18,9 @@ from lifecycle.store import JOBS, Store, now
 def create(settings: Settings, store: Store, items: list[dict[str, Any]], model: str) -> dict[str, Any]:
     """Record the job, then queue it on ``lifecycle.inference-requests`` (key = job id) as an
     ``InferenceJobQueued`` event. Items: ``id``, ``prompt`` or ``messages`` (role, text content),
-    ``max_tokens``, ``temperature``."""
-    from lifecycle.events import new_event, publish
+    ``max_tokens``, ``temperature``. When Kafka does not take the event the job is marked ``failed``
+    with the reason (no worker will ever see it) and ``PublishError`` is raised."""
+    from lifecycle.events import PublishError, new_event, publish
     from lifecycle.v1.events_pb2 import InferenceJobQueued
 
     job_id = f"job-{uuid.uuid4().hex[:16]}"
@@ -28,7 +29,11 @@ def create(settings: Settings, store: Store, items: list[dict[str, Any]], model:
     event = new_event(InferenceJobQueued, job_id=job_id, model=model, items=items)  # checks the items' fields
     doc = {"_id": job_id, "kind": "job", "status": "queued", "model": model, "total": len(items), "created_at": now()}
     store.insert_once(JOBS, doc)
-    publish(settings, topics.INFERENCE_REQUESTS, job_id, event)
+    try:
+        publish(settings, topics.INFERENCE_REQUESTS, job_id, event)
+    except PublishError as exc:
+        store.update(JOBS, job_id, {"status": "failed", "error": f"not queued: {exc}", "finished_at": now()})
+        raise
     return view(store, job_id) or {}
 
 
@@ -62,6 +67,7 @@ def view(store: Store, job_id: str) -> dict[str, Any] | None:
         "model": job.get("model", ""),
         "total": job["total"],
         "completed": done,
+        "error": job.get("error"),
         "created_at": job["created_at"].isoformat() if hasattr(job["created_at"], "isoformat") else job["created_at"],
         "results": [
             {k: r.get(k) for k in ("item_id", "text", "finish_reason", "error", "version", "worker", "usage")}

@@ -7,10 +7,13 @@ import asyncio
 import threading
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from lifecycle import jobstore
+from lifecycle.events import PublishError
 from lifecycle.settings import Settings
 from lifecycle.store import Store
-from serving.gateway.errors import APIError
+from serving.gateway.errors import APIError, unavailable
 from serving.gateway.protocol import JobRequest
 
 
@@ -44,10 +47,25 @@ class Jobs:
             return self._store
 
     async def create(self, items: list[dict[str, Any]], model: str) -> dict[str, Any]:
-        return await asyncio.to_thread(lambda: jobstore.create(self.settings, self.store(), items, model))
+        try:
+            return await asyncio.to_thread(lambda: jobstore.create(self.settings, self.store(), items, model))
+        except PublishError as exc:
+            raise unavailable(f"the job could not be queued (Kafka): {exc}; it is recorded as failed") from None
+        except PyMongoError as exc:
+            raise self._store_down(exc) from None
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(lambda: jobstore.view(self.store(), job_id))
+        try:
+            return await asyncio.to_thread(lambda: jobstore.view(self.store(), job_id))
+        except PyMongoError as exc:
+            raise self._store_down(exc) from None
+
+    def _store_down(self, exc: Exception) -> APIError:
+        with self._lock:  # a fresh client next time, once the server is back
+            if self._store is not None:
+                self._store.close()
+            self._store = None
+        return unavailable(f"the job store (MongoDB) is not answering: {type(exc).__name__}")
 
     def close(self) -> None:
         if self._store is not None:

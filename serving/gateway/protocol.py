@@ -229,6 +229,7 @@ class Job(BaseModel):
     completed: int
     created_at: str
     results: list[JobResult]
+    error: str | None = None
 
 
 class WorkerState(BaseModel):
