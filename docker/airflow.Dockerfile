@@ -10,6 +10,7 @@ USER airflow
 COPY --chown=airflow:0 pyproject.toml README.md /opt/llm-lifecycle/
 COPY --chown=airflow:0 cli /opt/llm-lifecycle/cli
 COPY --chown=airflow:0 lifecycle /opt/llm-lifecycle/lifecycle
+COPY --chown=airflow:0 runtime /opt/llm-lifecycle/runtime
 COPY --chown=airflow:0 training /opt/llm-lifecycle/training
 COPY --chown=airflow:0 serving /opt/llm-lifecycle/serving
 COPY --chown=airflow:0 plugins /opt/llm-lifecycle/plugins

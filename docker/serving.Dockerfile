@@ -16,6 +16,7 @@ RUN pip install --extra-index-url "${TORCH_INDEX}" -r /tmp/requirements.txt
 COPY pyproject.toml README.md /src/
 COPY cli /src/cli
 COPY lifecycle /src/lifecycle
+COPY runtime /src/runtime
 COPY serving /src/serving
 COPY training /src/training
 COPY plugins /src/plugins

@@ -35,7 +35,11 @@ def _env(settings: Settings) -> dict[str, str]:
         "LIFECYCLE_MONGO_URI": settings.mongo_uri,
         "LIFECYCLE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-        "HF_HUB_OFFLINE": "1",
+        # The hub cache lives on the shared volume: a model downloaded once serves every pod and rank.
+        "HF_HOME": str(settings.home / "huggingface"),
+        "HF_HUB_OFFLINE": "1" if settings.hub_offline else "0",
+        "LIFECYCLE_DTYPE": settings.dtype,
+        "LIFECYCLE_DEVICE": settings.device,
         "PYTHONUNBUFFERED": "1",
     }
 

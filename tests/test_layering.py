@@ -1,6 +1,7 @@
 """The house's shape, checked on every import statement (module level, inside functions and under
 TYPE_CHECKING alike): dependency arrows point one way, ``cli -> dags | plugins -> training | serving
--> lifecycle``, with no exception; no import cycle between modules; no module over the size limit."""
+-> runtime -> lifecycle`` (``runtime`` holds the torch-side policy the trainer and the worker share;
+the gateway never imports it), with no exception; no import cycle between modules; no module over the size limit."""
 
 from __future__ import annotations
 
@@ -9,13 +10,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ("cli", "lifecycle", "training", "serving", "plugins", "dags")
+LAYERS = ("cli", "lifecycle", "runtime", "training", "serving", "plugins", "dags")
 GENERATED = ("lifecycle/v1/",)
 MAX_LINES = 400
 
 # What each layer must never import (top-level package names).
 FORBIDDEN: dict[str, set[str]] = {
-    "lifecycle": {"cli", "training", "serving", "plugins", "dags", "airflow", "torch", "transformers", "peft"},
+    "lifecycle": {
+        "cli",
+        "runtime",
+        "training",
+        "serving",
+        "plugins",
+        "dags",
+        "airflow",
+        "torch",
+        "transformers",
+        "peft",
+    },
+    "runtime": {"cli", "training", "serving", "plugins", "dags", "airflow", "fastapi", "grpc"},
     "training": {"cli", "serving", "plugins", "dags", "airflow"},
     "serving": {"cli", "training", "plugins", "dags", "airflow"},
     "plugins": {"cli", "dags"},
@@ -26,7 +39,7 @@ FORBIDDEN: dict[str, set[str]] = {
 # the gateway or an HTTP framework; the batching engine knows no transport at all. Keys are path
 # prefixes; values are module-name prefixes.
 FORBIDDEN_IN: dict[str, tuple[str, ...]] = {
-    "serving/gateway/": ("torch", "transformers", "peft", "serving.worker"),
+    "serving/gateway/": ("torch", "transformers", "peft", "serving.worker", "runtime"),
     "serving/worker/": ("fastapi", "starlette", "uvicorn", "serving.gateway"),
     "serving/worker/engine.py": ("grpc", "lifecycle.v1"),
 }

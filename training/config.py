@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+#: Llama's projections: what ``auto`` finds on SmolLM2 (training/targets.py).
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -37,8 +38,9 @@ class TrainConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA input (0 by default: on CPU its random masks cost ~17% of a step)."""
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    """Linear layers that get adapters."""
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
+    """Layers that get adapters: auto (every linear layer of the attention and MLP blocks, found in
+    the model), all-linear (peft's rule), or layer names (q_proj v_proj, or q_proj,v_proj)."""
     epochs: float = 3.0
     """Passes over the training split (ignored when max_steps > 0)."""
     max_steps: int = 0
@@ -103,8 +105,12 @@ class TrainConfig:
                 raise ConfigError(
                     f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
                 )
-        if not self.target_modules:
-            raise ConfigError("--target-modules needs at least one module name")
+        from training.targets import TargetError, parse
+
+        try:
+            self.target_modules = parse(self.target_modules)
+        except TargetError as exc:
+            raise ConfigError(f"--{exc}") from None
 
     def _coerce_numbers(self) -> None:
         """Values from JSON (Kafka events, REST conf) may be 2.0 for an int or "3" for a number."""

@@ -118,6 +118,9 @@ def run_training(
         (launcher or launch_local)(cfg, nproc, out_dir, report)
         result = json.loads((out_dir / "result.json").read_text())
         metrics = {k: float(result[k]) for k in ("final_loss", "tokens_per_sec", "train_seconds")}
+        if result.get("dtype"):  # what `auto` became on the trainer's device, and why
+            mc.set_tag(mlflow_run_id, "lifecycle.dtype", str(result["dtype"]))
+            mc.set_tag(mlflow_run_id, "lifecycle.dtype_reason", str(result.get("dtype_reason", ""))[:5000])
         model_uri = _log_model(mlflow_run_id, cfg, out_dir, metrics)
     except BaseException as exc:
         error = str(exc) if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"

@@ -6,7 +6,8 @@ Logged as "models from code" (this file is the model; nothing is pickled):
     model.predict(["What is the capital of Thandfusnu?"])
 
 The adapter travels as an artifact (safetensors); the base model is named in the model config
-(a local folder such as the model cache, or a hub id) and loaded from there.
+(a local folder such as the model cache, or a hub id) and loaded from there, on the device and in
+the dtype the shared policy picks (override with ``model_config={"dtype": ..., "device": ...}``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ class LoraChatModel(PythonModel):
         from training.generation import load_model
 
         self.config = dict(context.model_config or {})
-        self.model, self.tokenizer = load_model(self.config["base_model"], context.artifacts["adapter"])
+        self.model, self.tokenizer = load_model(
+            self.config["base_model"], context.artifacts["adapter"],
+            dtype=str(self.config.get("dtype") or "auto"), device=str(self.config.get("device") or "auto"),
+        )  # fmt: skip
 
     # model_input is annotated as a DataFrame, a type MLflow infers no schema from (Any or no hint
     # make it warn on every log and load); the schema is the signature logged with the model, and

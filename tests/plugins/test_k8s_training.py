@@ -42,6 +42,8 @@ def test_gpu_pod_runs_torchrun_with_the_settings(gpu_settings) -> None:  # type:
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["MLFLOW_TRACKING_URI"] == gpu_settings.mlflow_tracking_uri
     assert env["LIFECYCLE_HOME"] == "/var/lib/llm-lifecycle"
+    assert env["HF_HOME"] == "/var/lib/llm-lifecycle/huggingface"  # on the shared volume
+    assert env["HF_HUB_OFFLINE"] == "1" and env["LIFECYCLE_DTYPE"] == "auto"
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts == {"state": "/var/lib/llm-lifecycle", "dshm": "/dev/shm"}
     claim = next(v for v in spec["volumes"] if v["name"] == "state")["persistentVolumeClaim"]["claimName"]
@@ -59,6 +61,14 @@ def test_cpu_pod_has_no_gpu_and_one_process_runs_plain_python(monkeypatch: pytes
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert c["command"][:3] == ["python", "-m", "training.finetune"]
     assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+
+
+def test_pods_may_reach_the_hub_when_the_cluster_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lifecycle.settings import load_settings
+    from plugins.k8s_training import _env
+
+    monkeypatch.setenv("LIFECYCLE_HUB_OFFLINE", "false")
+    assert _env(load_settings())["HF_HUB_OFFLINE"] == "0"
 
 
 def test_more_processes_than_gpus_is_refused(gpu_settings) -> None:  # type: ignore[no-untyped-def]
