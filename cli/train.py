@@ -15,14 +15,17 @@ from lifecycle.settings import Settings
 
 
 def ingest(
-    source: Annotated[str, typer.Argument(help="JSONL file (chat or instruction records), or - for stdin.")],
+    source: Annotated[
+        str, typer.Argument(help="JSONL/JSON/Parquet file or folder, path or URI (file://, s3://…), or - for stdin.")
+    ],
     name: Annotated[str, typer.Option(help="Dataset name.")] = "dataset",
     eval_file: Annotated[Path | None, typer.Option(help="Held-out eval JSONL; default: split from SOURCE.")] = None,
     eval_fraction: Annotated[float, typer.Option(help="Share of records held out when no --eval-file.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the train/eval split.")] = 0,
     max_seq_len: Annotated[int, typer.Option(help="Reject records longer than this many tokens.")] = 512,
 ) -> None:
-    """Validate, deduplicate and split JSONL records into a versioned dataset (lineage in Mongo)."""
+    """Validate, deduplicate and split records (chat, instruction or prompt-completion) into a
+    versioned dataset (lineage in Mongo)."""
     _ingest(settings(), source, name, eval_file, eval_fraction=eval_fraction, seed=seed, max_seq_len=max_seq_len)
 
 
@@ -30,14 +33,14 @@ def _ingest(cfg: Settings, source: str, name: str, eval_file: Path | None, **opt
     from training import steps
     from training.ingest import IngestError
 
-    label = "<stdin>" if source == "-" else str(Path(source).resolve())
+    label = "<stdin>" if source == "-" else source if "://" in source else str(Path(source).resolve())
     try:
         ds, new = steps.ingest(cfg, sys.stdin if source == "-" else source, label, name=name, eval_source=eval_file,
                                **options)  # fmt: skip
-    except IngestError as exc:
+    except (IngestError, steps.StepError) as exc:
         fail(str(exc))
     for r in ds.rejected[:20]:
-        typer.echo(f"  rejected {r.source} line {r.line}: {r.reason}", err=True)
+        typer.echo(f"  rejected {r.where}: {r.reason}", err=True)
     if len(ds.rejected) > 20:
         typer.echo(f"  … and {len(ds.rejected) - 20} more rejected lines (see {ds.path}/manifest.json)", err=True)
     s = ds.summary()
@@ -121,10 +124,17 @@ def _print_eval(result: dict[str, Any]) -> None:
     label = base["kind"] + (f" v{base['version']}" if base["version"] else "")
     for col in ("metric", label, "candidate"):
         table.add_column(col)
-    for key in ("accuracy", "exact_match", "perplexity"):
-        table.add_row(key, f"{base['metrics'][key]:.3f}", f"{result['candidate']['metrics'][key]:.3f}")
+    for key in ("accuracy", "exact_match", "token_f1", "rouge_l", "perplexity"):
+        if key in result["candidate"]["metrics"] and key in base["metrics"]:
+            table.add_row(key, f"{base['metrics'][key]:.3f}", f"{result['candidate']['metrics'][key]:.3f}")
     out = console()
     out.print(table)
+    if result.get("preview"):
+        g = result["preview"]
+        out.print(
+            f"paired {g['metric']} on {g['n']} items ({g['test']}): effect {g['effect']:+.3f}, "
+            f"{g['confidence']:.0%} CI [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}], p={g['p_value']:.3g}"
+        )
     for s in result["samples"]:
         out.print(f"Q: {s['question']}\n  reference: {s['reference']}\n  {label}: {s['baseline']}\n"
                   f"  candidate: {s['candidate']}")  # fmt: skip
@@ -134,7 +144,10 @@ def promote(
     run: Annotated[
         str | None, typer.Option(help="The evaluated candidate: its training run id (tr-…) or MLflow run id.")
     ] = None,
-    margin: Annotated[float, typer.Option(help="Accuracy the candidate must gain over the champion.")] = 0.0,
+    margin: Annotated[float, typer.Option(help="Per-item score the candidate must gain over the champion.")] = 0.0,
+    confidence: Annotated[
+        float, typer.Option(help="Confidence of the paired test (exact McNemar / bootstrap) the gain must pass.")
+    ] = 0.95,
     tolerance: Annotated[float, typer.Option(help="Allowed relative perplexity regression.")] = 0.25,
     rollback: Annotated[bool, typer.Option("--rollback", help="Move champion back to the previous version.")] = False,
 ) -> None:
@@ -150,7 +163,7 @@ def promote(
             steps.rollback(cfg, report)
             return
         assert run is not None
-        res = steps.promote(cfg, run, report, margin=margin, tolerance=tolerance)
+        res = steps.promote(cfg, run, report, margin=margin, tolerance=tolerance, confidence=confidence)
     except (PromotionError, steps.StepError) as exc:
         fail(str(exc))
     state = "unchanged (already done)" if res.already_done else res.alias
@@ -163,7 +176,8 @@ def pipeline(
     eval_file: Annotated[Path | None, typer.Option(help="Held-out eval JSONL.")] = None,
     name: Annotated[str, typer.Option(help="Dataset name.")] = "dataset",
     nproc: Annotated[int, typer.Option(help="Training processes.")] = 1,
-    margin: Annotated[float, typer.Option(help="Promotion margin on accuracy.")] = 0.0,
+    margin: Annotated[float, typer.Option(help="Promotion margin on the per-item score.")] = 0.0,
+    confidence: Annotated[float, typer.Option(help="Confidence of the gate's paired test.")] = 0.95,
     limit: Annotated[int, typer.Option(help="Evaluate only the first N eval items (0: all).")] = 0,
 ) -> None:
     """ingest -> train -> evaluate -> promote in a row (no Airflow), with a summary table."""
@@ -179,11 +193,12 @@ def pipeline(
     result = _evaluate(cfg, run.mlflow_run_id, limit)
     _print_eval(result)
     typer.echo("[4/4] promote")
-    promote(run=run.mlflow_run_id, margin=margin, tolerance=0.25, rollback=False)
+    promote(run=run.mlflow_run_id, margin=margin, confidence=confidence, tolerance=0.25, rollback=False)
     table = Table(title=f"pipeline done in {time.monotonic() - t0:.0f}s")
-    for col in ("dataset", "training run", "MLflow run", "final loss", "accuracy", "baseline accuracy"):
+    metric = result.get("gate_metric", "accuracy")
+    for col in ("dataset", "training run", "MLflow run", "final loss", metric, f"baseline {metric}"):
         table.add_column(col)
     table.add_row(ds_dir.name, run.run_id, run.mlflow_run_id, f"{run.metrics['final_loss']:.4f}",
-                  f"{result['candidate']['metrics']['accuracy']:.3f}",
-                  f"{result['baseline']['metrics']['accuracy']:.3f}")  # fmt: skip
+                  f"{result['candidate']['metrics'].get(metric, float('nan')):.3f}",
+                  f"{result['baseline']['metrics'].get(metric, float('nan')):.3f}")  # fmt: skip
     console().print(table)

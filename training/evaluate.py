@@ -2,18 +2,18 @@
 
     lifecycle evaluate --run MLFLOW_RUN_ID [--limit N]
 
-Metrics per model: perplexity of the reference answers, and answer accuracy of greedy generations
-(``exact_match`` after normalisation, and ``accuracy`` = the reference answer is contained in the
-generation). The baseline is the model behind the ``champion`` alias, or the base model when there
-is none yet. The report goes to the candidate's MLflow run (metrics + ``eval_report.json``) and to
-Mongo ``evaluations`` (keyed by candidate, dataset and baseline, so re-running replaces it).
+Both models answer the same items greedily and every item is scored (training/scoring.py):
+``accuracy`` where the item has a short ``answer`` (the generation contains it), token-F1 and ROUGE-L
+against the reference for every item (so open-ended data gets a meaningful score), and the loss of
+the reference answer (perplexity overall). The baseline is the model behind the ``champion`` alias,
+or the base model when there is none yet. Per-item scores of both models are kept, so the gate
+(training/gate.py) compares them pairwise; the report goes to the candidate's MLflow run (metrics,
+``eval_report.json``, the per-item table ``eval_items.json``) and to Mongo ``evaluations`` (keyed by
+candidate, dataset and baseline, so re-running replaces it).
 """
 
 from __future__ import annotations
 
-import re
-import string
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,24 +22,12 @@ from typing import Any
 from lifecycle import registry
 from lifecycle.settings import Settings
 from lifecycle.store import EVALUATIONS, Store, now
+from training.gate import paired_gate
 from training.ingest import load_split
 from training.records import Record
+from training.scoring import ItemScore, aggregate, gate_metric, score_item
 
 Report = Callable[[str], None]
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalise(text: str) -> str:
-    """Lower case, no accents, no punctuation, single spaces."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return re.sub(r"\s+", " ", text.lower().translate(_PUNCT)).strip()
-
-
-def score(generations: list[str], references: list[str], answers: list[str]) -> dict[str, float]:
-    n = max(len(generations), 1)
-    exact = sum(normalise(g) == normalise(r) for g, r in zip(generations, references, strict=True))
-    contains = sum(normalise(a) in normalise(g) for g, a in zip(generations, answers, strict=True))
-    return {"exact_match": exact / n, "accuracy": contains / n}
 
 
 @dataclass
@@ -51,22 +39,37 @@ class ModelUnderTest:
     run_id: str = ""
 
 
-def measure(m: ModelUnderTest, items: list[Record], max_new_tokens: int) -> tuple[dict[str, float], list[str]]:
-    from training.generation import generate, perplexity
-
-    prompts = [r.prompt_messages for r in items]
-    gens = generate(m.model, m.tokenizer, prompts, max_new_tokens=max_new_tokens)
-    answers = [str(r.meta.get("answer") or r.reference) for r in items]
-    metrics = score(gens, [r.reference for r in items], answers)
-    metrics["perplexity"] = perplexity(m.model, m.tokenizer, [r.messages for r in items])
-    return metrics, gens
+@dataclass
+class Measured:
+    metrics: dict[str, float]
+    generations: list[str]
+    items: list[ItemScore]
+    losses: list[float]  # mean loss per reference token, per item
 
 
-def load_pyfunc(uri: str) -> tuple[Any, Any]:
-    """(model, tokenizer) behind a logged lifecycle MLflow model, loaded the same way users load it."""
+def measure(m: ModelUnderTest, items: list[Record], max_new_tokens: int) -> Measured:
+    from training.generation import generate, perplexity_of, reference_losses
+
+    gens = generate(m.model, m.tokenizer, [r.prompt_messages for r in items], max_new_tokens=max_new_tokens)
+    scores = [score_item(g, r.reference, _answer(r)) for g, r in zip(gens, items, strict=True)]
+    losses = reference_losses(m.model, m.tokenizer, [r.messages for r in items])
+    metrics = aggregate(scores)
+    metrics["perplexity"] = perplexity_of(losses)
+    return Measured(metrics, gens, scores, [t / max(c, 1) for t, c in losses])
+
+
+def _answer(r: Record) -> str | None:
+    answer = r.meta.get("answer")
+    return str(answer) if answer not in (None, "") else None
+
+
+def load_pyfunc(settings: Settings, uri: str) -> tuple[Any, Any]:
+    """(model, tokenizer) behind a logged lifecycle MLflow model, loaded the same way users load it,
+    on the device and in the dtype of the settings (``auto``: runtime/hardware.py)."""
     import mlflow
 
-    wrapped = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    config = {"dtype": settings.dtype, "device": settings.device}
+    wrapped = mlflow.pyfunc.load_model(uri, model_config=config).unwrap_python_model()
     return wrapped.model, wrapped.tokenizer
 
 
@@ -77,9 +80,9 @@ def baseline(settings: Settings, base_model: str) -> ModelUnderTest:
     mc = registry.client(settings.mlflow_tracking_uri)
     champ = registry.version_by_alias(mc, settings.model_name, registry.CHAMPION)
     if champ is not None:
-        model, tok = load_pyfunc(f"models:/{settings.model_name}/{champ.version}")
+        model, tok = load_pyfunc(settings, f"models:/{settings.model_name}/{champ.version}")
         return ModelUnderTest("champion", model, tok, int(champ.version), champ.run_id or "")
-    model, tok = load_model(base_model)
+    model, tok = load_model(base_model, dtype=settings.dtype, device=settings.device)
     return ModelUnderTest("base", model, tok)
 
 
@@ -107,19 +110,29 @@ def evaluate(
     if not logged:
         raise ValueError(f"MLflow run {mlflow_run_id} has no logged model (did training finish?)")
     report(f"evaluating candidate of run {mlflow_run_id} on {len(items)} eval items")
-    cand_model, cand_tok = load_pyfunc(logged[0].model_uri)
+    cand_model, cand_tok = load_pyfunc(settings, logged[0].model_uri)
     cand = ModelUnderTest("candidate", cand_model, cand_tok, run_id=mlflow_run_id)
-    cand_metrics, cand_gens = measure(cand, items, max_new_tokens)
+    got = measure(cand, items, max_new_tokens)
+    cand_metrics = got.metrics
     report(f"candidate: {fmt(cand_metrics)}")
     base = baseline(settings, base_model)
-    base_metrics, base_gens = measure(base, items, max_new_tokens)
+    ref = measure(base, items, max_new_tokens)
+    base_metrics = ref.metrics
     report(f"{base.label}{f' v{base.version}' if base.version else ''}: {fmt(base_metrics)}")
+    metric, binary = gate_metric(got.items)
+    preview = paired_gate([i.score for i in got.items], [i.score for i in ref.items], binary=binary, metric=metric)
+    report(f"paired comparison ({preview.test}): {preview.reason.split(': ', 1)[1]}")
 
     result = {
         "dataset_id": dataset.name,
         "items": len(items),
         "candidate": {"run_id": mlflow_run_id, "model_uri": logged[0].model_uri, "metrics": cand_metrics},
         "baseline": {"kind": base.label, "version": base.version, "run_id": base.run_id, "metrics": base_metrics},
+        "gate_metric": metric,
+        "binary": binary,
+        # Per-item scores, same order for both: what the gate compares pairwise.
+        "scores": {"candidate": [i.score for i in got.items], "baseline": [i.score for i in ref.items]},
+        "preview": preview.to_dict(),
         "samples": [
             {
                 "question": r.prompt_messages[-1]["content"],
@@ -127,16 +140,33 @@ def evaluate(
                 "baseline": b,
                 "candidate": c,
             }
-            for r, b, c in list(zip(items, base_gens, cand_gens, strict=True))[:samples]
+            for r, b, c in list(zip(items, ref.generations, got.generations, strict=True))[:samples]
         ],
     }
     with mlflow.start_run(run_id=mlflow_run_id):
         mlflow.log_metrics({f"eval_{k}": v for k, v in cand_metrics.items()})
         mlflow.log_metrics({f"baseline_{k}": v for k, v in base_metrics.items()})
         mlflow.log_dict(result, "eval_report.json")
+        mlflow.log_table(item_table(items, got, ref), artifact_file="eval_items.json")
     doc_id = f"{mlflow_run_id}:{dataset.name}:{base.label}:{base.version}"
     store.db[EVALUATIONS].replace_one({"_id": doc_id}, {"_id": doc_id, **result, "created_at": now()}, upsert=True)
     return result
+
+
+def item_table(items: list[Record], cand: Measured, base: Measured) -> dict[str, list[Any]]:
+    """One row per eval item: question, reference, both generations and every score of both."""
+    table: dict[str, list[Any]] = {
+        "question": [r.prompt_messages[-1]["content"] for r in items],
+        "reference": [r.reference for r in items],
+        "answer": [_answer(r) or "" for r in items],
+    }
+    for label, m in (("candidate", cand), ("baseline", base)):
+        table[f"{label}_text"] = m.generations
+        table[f"{label}_score"] = [i.score for i in m.items]
+        table[f"{label}_token_f1"] = [i.token_f1 for i in m.items]
+        table[f"{label}_rouge_l"] = [i.rouge_l for i in m.items]
+        table[f"{label}_loss"] = m.losses
+    return table
 
 
 def fmt(metrics: dict[str, float]) -> str:

@@ -1,12 +1,14 @@
 """Promote: register the candidate, move ``champion`` when it wins, else mark it ``challenger``.
 
-    lifecycle promote --run MLFLOW_RUN_ID [--margin 0.05] [--tolerance 0.25]
+    lifecycle promote --run MLFLOW_RUN_ID [--margin 0.05] [--confidence 0.95] [--tolerance 0.25]
     lifecycle promote --rollback
 
-Gate: the candidate's answer accuracy must beat the baseline's (the champion, or the base model when
-there is none) by ``margin``, and its perplexity may not be worse than the baseline's by more than
-``tolerance`` (relative). The decision and its reason are kept in Mongo ``model_configs`` and as
-tags on the model version.
+Gate: candidate and baseline (the champion, or the base model when there is none) were scored on the
+same eval items; a paired test (training/gate.py: exact McNemar on binary scores, bootstrap on
+continuous ones) must say the candidate is better by more than ``margin`` at ``confidence``, and its
+perplexity may not be worse than the baseline's by more than ``tolerance`` (relative). The decision,
+its reason and its evidence (n, effect, CI, p-value) are kept in Mongo ``model_configs``, as tags on
+the model version and in the ModelRegistered / ModelPromoted events.
 
 Kafka and the alias move together through an outbox in Mongo: the ``ModelPromoted`` event (with a
 fixed event id) is stored first, then published and acknowledged (acks=all), and only then is the
@@ -18,13 +20,14 @@ moves the alias. Re-running a finished promotion changes nothing and publishes n
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lifecycle import events, registry, topics
 from lifecycle.settings import Settings
 from lifecycle.store import EVALUATIONS, MODEL_CONFIGS, Store, now
 from lifecycle.v1 import events_pb2
+from training.gate import GateError, GateResult, paired_gate
 
 Report = Callable[[str], None]
 
@@ -37,6 +40,7 @@ class PromotionError(RuntimeError):
 class Decision:
     promote: bool
     reason: str
+    gate: GateResult | None = None
 
 
 @dataclass
@@ -48,20 +52,39 @@ class PromotionResult:
     reason: str
     event_id: str = ""
     already_done: bool = False
+    gate: dict[str, Any] = field(default_factory=dict)
 
 
-def decide(candidate: dict[str, float], baseline: dict[str, float], margin: float, tolerance: float) -> Decision:
-    """The champion/challenger gate as a pure function of the two metric sets."""
-    gain = candidate["accuracy"] - baseline["accuracy"]
-    if gain <= margin:
-        return Decision(
-            False,
-            f"accuracy {candidate['accuracy']:.3f} does not beat {baseline['accuracy']:.3f} by more than {margin:.3f}",
-        )
+def decide(evaluation: dict[str, Any], margin: float, tolerance: float, confidence: float = 0.95) -> Decision:
+    """The champion/challenger gate as a pure function of an evaluation report (per-item scores of
+    both models on the same items, and their metrics)."""
+    scores = evaluation.get("scores")
+    if not scores:
+        raise PromotionError("the evaluation has no per-item scores (made by an older version); evaluate again")
+    try:
+        gate = paired_gate(
+            scores["candidate"], scores["baseline"], binary=bool(evaluation.get("binary")), margin=margin,
+            confidence=confidence, metric=str(evaluation.get("gate_metric", "score")),
+        )  # fmt: skip
+    except GateError as exc:
+        raise PromotionError(f"the gate cannot compare the evaluation's scores: {exc}") from None
+    if not gate.promote:
+        return Decision(False, gate.reason, gate)
+    candidate, baseline = evaluation["candidate"]["metrics"], evaluation["baseline"]["metrics"]
     ppl_c, ppl_b = candidate.get("perplexity"), baseline.get("perplexity")
     if ppl_c is not None and ppl_b is not None and ppl_c > ppl_b * (1 + tolerance):
-        return Decision(False, f"perplexity {ppl_c:.2f} regresses past {ppl_b:.2f} x (1 + {tolerance})")
-    return Decision(True, f"accuracy {candidate['accuracy']:.3f} beats {baseline['accuracy']:.3f} by {gain:.3f}")
+        return Decision(False, f"perplexity {ppl_c:.2f} regresses past {ppl_b:.2f} x (1 + {tolerance})", gate)
+    return Decision(True, gate.reason, gate)
+
+
+def gate_evidence(decision: Decision) -> dict[str, Any]:
+    """The gate's figures as kept in Mongo and events (empty when there is no gate result)."""
+    if decision.gate is None:
+        return {}
+    g = decision.gate
+    return {"metric": g.metric, "test": g.test, "n": g.n, "candidate": g.candidate, "baseline": g.baseline,
+            "effect": g.effect, "ci_low": g.ci_low, "ci_high": g.ci_high, "p_value": g.p_value,
+            "confidence": g.confidence, "margin": g.margin}  # fmt: skip
 
 
 def latest_evaluation(store: Store, mlflow_run_id: str) -> dict[str, Any]:
@@ -80,12 +103,15 @@ def promote(
     *,
     margin: float = 0.0,
     tolerance: float = 0.25,
+    confidence: float = 0.95,
     report: Report = print,
 ) -> PromotionResult:
     mc = registry.client(settings.mlflow_tracking_uri)
     name = settings.model_name
     evaluation = latest_evaluation(store, mlflow_run_id)
     cand_metrics = evaluation["candidate"]["metrics"]
+    decision = decide(evaluation, margin, tolerance, confidence)
+    evidence = gate_evidence(decision)
     run = mc.get_run(mlflow_run_id)
     digests = {k.removeprefix(registry.DIGEST_TAG_PREFIX): v for k, v in run.data.tags.items()
                if k.startswith(registry.DIGEST_TAG_PREFIX)}  # fmt: skip
@@ -96,7 +122,7 @@ def promote(
         report(f"registered {name} version {number}")
         registered = events.new_event(
             events_pb2.ModelRegistered, model_name=name, version=number, run_id=mlflow_run_id,
-            source=evaluation["candidate"]["model_uri"], metrics=cand_metrics,
+            source=evaluation["candidate"]["model_uri"], metrics=cand_metrics, gate=evidence,
         )  # fmt: skip
         _publish_soft(settings, name, registered, report)
 
@@ -109,26 +135,27 @@ def promote(
     if pending is None:
         if champion is not None and int(champion.version) == number:
             return PromotionResult(name, number, registry.CHAMPION, True, "already champion", already_done=True)
-        decision = decide(cand_metrics, evaluation["baseline"]["metrics"], margin, tolerance)
-        mc.set_model_version_tag(name, str(number), "lifecycle.decision", decision.reason)
+        mc.set_model_version_tag(name, str(number), "lifecycle.decision", decision.reason[:5000])
+        for key, value in evidence.items():
+            mc.set_model_version_tag(name, str(number), f"lifecycle.gate.{key}", str(value))
         if not decision.promote:
             mc.set_registered_model_alias(name, registry.CHALLENGER, str(number))
             store.db[MODEL_CONFIGS].replace_one(
                 {"_id": f"{name}:{number}:decision"},
                 {"_id": f"{name}:{number}:decision", "model_name": name, "version": number, "promoted": False,
-                 "reason": decision.reason, "metrics": cand_metrics, "at": now()},
+                 "reason": decision.reason, "metrics": cand_metrics, "gate": evidence, "at": now()},
                 upsert=True,
             )  # fmt: skip
             report(f"version {number} stays challenger: {decision.reason}")
-            return PromotionResult(name, number, registry.CHALLENGER, False, decision.reason)
+            return PromotionResult(name, number, registry.CHALLENGER, False, decision.reason, gate=evidence)
         event = events.new_event(
             events_pb2.ModelPromoted, model_name=name, version=number, alias=registry.CHAMPION,
             run_id=mlflow_run_id, metrics=cand_metrics, reason=decision.reason, digests=digests,
-            previous_version=int(champion.version) if champion is not None else 0,
+            previous_version=int(champion.version) if champion is not None else 0, gate=evidence,
         )  # fmt: skip
         # The event is kept as its JSON text: digests are keyed by file names, which contain dots.
         pending = {"_id": outbox_id, "model_name": name, "version": number, "state": "pending",
-                   "reason": decision.reason, "event_json": events.encode(event).decode(),
+                   "reason": decision.reason, "gate": evidence, "event_json": events.encode(event).decode(),
                    "event_id": events.to_dict(event)["event_id"], "at": now()}  # fmt: skip
         store.insert_once(MODEL_CONFIGS, pending)
     event = events.decode(pending["event_json"])
@@ -146,7 +173,8 @@ def promote(
         upsert=True,
     )
     report(f"version {number} is champion: {pending['reason']}")
-    return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"])
+    return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"],
+                           gate=pending.get("gate") or evidence)  # fmt: skip
 
 
 def _publish_soft(settings: Settings, key: str, msg: Any, report: Report) -> None:

@@ -29,8 +29,34 @@ class TrainingDataArrived(_message.Message):
     params: _struct_pb2.Struct
     def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., records: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., uri: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
+class GateEvidence(_message.Message):
+    __slots__ = ("metric", "test", "n", "candidate", "baseline", "effect", "ci_low", "ci_high", "p_value", "confidence", "margin")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    EFFECT_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    test: str
+    n: int
+    candidate: float
+    baseline: float
+    effect: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    confidence: float
+    margin: float
+    def __init__(self, metric: _Optional[str] = ..., test: _Optional[str] = ..., n: _Optional[int] = ..., candidate: _Optional[float] = ..., baseline: _Optional[float] = ..., effect: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., p_value: _Optional[float] = ..., confidence: _Optional[float] = ..., margin: _Optional[float] = ...) -> None: ...
+
 class ModelRegistered(_message.Message):
-    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "run_id", "source", "metrics")
+    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "run_id", "source", "metrics", "gate")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +72,7 @@ class ModelRegistered(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -54,10 +81,11 @@ class ModelRegistered(_message.Message):
     run_id: str
     source: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., run_id: _Optional[str] = ..., source: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    gate: GateEvidence
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., run_id: _Optional[str] = ..., source: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., gate: _Optional[_Union[GateEvidence, _Mapping]] = ...) -> None: ...
 
 class ModelPromoted(_message.Message):
-    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "alias", "run_id", "metrics", "previous_version", "reason", "digests")
+    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "alias", "run_id", "metrics", "previous_version", "reason", "digests", "gate")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +111,7 @@ class ModelPromoted(_message.Message):
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -94,7 +123,8 @@ class ModelPromoted(_message.Message):
     previous_version: int
     reason: str
     digests: _containers.ScalarMap[str, str]
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., run_id: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., previous_version: _Optional[int] = ..., reason: _Optional[str] = ..., digests: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    gate: GateEvidence
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., run_id: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., previous_version: _Optional[int] = ..., reason: _Optional[str] = ..., digests: _Optional[_Mapping[str, str]] = ..., gate: _Optional[_Union[GateEvidence, _Mapping]] = ...) -> None: ...
 
 class ModelRolledBack(_message.Message):
     __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "alias", "from_version", "reason")

@@ -44,6 +44,14 @@ def model_events(settings: Settings) -> list[dict]:
     return read_topic(settings, topics.MODEL_EVENTS, lambda msg, _v: msg.key() == settings.model_name.encode())
 
 
+def mlflow_table(settings: Settings, run_id: str, name: str) -> dict:
+    """A table artifact (``mlflow.log_table``) of a run, as its JSON: {"columns": [...], "data": [...]}."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}"))
+
+
 def test_a_run_is_tracked_from_queued_to_succeeded(
     model_settings: Settings, store: Store, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
 ) -> None:
@@ -100,12 +108,20 @@ def test_gate_evaluate_promote_rerun_kafka_down_and_rollback(
     first = run_training(s, tiny_cfg(tiny_llama_dir, toy_dataset, out_dir=str(tmp_path / "a")), store=store)
     report = evaluate(s, store, first.mlflow_run_id, limit=8, max_new_tokens=4)
     assert report["baseline"]["kind"] == "base" and report["items"] == 8
-    assert set(report["candidate"]["metrics"]) == {"accuracy", "exact_match", "perplexity"}
+    metrics = {"accuracy", "exact_match", "token_f1", "rouge_l", "score", "perplexity"}
+    assert set(report["candidate"]["metrics"]) == metrics and set(report["baseline"]["metrics"]) == metrics
+    assert report["gate_metric"] == "accuracy" and report["binary"]  # every toy eval item has a short answer
+    assert len(report["scores"]["candidate"]) == len(report["scores"]["baseline"]) == 8
     assert store.db[EVALUATIONS].count_documents({"candidate.run_id": first.mlflow_run_id}) == 1
+    table = mlflow_table(s, first.mlflow_run_id, "eval_items.json")
+    assert len(table["data"]) == 8 and {"candidate_score", "baseline_loss"} <= set(table["columns"])
 
     # A random tiny model cannot beat the base model by a margin: it stays challenger, nothing published.
     res = promote(s, store, first.mlflow_run_id, margin=0.5)
     assert (res.alias, res.promoted) == ("challenger", False)
+    assert res.gate["n"] == 8 and res.gate["test"] == "mcnemar-exact" and res.gate["ci_low"] <= res.gate["ci_high"]
+    version_tags = registry.client(s.mlflow_tracking_uri).get_model_version(s.model_name, "1").tags
+    assert version_tags["lifecycle.gate.n"] == "8" and "lifecycle.gate.p_value" in version_tags
     mc = registry.client(s.mlflow_tracking_uri)
     assert registry.version_by_alias(mc, s.model_name, "champion") is None
     assert [e["type"] for e in model_events(s)] == ["ModelRegistered"]
@@ -129,6 +145,9 @@ def test_gate_evaluate_promote_rerun_kafka_down_and_rollback(
     )
     assert promoted[0]["version"] == 1 and promoted[0]["run_id"] == first.mlflow_run_id
     assert promoted[0]["digests"]
+    assert promoted[0]["gate"]["n"] == 8 and promoted[0]["gate"]["margin"] == -1.0
+    registered = [e for e in model_events(s) if e["type"] == "ModelRegistered"]
+    assert registered[0]["gate"]["test"] == "mcnemar-exact"
 
     # Promoting the same version again changes nothing and publishes nothing.
     again = promote(s, store, first.mlflow_run_id, margin=-1.0)
@@ -149,8 +168,20 @@ def test_gate_evaluate_promote_rerun_kafka_down_and_rollback(
 
 
 def test_gate_decision_is_a_pure_function() -> None:
-    base = {"accuracy": 0.10, "perplexity": 20.0}
-    assert decide({"accuracy": 0.70, "perplexity": 5.0}, base, margin=0.05, tolerance=0.25).promote
-    assert not decide({"accuracy": 0.12, "perplexity": 5.0}, base, margin=0.05, tolerance=0.25).promote
-    worse = decide({"accuracy": 0.70, "perplexity": 30.0}, base, margin=0.05, tolerance=0.25)
+    def evaluation(cand: list[float], base: list[float], ppl_c: float = 5.0) -> dict:
+        return {
+            "scores": {"candidate": cand, "baseline": base},
+            "binary": True,
+            "gate_metric": "accuracy",
+            "candidate": {"metrics": {"perplexity": ppl_c}},
+            "baseline": {"metrics": {"perplexity": 20.0}},
+        }
+
+    clear = evaluation([1.0] * 20, [0.0] * 20)
+    assert decide(clear, margin=0.05, tolerance=0.25).promote
+    one_item = evaluation([1.0] + [0.0] * 19, [0.0] * 20)  # +0.05 on 20 items: not evidence
+    assert not decide(one_item, margin=0.0, tolerance=0.25).promote
+    worse = decide(evaluation([1.0] * 20, [0.0] * 20, ppl_c=30.0), margin=0.05, tolerance=0.25)
     assert not worse.promote and "perplexity" in worse.reason
+    with pytest.raises(PromotionError, match="no per-item scores"):
+        decide({"candidate": {"metrics": {}}, "baseline": {"metrics": {}}}, margin=0, tolerance=0.25)
