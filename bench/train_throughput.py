@@ -1,13 +1,17 @@
 """Training throughput: our trainer vs Hugging Face ``Trainer`` + peft, measured in the same run.
 
-    .venv/bin/python bench/train_throughput.py [--steps 20] [--model DIR] [--dtype bfloat16]
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--model DIR] [--dtype auto|float32|bfloat16]
 
 Both train the same LoRA (rank, alpha, target modules) on the same base model, the same tokenised
 toy-dataset examples (chat template, assistant-only labels), the same global batch and the same
-dtype, for the same number of optimizer steps, each in its own process. The baseline is what a user
-would write: ``Trainer`` with ``DataCollatorForSeq2Seq`` padding each batch. Reported: training
-tokens/s (real, unpadded tokens over the time of the training loop), peak RSS of each process, and
-the ratio ours / baseline. With ``--repeats N`` each side runs N times, alternating (ours, baseline,
+dtype (``auto``: the shared policy of runtime/hardware.py, resolved once here for both), for the
+same number of optimizer steps, each in its own process. The baseline is what a careful user would
+write: ``Trainer`` with ``DataCollatorForSeq2Seq`` padding each batch, ``bf16=True`` (autocast) with
+a bf16 base when the dtype is bf16, and length-grouped batches (``train_sampling_strategy=
+"group_by_length"``), as ours groups by length. Both are timed over the training loop only (ours from
+its first step; the baseline from ``on_train_begin``, after Trainer set-up, to ``on_train_end``).
+Reported: training tokens/s (real, unpadded tokens over the loop), peak RSS of each process, and the
+ratio ours / baseline. With ``--repeats N`` each side runs N times, alternating (ours, baseline,
 ours, ...), so a noisy neighbour on a shared machine hits both; the best run of each is compared.
 """
 
@@ -64,7 +68,14 @@ def hf_worker(args: argparse.Namespace) -> None:
     """The baseline, in its own process: transformers.Trainer + peft, as a user would write it."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from training.batching import encode_chat
     from training.config import DEFAULT_TARGETS
@@ -84,9 +95,19 @@ def hf_worker(args: argparse.Namespace) -> None:
         output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.global_batch,
         gradient_accumulation_steps=1, learning_rate=2e-3, warmup_steps=2, lr_scheduler_type="cosine",
         logging_steps=10_000, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=0,
-        bf16=False, use_cpu=not torch.cuda.is_available(),
+        bf16=dtype == torch.bfloat16, use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length",
     )  # fmt: skip
-    trainer = Trainer(model=model, args=targs, train_dataset=data,
+    loop: dict[str, float] = {}
+
+    class LoopTimer(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, *a: object, **k: object) -> None:
+            loop["start"] = time.perf_counter()
+
+        def on_train_end(self, *a: object, **k: object) -> None:
+            loop["end"] = time.perf_counter()
+
+    trainer = Trainer(model=model, args=targs, train_dataset=data, callbacks=[LoopTimer()],
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))  # fmt: skip
     # Tokens the loop actually consumed: count them in the collator's batches.
     seen = {"tokens": 0}
@@ -97,9 +118,8 @@ def hf_worker(args: argparse.Namespace) -> None:
         return collate(features)
 
     trainer.data_collator = counting
-    t0 = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - t0
+    seconds = loop["end"] - loop["start"]
     print(f"BENCH {json.dumps({'tokens': seen['tokens'], 'seconds': seconds})}", flush=True)
     Path(args.out, "bench.json").write_text(
         json.dumps({"tokens_per_sec": seen["tokens"] / seconds, "seconds": seconds})
@@ -125,7 +145,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="base model folder (default: the pulled SmolLM2)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--global-batch", type=int, default=16)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; best is compared")
     parser.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -135,6 +155,11 @@ def main() -> None:
         hf_worker(args)
         return
     args.model = args.model or resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
+    from runtime.hardware import choose, cpu_info
+
+    choice = choose(args.dtype, training=True)
+    args.dtype = choice.dtype  # both sides get the same, resolved dtype
+    print(f"dtype {choice.dtype} on {choice.device}: {choice.reason}; CPU {cpu_info()[0]}")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         ds = dataset_dir(args.model, Path(tmp) / "datasets")
         print(f"model {args.model}, {args.steps} steps x {args.global_batch} sequences, {args.dtype}")

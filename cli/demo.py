@@ -31,7 +31,7 @@ def demo(
     from lifecycle.airflow_client import AirflowApiError
 
     up(None)
-    models_pull(False)
+    models_pull("", "", False)
     try:
         status()
     except typer.Exit as exc:

@@ -66,18 +66,24 @@ def status() -> None:
         raise typer.Exit(3)  # like `systemctl status`: scripts can tell a degraded stack
 
 
-def models_pull(force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False) -> None:
-    """Materialise the default base model (SmolLM2-135M-Instruct) offline into the model cache."""
+def models_pull(
+    source: Annotated[
+        str,
+        typer.Argument(help="A local Hugging Face folder, a .gguf file or a hub id; default: SmolLM2-135M-Instruct."),
+    ] = "",
+    name: Annotated[str, typer.Option(help="Name in the model cache (use it as LIFECYCLE_BASE_MODEL).")] = "",
+    force: Annotated[bool, typer.Option(help="Convert or copy again even if cached.")] = False,
+) -> None:
+    """Register a base model in the model cache: the default one offline from its GGUF package, or yours."""
     cfg = settings()
-    from training.base_model import DEFAULT_MODEL, ModelError, pull_default_model
+    from training.base_model import ModelError, pull_model
 
-    if cfg.base_model != DEFAULT_MODEL:
-        fail(f"`models pull` materialises {DEFAULT_MODEL}; LIFECYCLE_BASE_MODEL={cfg.base_model} is used as given")
     t0 = time.monotonic()
     try:
-        pulled = pull_default_model(cfg.models_dir, force=force, report=report)
+        pulled = pull_model(source or cfg.base_model, cfg.models_dir, name=name, force=force, report=report)
     except ModelError as exc:
         fail(str(exc))
     elapsed = time.monotonic() - t0
-    typer.echo(f"{DEFAULT_MODEL}: {pulled.path} ({pulled.parameters / 1e6:.0f}M parameters, {elapsed:.1f}s)")
+    typer.echo(f"{pulled.path.name.replace('--', '/')}: {pulled.path} ({pulled.parameters / 1e6:.0f}M parameters, "
+               f"{elapsed:.1f}s)")  # fmt: skip
     typer.echo(f"  check: {pulled.check_text!r}")

@@ -2,9 +2,11 @@
 
 Publish ``{"event_id", "type": "TrainingDataArrived", "occurred_at", "dataset", "records": [...]}``
 (or ``"uri": "file:///….jsonl"`` in place of ``records``, and optionally ``"params": {...}``) and a run
-starts with the payload. The watcher lands each message in Mongo before its offset counts as
-consumed and each run claims its events atomically, so a killed triggerer loses nothing and a
-message delivered twice trains once (see ``plugins/kafka_intake.py``). The ``reconcile`` task of
+starts with the payload; ``params`` may set only the training recipe (``plugins/params.py``:
+``EVENT_PARAMS``), each value checked against the form's schema, else the event fails naming the
+key. The watcher lands each message in Mongo before its offset counts as consumed and each run
+claims its events atomically, so a killed triggerer loses nothing and a message delivered twice
+trains once (see ``plugins/kafka_intake.py``). The ``reconcile`` task of
 ``llm_lifecycle_intake_reconcile`` re-publishes events that were landed but never started.
 """
 
@@ -16,6 +18,7 @@ from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTr
 from airflow.sdk import Asset, AssetWatcher, get_current_context, task
 
 from plugins.lifecycle_tasks import lifecycle_dag, parse_settings, train_and_promote
+from plugins.params import PIPELINE, defaults
 
 TOPIC = "lifecycle.training-data"
 # Names the asset only; the watcher's broker address comes from the lifecycle_kafka connection.
@@ -45,15 +48,7 @@ training_data = Asset(
     schedule=[training_data],
     tags=["training", "kafka"],
     doc=__doc__,
-    params={
-        "dataset_name": "kafka",
-        "epochs": 5.0,
-        "promotion_margin": 0.0,
-        "eval_limit": 0,
-        "nproc": 1,
-        "backend": "local",
-        "max_steps": 0,
-    },
+    params=defaults("dataset_name", *PIPELINE, dataset_name="kafka"),
 )
 def llm_lifecycle_kafka() -> None:
     @task.short_circuit(retries=0)
@@ -71,6 +66,7 @@ def llm_lifecycle_kafka() -> None:
     @task(retries=0)  # bad data does not get better on retry
     def ingest(event_ids: list[str]) -> str:
         from plugins import kafka_intake, pipeline
+        from plugins.params import check_event_params
 
         ctx = get_current_context()
         records: list[Any] = []
@@ -78,7 +74,7 @@ def llm_lifecycle_kafka() -> None:
         try:
             for payload in kafka_intake.payloads(event_ids):
                 data = kafka_intake.parse_payload(payload)
-                params.update(data.get("params") or {})
+                params.update(check_event_params(data.get("params"), parse_settings().event_params))
                 params["dataset_name"] = data.get("dataset") or params["dataset_name"]
                 if data.get("uri"):
                     params["dataset_path"] = data["uri"]

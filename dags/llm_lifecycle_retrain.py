@@ -11,6 +11,7 @@ from __future__ import annotations
 from airflow.sdk import get_current_context, task
 
 from plugins.lifecycle_tasks import lifecycle_dag, parse_settings, train_and_promote
+from plugins.params import PIPELINE, defaults
 
 
 @lifecycle_dag(
@@ -19,7 +20,7 @@ from plugins.lifecycle_tasks import lifecycle_dag, parse_settings, train_and_pro
     tags=["training", "scheduled"],
     doc=__doc__,
     max_active_runs=1,
-    params={"promotion_margin": 0.0, "eval_limit": 0, "nproc": 1, "backend": "local"},
+    params=defaults(*PIPELINE),
 )
 def llm_lifecycle_retrain() -> None:
     @task.short_circuit

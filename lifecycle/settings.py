@@ -101,17 +101,37 @@ class Settings(BaseSettings):
     trainer_tolerations: list[dict[str, str]] = Field(
         default_factory=list, description="Tolerations of training pods, JSON list of Kubernetes tolerations."
     )
+    hub_offline: bool = Field(
+        True,
+        description="Trainer pods may not reach the Hugging Face hub (HF_HUB_OFFLINE=1); false lets them "
+        "download a base model given as a hub id, cached on the shared volume (HF_HOME under LIFECYCLE_HOME).",
+    )
     shared_volume_claim: str = Field(
         "llm-lifecycle-state", description="PVC holding LIFECYCLE_HOME, mounted by Airflow workers and trainer pods."
     )
 
     base_model: str = Field("HuggingFaceTB/SmolLM2-135M-Instruct", description="Base model: hub id or local HF folder.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of evaluation and serving; auto: measured per device (runtime/hardware.py)."
+    )
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     model_name: str = Field("lifecycle-assistant", description="Registered model name in MLflow.")
     retrain_schedule: str = Field("0 3 * * 0", description="Cron of scheduled retraining.")
     startup_timeout: float = Field(180.0, gt=0, description="Seconds to wait for each service.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of our processes.")
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated local folders training data may be read from (empty: any local path "
+        "outside the state dir); object-store URIs (s3://…) are not affected.",
+    )
+    max_dataset_bytes: int = Field(4 << 30, gt=0, description="Largest training-data source accepted, in bytes.")
+    event_params: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Params a training-data event may set beyond the training recipe, comma-separated "
+        "(base_model, model_name, promotion_margin, …): only for producers you trust.",
+    )
 
-    @field_validator("api_keys", "worker_addresses", mode="before")
+    @field_validator("api_keys", "worker_addresses", "event_params", "data_roots", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from lifecycle.settings import Settings, load_settings
 from lifecycle.store import TRAINING_RUNS, Store
@@ -25,6 +23,9 @@ TRAIN_PARAMS = {
     "epochs": "epochs",
     "learning_rate": "learning_rate",
     "max_steps": "max_steps",
+    "dtype": "dtype",
+    "attention": "attention",
+    "target_modules": "target_modules",
 }
 
 
@@ -38,30 +39,23 @@ def _settings(params: dict[str, Any]) -> Settings:
     return load_settings(**overrides)
 
 
-def _path(uri: str) -> Path:
-    parts = urlsplit(uri)
-    if parts.scheme in ("", "file"):
-        return Path(parts.path if parts.scheme else uri).expanduser()
-    raise PipelineError(f"dataset {uri!r}: only local paths and file:// URIs are supported")
-
-
 def ingest(params: dict[str, Any], records: list[dict[str, Any]] | None = None) -> str:
     """Ingest the dataset named by the params (a JSONL path/URI) or inline records; returns its id."""
     from training import steps
 
     s = _settings(params)
-    eval_path = _path(params["eval_path"]) if params.get("eval_path") else None
+    eval_path = steps.check_source(s, params["eval_path"]) if params.get("eval_path") else None
     if records:
         source: Any = [json.dumps(r) for r in records]
         label = f"inline:{params.get('dataset_name', 'dataset')}"
     else:
         if not params.get("dataset_path"):
             raise PipelineError("params.dataset_path is empty and the run carries no records")
-        source = _path(params["dataset_path"])
-        label = str(source)
+        source = steps.check_source(s, params["dataset_path"])
+        label = source
     ds, _ = steps.ingest(s, source, label, name=params.get("dataset_name", "dataset"), eval_source=eval_path)
     for r in ds.rejected:
-        print(f"rejected {r.source} line {r.line}: {r.reason}")
+        print(f"rejected {r.where}: {r.reason}")
     print(f"dataset {ds.id}: {ds.train} train, {ds.eval} eval, {len(ds.rejected)} rejected")
     return ds.id
 
@@ -128,14 +122,25 @@ def evaluate(mlflow_run_id: str, params: dict[str, Any]) -> dict[str, Any]:
     from training import steps
 
     result = steps.evaluate(_settings(params), mlflow_run_id, int(params.get("eval_limit", 0)), print)
-    return {"candidate": result["candidate"]["metrics"], "baseline": result["baseline"]["metrics"]}
+    return {
+        "candidate": result["candidate"]["metrics"],
+        "baseline": result["baseline"]["metrics"],
+        "preview": result.get("preview"),
+    }
 
 
 def promote(mlflow_run_id: str, params: dict[str, Any]) -> dict[str, Any]:
     from training import steps
 
-    res = steps.promote(_settings(params), mlflow_run_id, print, margin=float(params.get("promotion_margin", 0.0)))
-    return {"model_name": res.model_name, "version": res.version, "alias": res.alias, "reason": res.reason}
+    res = steps.promote(_settings(params), mlflow_run_id, print, margin=float(params.get("promotion_margin", 0.0)),
+                        confidence=float(params.get("promotion_confidence", 0.95)))  # fmt: skip
+    return {
+        "model_name": res.model_name,
+        "version": res.version,
+        "alias": res.alias,
+        "reason": res.reason,
+        "gate": res.gate,
+    }
 
 
 def new_data_since_champion(params: dict[str, Any]) -> list[str]:

@@ -33,7 +33,8 @@ def _test_home() -> Path:
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
     """LIFECYCLE_* variables of the test stack, set for the whole session (subprocesses inherit them)."""
-    env = {"LIFECYCLE_HOME": str(_test_home()), **TEST_PORTS}
+    # Tests give each Kafka-triggered run its own tiny model and registered name (an operator's opt-in).
+    env = {"LIFECYCLE_HOME": str(_test_home()), "LIFECYCLE_EVENT_PARAMS": "base_model,model_name", **TEST_PORTS}
     with pytest.MonkeyPatch.context() as mp:
         # A developer's own settings must not point the tests at their stack; the cache is shared.
         for name in [k for k in os.environ if k.startswith("LIFECYCLE_") or k == "MLFLOW_TRACKING_URI"]:

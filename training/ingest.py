@@ -1,13 +1,16 @@
-"""Ingest: JSONL in chat or instruction format -> a versioned dataset under the state dir.
+"""Ingest: records in chat, instruction or prompt-completion shape -> a versioned dataset under the state dir.
 
     lifecycle ingest data/toy/train.jsonl --eval-file data/toy/eval.jsonl --name toy
+    lifecycle ingest s3://bucket/support-tickets/ --name tickets     # a folder of JSONL/JSON/Parquet
 
-Each line is validated (format, roles, empty content, length after the chat template); a bad line
-is rejected with its line number and reason and the rest goes through. Exact duplicates are dropped
-by content hash. Without ``--eval-file`` the eval split is taken from the records by a seeded hash of
-their content, so appending records never moves an existing one across. The dataset id is the hash
-of what was kept: ingesting the same content twice gives the same id, the same folder and no second
-Mongo document. Lineage (source, counts, rejected lines) goes to Mongo ``datasets``.
+Sources are read by ``training/sources.py`` (local path, ``file://`` or an object-store URI; a file
+or a folder). Each record is validated (format, roles, empty content, length after the chat
+template); a bad record is rejected with its file, line (or row) and reason and the rest goes
+through. Exact duplicates are dropped by content hash. Without ``--eval-file`` the eval split is
+taken from the records by a seeded hash of their content, so appending records never moves an
+existing one across. The dataset id is the hash of what was kept: ingesting the same content twice
+gives the same id, the same folder and no second Mongo document. Lineage (source, counts, rejected
+lines) goes to Mongo ``datasets``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from training.records import Record, RecordError, is_eval, parse_record
+from training.sources import DEFAULT_MAX_BYTES, Item, SourceError, read_items
 
 
 class IngestError(ValueError):
@@ -31,6 +35,12 @@ class Rejected:
     line: int
     reason: str
     source: str = "train"
+    file: str = ""
+
+    @property
+    def where(self) -> str:
+        unit = "row" if self.file.endswith(".parquet") else "line"
+        return f"{self.source} {self.file + ':' if self.file else ''}{unit} {self.line}"
 
 
 @dataclass
@@ -55,23 +65,21 @@ class Dataset:
         }
 
 
-def read_lines(source: str | Path | Iterable[str]) -> Iterator[tuple[int, str]]:
-    """(line number, text) of non-blank lines from a path or an iterable of lines (stdin)."""
-    lines: Iterable[str]
+def read_lines(source: str | Path | Iterable[str], max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Item]:
+    """Items of a path or URI (a file or a folder, see training/sources.py) or of lines (stdin)."""
     if isinstance(source, str | Path):
-        path = Path(source)
-        if not path.is_file():
-            raise IngestError(f"no such file: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
-    else:
-        lines = source
-    for number, text in enumerate(lines, start=1):
+        try:
+            yield from read_items(str(source), max_bytes)
+        except SourceError as exc:
+            raise IngestError(str(exc)) from None
+        return
+    for number, text in enumerate(source, start=1):
         if text.strip():
-            yield number, text
+            yield Item("", number, text)
 
 
 def validate(
-    lines: Iterable[tuple[int, str | dict[str, Any]]],
+    lines: Iterable[Item | tuple[int, str | dict[str, Any]]],
     token_count: Callable[[Record], int] | None,
     max_seq_len: int,
     source: str = "train",
@@ -81,13 +89,14 @@ def validate(
     rejected: list[Rejected] = []
     seen: set[str] = set()
     duplicates = 0
-    for number, raw in lines:
+    for entry in lines:
+        item = entry if isinstance(entry, Item) else Item("", entry[0], entry[1])
         try:
-            record = parse_record(raw)
+            record = parse_record(item.raw)
             if token_count is not None and (n := token_count(record)) > max_seq_len:
                 raise RecordError(f"{n} tokens after the chat template, over max_seq_len={max_seq_len}")
         except RecordError as exc:
-            rejected.append(Rejected(number, str(exc), source))
+            rejected.append(Rejected(item.line, str(exc), source, item.file))
             continue
         if record.content_hash in seen:
             duplicates += 1
@@ -162,21 +171,22 @@ def ingest(
     tokenizer: Any = None,
     max_seq_len: int = 512,
     source_label: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Dataset:
     """Validate, deduplicate, split and write a dataset. Raises ``IngestError`` when nothing is valid."""
     if not 0 <= eval_fraction < 1:
         raise IngestError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     counter = chat_token_counter(tokenizer) if tokenizer is not None else None
-    records, rejected, dups = validate(read_lines(source), counter, max_seq_len)
+    records, rejected, dups = validate(read_lines(source, max_bytes), counter, max_seq_len)
     if eval_source is not None:
-        evaluation, bad_eval, eval_dups = validate(read_lines(eval_source), counter, max_seq_len, "eval")
+        evaluation, bad_eval, eval_dups = validate(read_lines(eval_source, max_bytes), counter, max_seq_len, "eval")
         rejected += bad_eval
         dups += eval_dups
         train = records
     else:
         train, evaluation = split(records, eval_fraction, seed)
     if not train:
-        detail = f"; first rejection: line {rejected[0].line}: {rejected[0].reason}" if rejected else ""
+        detail = f"; first rejection: {rejected[0].where}: {rejected[0].reason}" if rejected else ""
         raise IngestError(f"no valid training records ({len(rejected)} rejected){detail}")
     label = source_label or (str(source) if isinstance(source, str | Path) else "<stdin>")
     return write_dataset(datasets_dir, name, label, train, evaluation, rejected, dups)

@@ -68,7 +68,11 @@ def parse_record(raw: str | dict[str, Any]) -> Record:
         return _parse_chat(obj)
     if "instruction" in obj or "output" in obj:
         return _parse_instruction(obj)
-    raise RecordError("unknown format: expected 'messages' (chat) or 'instruction' + 'output'")
+    if "prompt" in obj or "completion" in obj:
+        return _parse_prompt_completion(obj)
+    raise RecordError(
+        "unknown format: expected 'messages' (chat), 'instruction' + 'output', or 'prompt' + 'completion'"
+    )
 
 
 def _parse_chat(obj: dict[str, Any]) -> Record:
@@ -101,6 +105,13 @@ def _parse_instruction(obj: dict[str, Any]) -> Record:
     prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     meta = {k: v for k, v in obj.items() if k not in ("instruction", "input", "output")}
     return Record([{"role": "user", "content": prompt}, {"role": "assistant", "content": output}], meta)
+
+
+def _parse_prompt_completion(obj: dict[str, Any]) -> Record:
+    prompt = _text(obj.get("prompt"), "prompt")
+    completion = _text(obj.get("completion"), "completion")
+    meta = {k: v for k, v in obj.items() if k not in ("prompt", "completion")}
+    return Record([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], meta)
 
 
 def is_eval(content_hash: str, eval_fraction: float, seed: int) -> bool:

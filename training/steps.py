@@ -32,6 +32,27 @@ def dataset_dir(settings: Settings, dataset: str) -> Path:
     raise StepError(f"no dataset {dataset!r} (neither a folder with train.jsonl nor an id in {settings.datasets_dir})")
 
 
+def check_source(settings: Settings, uri: str | Path) -> str:
+    """A training-data location the settings allow, as a path or URI string. Local paths (plain or
+    ``file://``) may not point into the state dir (other datasets' eval splits, logs, run folders) and,
+    when ``LIFECYCLE_DATA_ROOTS`` is set, must lie under one of its folders; object-store URIs
+    (``s3://``, ``gs://``, …) are read with their own credentials."""
+    from urllib.parse import urlsplit
+
+    text = str(uri)
+    parts = urlsplit(text)
+    if parts.scheme not in ("", "file") and len(parts.scheme) > 1:  # a Windows drive letter is not a scheme
+        return text
+    path = Path(parts.path if parts.scheme else text).expanduser().resolve()
+    home = Path(settings.home).expanduser().resolve()
+    if path == home or home in path.parents:
+        raise StepError(f"{text}: training data may not be read from the state dir {home}")
+    roots = [Path(r).expanduser().resolve() for r in settings.data_roots]
+    if roots and not any(path == r or r in path.parents for r in roots):
+        raise StepError(f"{text}: outside LIFECYCLE_DATA_ROOTS ({', '.join(map(str, roots))})")
+    return str(path)
+
+
 def ingest(settings: Settings, source: str | Path | Iterable[str], label: str, **options: Any) -> tuple[Dataset, bool]:
     """Validate, deduplicate and split ``source`` into a dataset under the datasets dir, tokens counted
     with the base model's tokenizer, and record its lineage. ``options`` go to ``training.ingest.ingest``
@@ -40,8 +61,13 @@ def ingest(settings: Settings, source: str | Path | Iterable[str], label: str, *
     from training.ingest import ingest as do_ingest
     from training.ingest import record_lineage
 
+    if isinstance(source, str | Path):
+        source = check_source(settings, source)
+    if options.get("eval_source") is not None:
+        options["eval_source"] = check_source(settings, options["eval_source"])
     tokenizer = load_tokenizer(settings.base_model, settings.models_dir)
-    ds = do_ingest(source, settings.datasets_dir, tokenizer=tokenizer, source_label=label, **options)
+    ds = do_ingest(source, settings.datasets_dir, tokenizer=tokenizer, source_label=label,
+                   max_bytes=settings.max_dataset_bytes, **options)  # fmt: skip
     with Store.connect(settings) as store:
         return ds, record_lineage(store, ds, label)
 

@@ -95,6 +95,13 @@ def test_a_malformed_message_fails_in_ingest_and_the_watcher_goes_on(watching: S
     assert "needs 'records' or 'uri'" in doc["error"]
     assert settle(s, {doc["dag_run_id"]})[doc["dag_run_id"]]["ingest"] == "failed"
 
+    # A producer may not lower the gate: the event fails in ingest naming the param, nothing trains.
+    spoof = message(tiny_llama_dir)
+    spoof.params.update({"promotion_margin": -1})
+    events.publish(s, topics.TRAINING_DATA, "toy-kafka", spoof)
+    assert wait_for(lambda: _event(s, spoof.event_id).get("state") == "failed", timeout=300) == "ok"
+    assert "params.promotion_margin may not be set by an event" in _event(s, spoof.event_id)["error"]
+
     good = message(tiny_llama_dir)  # the watcher goes on with the next message
     events.publish(s, topics.TRAINING_DATA, "toy-kafka", good)
     assert wait_for(lambda: _claimed(s, good.event_id), timeout=300) == "ok"

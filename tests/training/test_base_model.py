@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from training.base_model import CHECK_PROMPT, MARKER, build_tiny_llama, greedy_text, resolve_base_model
 
 
@@ -47,3 +49,30 @@ def test_resolve_prefers_local_folders(smollm2_dir: Path, tmp_path: Path) -> Non
     assert resolve_base_model(str(tmp_path), tmp_path / "models") == str(tmp_path)
     assert resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct", smollm2_dir.parent) == str(smollm2_dir)
     assert resolve_base_model("meta-llama/Llama-3.2-1B", smollm2_dir.parent) == "meta-llama/Llama-3.2-1B"
+
+
+def test_your_own_model_folder_gguf_file_or_hub_id(
+    smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.base_model import ModelError, build_tiny, gguf_path, pull_model
+
+    cache = tmp_path / "cache"
+    tiny = build_tiny("qwen2", smollm2_dir, tmp_path / "my-qwen")
+    pulled = pull_model(str(tiny), cache, name="acme/qwen-tiny")
+    assert pulled.path == cache / "acme--qwen-tiny" and pulled.parameters > 0
+    meta = json.loads((pulled.path / MARKER).read_text())
+    assert meta["source"] == str(tiny) and len(meta["config_sha256"]) == 64
+    assert resolve_base_model("acme/qwen-tiny", cache) == str(pulled.path)  # usable as LIFECYCLE_BASE_MODEL
+    (tiny / "config.json").write_text("{}")  # the cached copy no longer depends on the source
+    assert pull_model(str(tiny), cache, name="acme/qwen-tiny").path == pulled.path  # cached: nothing redone
+
+    gguf = pull_model(str(gguf_path()), cache, name="smol-from-gguf")
+    assert gguf.check_text and json.loads((gguf.path / MARKER).read_text())["source"].endswith(".gguf")
+
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(ModelError, match="not a Hugging Face model folder"):
+        pull_model(str(tmp_path / "not-a-model"), cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"no-such-org/no-such-model: not a local folder or \.gguf file"):
+        pull_model("no-such-org/no-such-model", cache)
+    assert not list(cache.glob("*.partial"))

@@ -36,7 +36,9 @@ def test_bad_lines_are_named_and_the_rest_goes_through(tmp_path: Path, smollm2_d
     assert ds.duplicates == 1
     assert ds.train + ds.eval == 30
     manifest = json.loads((ds.path / "manifest.json").read_text())
-    assert manifest["rejected"][0] == {"line": 11, "reason": ds.rejected[0].reason, "source": "train"}
+    first = {"line": 11, "reason": ds.rejected[0].reason, "source": "train", "file": "in.jsonl"}
+    assert manifest["rejected"][0] == first
+    assert ds.rejected[0].where == "train in.jsonl:line 11"
     assert len(load_split(ds.path, "train")) == ds.train
 
 
@@ -53,7 +55,9 @@ def test_same_content_same_id_and_appending_keeps_the_split(tmp_path: Path) -> N
 
 def test_no_valid_records_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
     src = write(tmp_path / "bad.jsonl", ["nope", {"messages": []}])
-    with pytest.raises(IngestError, match=r"no valid training records \(2 rejected\); first rejection: line 1"):
+    with pytest.raises(
+        IngestError, match=r"no valid training records \(2 rejected\); first rejection: train bad\.jsonl:line 1"
+    ):
         ingest(src, tmp_path / "ds")
     assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").iterdir())
     with pytest.raises(IngestError, match="no such file"):
