@@ -91,12 +91,17 @@ def hf_worker(args: argparse.Namespace) -> None:
         r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(DEFAULT_TARGETS), task_type="CAUSAL_LM"
     )
     model = get_peft_model(model, lora)
+    import dataclasses
+
+    # Length-grouped batches: transformers 5.24 names it train_sampling_strategy, earlier ones group_by_length.
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    grouped = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in known
+               else {"group_by_length": True})  # fmt: skip
     targs = TrainingArguments(
         output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.global_batch,
         gradient_accumulation_steps=1, learning_rate=2e-3, warmup_steps=2, lr_scheduler_type="cosine",
         logging_steps=10_000, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=0,
-        bf16=dtype == torch.bfloat16, use_cpu=not torch.cuda.is_available(),
-        train_sampling_strategy="group_by_length",
+        bf16=dtype == torch.bfloat16, use_cpu=not torch.cuda.is_available(), **grouped,
     )  # fmt: skip
     loop: dict[str, float] = {}
 
@@ -138,9 +143,6 @@ def baseline(args: argparse.Namespace, ds: Path, out: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    from lifecycle.settings import load_settings
-    from training.base_model import DEFAULT_MODEL, resolve_base_model
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="base model folder (default: the pulled SmolLM2)")
     parser.add_argument("--steps", type=int, default=20)
@@ -154,7 +156,11 @@ def main() -> None:
     if args.hf_worker:
         hf_worker(args)
         return
-    args.model = args.model or resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
+    if not args.model:
+        from lifecycle.settings import load_settings
+        from training.base_model import DEFAULT_MODEL, resolve_base_model
+
+        args.model = resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
     from runtime.hardware import choose, cpu_info
 
     choice = choose(args.dtype, training=True)

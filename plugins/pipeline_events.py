@@ -41,7 +41,9 @@ def _collection() -> Any:
     from lifecycle.store import PIPELINE_EVENTS
 
     s = load_settings()
-    client: MongoClient[dict[str, Any]] = MongoClient(s.mongo_uri, serverSelectionTimeoutMS=1000, tz_aware=True)
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        s.mongo_uri, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000, socketTimeoutMS=2000, tz_aware=True
+    )  # a stalled MongoDB must not stall the scheduler this listener runs in
     return client[s.mongo_db][PIPELINE_EVENTS]
 
 

@@ -91,7 +91,7 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Any, dist: Dist) ->
     optimizer.load_state_dict(state["optimizer"])
     rng_file = ckpt / f"rng-rank{dist.rank}.pt"
     if rng_file.exists():  # resuming with another world size keeps rank 0's stream only
-        rng = torch.load(rng_file, weights_only=False)
+        rng = torch.load(rng_file, weights_only=True)  # tensors and tuples of ints: nothing is unpickled
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         if "cuda" in rng and torch.cuda.is_available():

@@ -121,11 +121,21 @@ def split(records: list[Record], eval_fraction: float, seed: int) -> tuple[list[
 
 
 def dataset_id(train: list[Record], evaluation: list[Record]) -> str:
+    """Hash of the kept content: each record's conversation and, where it has one, its short
+    ``answer`` (which decides how evaluation scores it: the same questions with and without answers
+    are two datasets)."""
     digest = hashlib.sha256()
     for side, records in (("train", train), ("eval", evaluation)):
-        for h in sorted(r.content_hash for r in records):
+        for h in sorted(_identity(r) for r in records):
             digest.update(f"{side}:{h}\n".encode())
     return "ds-" + digest.hexdigest()[:16]
+
+
+def _identity(r: Record) -> str:
+    answer = r.meta.get("answer")
+    if answer in (None, ""):
+        return r.content_hash
+    return f"{r.content_hash}:{hashlib.sha256(str(answer).encode()).hexdigest()[:16]}"
 
 
 def write_dataset(

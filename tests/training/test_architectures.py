@@ -92,3 +92,17 @@ def test_target_names_that_match_nothing_are_an_error_naming_them(tiny_llama_dir
         resolve(["q_proj", "qkv_proj"], model)
     with pytest.raises(TargetError, match="stand alone"):
         parse("auto,q_proj")
+
+
+def test_all_linear_and_explicit_lists_train(tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path) -> None:
+    from training import finetune
+    from training.checkpoint import Dist
+    from training.config import TrainConfig
+
+    for spec, expected in (("all-linear", EXPECTED_TARGETS["llama"]), ("q_proj,v_proj", {"q_proj", "v_proj"})):
+        cfg = TrainConfig(base_model=str(tiny_llama_dir), dataset=str(toy_dataset), out_dir=str(tmp_path / spec),
+                          max_steps=1, global_batch_size=4, micro_batch_size=4, dtype="float32",
+                          checkpoint_every=0, target_modules=spec)  # type: ignore[arg-type]  # fmt: skip
+        result = finetune.fit(cfg, Dist(), finetune.setup(cfg, Dist()))
+        adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+        assert set(adapter_config["target_modules"]) == expected, spec

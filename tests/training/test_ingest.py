@@ -53,6 +53,17 @@ def test_same_content_same_id_and_appending_keeps_the_split(tmp_path: Path) -> N
     assert old_eval <= new_eval
 
 
+def test_the_same_questions_with_and_without_answers_are_two_datasets(tmp_path: Path) -> None:
+    questions = [{"instruction": f"Q{i}?", "output": f"It is A{i}."} for i in range(10)]
+    answered = [{**q, "answer": f"A{i}"} for i, q in enumerate(questions)]
+    train = write(tmp_path / "train.jsonl", GOOD[:20])
+    open_ended = ingest(train, tmp_path / "ds", eval_source=write(tmp_path / "open.jsonl", questions))
+    scored = ingest(train, tmp_path / "ds", eval_source=write(tmp_path / "answered.jsonl", answered))
+    assert open_ended.id != scored.id and scored.created
+    assert all("answer" in r.meta for r in load_split(scored.path, "eval"))
+    assert not any("answer" in r.meta for r in load_split(open_ended.path, "eval"))
+
+
 def test_no_valid_records_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
     src = write(tmp_path / "bad.jsonl", ["nope", {"messages": []}])
     with pytest.raises(
