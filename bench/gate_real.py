@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=80)
     ap.add_argument("--eval-limit", type=int, default=100)
     ap.add_argument("--confidence", type=float, default=0.95)
+    ap.add_argument("--cases", default="ABC", help="which of A, B, C to run (B and C compare with the champion)")
+    ap.add_argument("--model-name", default="", help="registered model to use (default: a new one)")
     args = ap.parse_args()
 
     from lifecycle.settings import load_settings
@@ -56,7 +58,7 @@ def main() -> int:
     from training.base_model import resolve_base_model
     from training.config import TrainConfig
 
-    s = load_settings(model_name=f"gate-real-{uuid.uuid4().hex[:6]}")
+    s = load_settings(model_name=args.model_name or f"gate-real-{uuid.uuid4().hex[:6]}")
     base = resolve_base_model(s.base_model, s.models_dir)
     tmp = Path(tempfile.mkdtemp(prefix="gate-real-"))
     toy_train, toy_eval = REPO / "data/toy/train.jsonl", REPO / "data/toy/eval.jsonl"
@@ -67,6 +69,8 @@ def main() -> int:
     ]
     rows, decisions = [], {}
     for label, train, evaluation in cases:
+        if label[0] not in args.cases:
+            continue
         t0 = time.monotonic()
         ds, _ = steps.ingest(s, train, str(train), name=label[0].lower(), eval_source=evaluation)
         cfg = TrainConfig(base_model=base, dataset=str(ds.path), out_dir=str(tmp / label[0]),
@@ -89,7 +93,7 @@ def main() -> int:
     print("| candidate | score | n | candidate | baseline | effect [CI] | p | test | decision | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    ok = decisions.get("A") is True and decisions.get("B") is False
+    ok = decisions.get("A", True) is True and decisions.get("B", False) is False
     print("OK: the real improvement is promoted, the shuffled adapter is not" if ok else "UNEXPECTED decisions")
     return 0 if ok else 1
 

@@ -152,8 +152,14 @@ def write_dataset(
     path = root / ds_id
     ds = Dataset(ds_id, name, path, len(train), len(evaluation), duplicates, rejected)
     if (path / "manifest.json").exists():
-        ds.created = False
-        return ds
+        found = dataset_id(load_split(path, "train"), load_split(path, "eval"))
+        if found == ds_id:
+            ds.created = False
+            return ds
+        # Written under an older id rule (answers were not part of the id): keep it under the id it
+        # has now, and write this content under its own.
+        moved = root / found
+        path.rename(moved if not moved.exists() else root / f".{ds_id}.superseded-{found}")
     tmp = root / f".{ds_id}.partial"
     tmp.mkdir(parents=True, exist_ok=True)
     for fname, records in (("train.jsonl", train), ("eval.jsonl", evaluation)):

@@ -92,3 +92,19 @@ def test_lineage_is_recorded_once_per_dataset(stack: Settings, tmp_path: Path) -
     assert doc is not None
     assert (doc["name"], doc["train"] + doc["eval"], doc["rejected"]) == ("lineage-test", 31, 1)
     assert doc["rejected_lines"][0]["line"] == 32
+
+
+def test_a_folder_written_under_an_older_id_rule_is_moved_to_its_id_not_reused(tmp_path: Path) -> None:
+    import shutil
+
+    questions = [{"instruction": f"Q{i}?", "output": f"It is A{i}."} for i in range(10)]
+    train = write(tmp_path / "train.jsonl", GOOD[:20])
+    scored = ingest(
+        train, tmp_path / "ds", eval_source=write(tmp_path / "a.jsonl", [{**q, "answer": "A"} for q in questions])
+    )
+    open_id = ingest(train, tmp_path / "other", eval_source=write(tmp_path / "o.jsonl", questions)).id
+    shutil.move(scored.path, tmp_path / "ds" / open_id)  # answered content under the id of the open-ended one
+    open_ended = ingest(train, tmp_path / "ds", eval_source=tmp_path / "o.jsonl")
+    assert open_ended.id == open_id and open_ended.created
+    assert not any("answer" in r.meta for r in load_split(open_ended.path, "eval"))
+    assert all("answer" in r.meta for r in load_split(tmp_path / "ds" / scored.id, "eval"))  # kept, under its id
