@@ -9,7 +9,8 @@ same number of optimizer steps, each in its own process. The baseline is what a 
 write: ``Trainer`` with ``DataCollatorForSeq2Seq`` padding each batch, a bf16 base when the dtype is
 bf16 — run twice, with ``bf16=True`` (autocast) and without, the faster being the baseline — and
 length-grouped batches (``train_sampling_strategy="group_by_length"``), as ours groups by length.
-Both are timed over the training loop only (ours from its first step; the baseline from ``on_train_begin``, after Trainer set-up, to ``on_train_end``).
+Both are timed over the training loop only (ours from its first step; the baseline from
+``on_train_begin``, after Trainer set-up, to ``on_train_end``).
 Reported: training tokens/s (real, unpadded tokens over the loop), peak RSS of each process, and the
 ratio ours / baseline. With ``--repeats N`` each side runs N times, alternating (ours, baseline,
 ours, ...), so a noisy neighbour on a shared machine hits both; the best run of each is compared.
