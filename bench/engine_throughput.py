@@ -110,10 +110,9 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto")
     args = ap.parse_args()
     if not args.model:
-        from lifecycle.settings import load_settings
-        from training.base_model import DEFAULT_MODEL, resolve_base_model
+        from training.base_model import default_model_dir
 
-        args.model = resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
+        args.model = default_model_dir()
     choice = choose(args.dtype, args.device)
     device = choice.device
     print(f"model {args.model}; {choice.dtype} on {device}: {choice.reason}")

@@ -30,10 +30,9 @@ def main() -> int:
     ap.add_argument("--dtype", default="auto")
     args = ap.parse_args()
     if not args.model:
-        from lifecycle.settings import load_settings
-        from training.base_model import DEFAULT_MODEL, resolve_base_model
+        from training.base_model import default_model_dir
 
-        args.model = resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
+        args.model = default_model_dir()
     lines = (REPO / "data/toy/eval.jsonl").read_text().splitlines()
     items = [parse_record(line) for line in lines if line.strip()][: args.items]
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)

@@ -160,10 +160,9 @@ def main() -> None:
         hf_worker(args)
         return
     if not args.model:
-        from lifecycle.settings import load_settings
-        from training.base_model import DEFAULT_MODEL, resolve_base_model
+        from training.base_model import default_model_dir
 
-        args.model = resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
+        args.model = default_model_dir()
     from runtime.hardware import choose, cpu_info
 
     choice = choose(args.dtype, training=True)

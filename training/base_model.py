@@ -54,6 +54,13 @@ def resolve_base_model(name: str, models_dir: Path) -> str:
     return str(cached) if (cached / MARKER).exists() else name
 
 
+def default_model_dir() -> str:
+    """The default base model's folder in the model cache where it has been pulled (benches use it)."""
+    from lifecycle.settings import load_settings
+
+    return resolve_base_model(DEFAULT_MODEL, load_settings().models_dir)
+
+
 def load_tokenizer(name: str, models_dir: Path) -> Any:
     """The tokenizer of a base model (local folder, pulled model, or hub id)."""
     from transformers import AutoTokenizer

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from training.records import Record, RecordError, is_eval, parse_record
-from training.sources import DEFAULT_MAX_BYTES, Item, SourceError, read_items
+from training.sources import DEFAULT_MAX_BYTES, Item, SourceError, location, read_items
 
 
 class IngestError(ValueError):
@@ -39,8 +39,7 @@ class Rejected:
 
     @property
     def where(self) -> str:
-        unit = "row" if self.file.endswith(".parquet") else "line"
-        return f"{self.source} {self.file + ':' if self.file else ''}{unit} {self.line}"
+        return f"{self.source} {location(self.file, self.line)}"
 
 
 @dataclass

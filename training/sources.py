@@ -33,8 +33,13 @@ class Item:
 
     @property
     def where(self) -> str:
-        unit = "row" if self.file.endswith(".parquet") else "line"
-        return f"{self.file}:{unit} {self.line}"
+        return location(self.file, self.line)
+
+
+def location(file: str, line: int) -> str:
+    """``b.jsonl:line 9``, ``a.parquet:row 17``, or ``line 9`` for lines without a file (stdin)."""
+    unit = "row" if file.endswith(".parquet") else "line"
+    return f"{file + ':' if file else ''}{unit} {line}"
 
 
 def _filesystem(uri: str) -> tuple[Any, str]:
