@@ -63,7 +63,7 @@ class ModelStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelStatusResponse(_message.Message):
-    __slots__ = ("model", "version", "ready", "running", "queued", "max_batch", "worker", "context_length", "max_tokens_limit")
+    __slots__ = ("model", "version", "ready", "running", "queued", "max_batch", "worker", "context_length", "max_tokens_limit", "loaded", "digest")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,8 @@ class ModelStatusResponse(_message.Message):
     WORKER_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     ready: bool
@@ -82,7 +84,21 @@ class ModelStatusResponse(_message.Message):
     worker: str
     context_length: int
     max_tokens_limit: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., max_batch: _Optional[int] = ..., worker: _Optional[str] = ..., context_length: _Optional[int] = ..., max_tokens_limit: _Optional[int] = ...) -> None: ...
+    loaded: _containers.RepeatedCompositeFieldContainer[LoadedVersion]
+    digest: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., max_batch: _Optional[int] = ..., worker: _Optional[str] = ..., context_length: _Optional[int] = ..., max_tokens_limit: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedVersion, _Mapping]]] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class LoadedVersion(_message.Message):
+    __slots__ = ("model", "version", "digest", "running")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    digest: str
+    running: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., running: _Optional[int] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "version", "path")

@@ -1,12 +1,17 @@
-"""Continuous-batching generation engine: iteration-level scheduling over one or more model versions.
+"""Continuous-batching generation engine: iteration-level scheduling over model versions.
 
-Requests join the running batch between decode steps (their prompts prefilled together) and leave it
-the step they finish or are cancelled. The batch's KV cache is one left-padded tensor per layer, so a
-decode step is a single forward pass of shape [batch, 1] whatever each sequence's length; rows that
-leave are cut out and columns every row pads are trimmed.
+Requests join the running batch between decode steps and leave it the step they finish or are
+cancelled. Each resident model (a ``_Group``) has a fixed set of batch rows and KV storage that does
+not move (``kv.py``): a joining request takes the lowest free row and its prompt is prefilled, packed
+with the other new prompts, straight into that row; a decode step is one forward pass of one token
+per row over a view of the storage; a leaving request just frees its row. Nothing is copied per
+step, and the text of each request is detokenized incrementally (only the new tokens).
 
-A model version is a ``ModelSlot``. ``swap`` makes a new slot current: requests submitted from then on
-use it, while requests already bound to the old slot finish on it; the old slot is dropped once empty.
+A model version is a ``ModelSlot``: a model plus, optionally, the key of a LoRA adapter loaded on it
+(``lora.py``). Versions that share a base model share its rows and its forward passes, each token
+getting its own adapter. ``swap`` makes a slot current: requests submitted from then on use it, while
+requests already bound to another slot finish on that one; a slot that is neither current nor busy
+is retired (``on_retired``).
 
 The engine runs in its own thread; results go to a per-request ``sink`` callable (called from that
 thread). It knows nothing of gRPC or HTTP.
@@ -18,163 +23,55 @@ import collections
 import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
+from serving.worker import kv, lora
+from serving.worker.sampling import detokenize, sample
+from serving.worker.slots import Delta, EngineError, ModelSlot, QueueFullError, Request, SamplingParams, Sink
 from serving.worker.stops import find_stop, safe_end
 
 log = logging.getLogger(__name__)
+__all__ = ["Delta", "Engine", "EngineError", "ModelSlot", "QueueFullError", "Request", "SamplingParams", "Sink"]
 
 
-class EngineError(ValueError):
-    """A request the engine refuses; the message names the field, ``param`` is its name."""
+class _Group:
+    """The rows and KV storage of one resident model, and the requests waiting for it."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+    def __init__(self, model: Any, rows: int) -> None:
+        param = next(model.parameters())
+        kv.prepare(model)
+        self.model = model
+        self.window = kv.sliding_window(model)
+        self.store = kv.KVStore(model, rows, param.device, param.dtype)
+        self.rows: list[Request | None] = [None] * rows
+        self.pos = [0] * rows  # tokens in each row's KV storage
+        self.last = [0] * rows  # each row's latest token (the next step's input)
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.device = param.device
 
+    def running(self) -> int:
+        return sum(r is not None for r in self.rows)
 
-class QueueFullError(RuntimeError):
-    """The bounded queue is full: back off and retry."""
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-
-@dataclass
-class Delta:
-    """What a sink receives: new text, and on the last call finish_reason ("stop"/"length"/"error")."""
-
-    text: str
-    finish_reason: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    model: str = ""
-    version: str = ""
-    error: str = ""
-
-
-Sink = Callable[[Delta], None]
-
-
-@dataclass
-class ModelSlot:
-    """One loaded model version."""
-
-    name: str
-    version: str
-    model: Any
-    tokenizer: Any
-    context_length: int = 2048
-    load_seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        eos = self.tokenizer.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        if gen_eos is not None:
-            ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        self.eos_ids = ids
-        self.device = next(self.model.parameters()).device
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(ids or {0})
-
-    def encode(self, prompt: str | None, messages: list[dict[str, str]] | None) -> list[int]:
-        if messages:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = prompt or ""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-@dataclass(eq=False)
-class Request:
-    id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    sink: Sink
-    slot: ModelSlot
-    generator: torch.Generator | None = None
-    out_ids: list[int] = field(default_factory=list)
-    sent: int = 0  # characters of the decoded text already sent
-    cancelled: bool = False
-    done: bool = False
-    submitted: float = field(default_factory=time.monotonic)
-
-
-class _Batch:
-    """The running sequences of one slot and their left-padded KV cache."""
-
-    def __init__(self) -> None:
-        self.reqs: list[Request] = []
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.mask = torch.zeros(0, 0, dtype=torch.long)
-        self.pos = torch.zeros(0, dtype=torch.long)
-        self.last = torch.zeros(0, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.reqs)
-
-    def merge(
-        self, reqs: list[Request], kv: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor, last: torch.Tensor
-    ) -> None:
-        pos = mask.sum(-1)
-        if not self.reqs:
-            self.reqs, self.kv, self.mask, self.pos, self.last = list(reqs), kv, mask, pos, last
-            return
-        t_old, t_new = self.mask.shape[1], mask.shape[1]
-        width = max(t_old, t_new)
-        pad = torch.nn.functional.pad
-
-        def widen(x: torch.Tensor, t: int) -> torch.Tensor:  # left-pad the sequence axis to `width`
-            return x if t == width else pad(x, (0, 0, width - t, 0))
-
-        self.kv = [
-            (torch.cat([widen(k0, t_old), widen(k1, t_new)]), torch.cat([widen(v0, t_old), widen(v1, t_new)]))
-            for (k0, v0), (k1, v1) in zip(self.kv, kv, strict=True)
-        ]
-        self.mask = torch.cat([pad(self.mask, (width - t_old, 0)), pad(mask, (width - t_new, 0))])
-        self.pos = torch.cat([self.pos, pos])
-        self.last = torch.cat([self.last, last])
-        self.reqs += reqs
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows``, then drop the leading columns that every row pads."""
-        if len(rows) == len(self.reqs):
-            return
-        self.reqs = [self.reqs[i] for i in rows]
-        if not rows:
-            self.kv, self.mask = [], torch.zeros(0, 0, dtype=torch.long)
-            self.pos = self.last = torch.zeros(0, dtype=torch.long)
-            return
-        idx = torch.tensor(rows, device=self.mask.device)
-        self.mask = self.mask.index_select(0, idx)
-        used = self.mask.any(0).nonzero()
-        start = int(used[0]) if len(used) else 0
-        self.mask = self.mask[:, start:]
-        self.kv = [(k.index_select(0, idx)[:, :, start:], v.index_select(0, idx)[:, :, start:]) for k, v in self.kv]
-        self.pos, self.last = self.pos.index_select(0, idx), self.last.index_select(0, idx)
+    def hi(self) -> int:
+        return max((i + 1 for i, r in enumerate(self.rows) if r is not None), default=0)
 
 
 class Engine:
     """Continuous batching over model slots. ``start()`` runs the loop in a thread."""
 
-    def __init__(self, max_batch: int = 32, max_queue: int = 256, max_tokens_limit: int = 1024) -> None:
+    def __init__(
+        self, max_batch: int = 32, max_queue: int = 256, max_tokens_limit: int = 1024, prefill_tokens: int = 2048
+    ) -> None:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_tokens_limit = max_tokens_limit
+        self.prefill_tokens = prefill_tokens  # most prompt tokens prefilled in one pass (one prompt at least)
         self.current: ModelSlot | None = None
-        self._slots: dict[int, tuple[ModelSlot, collections.deque[Request], _Batch]] = {}
+        self._groups: dict[int, _Group] = {}
+        self._busy: dict[ModelSlot, int] = {}  # slot -> requests waiting or running
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -187,7 +84,7 @@ class Engine:
         """Serve ``slot`` from now on; returns the previous current slot (it finishes its requests)."""
         with self._cv:
             previous, self.current = self.current, slot
-            self._slots.setdefault(id(slot), (slot, collections.deque(), _Batch()))
+            self._busy.setdefault(slot, 0)
             self._cv.notify_all()
             return previous
 
@@ -198,9 +95,11 @@ class Engine:
         params: SamplingParams | None = None,
         sink: Sink = lambda d: None,
         request_id: str = "",
+        slot: ModelSlot | None = None,
     ) -> Request:
+        """Queue a request for ``slot`` (default: the current one)."""
         params = params or SamplingParams()
-        slot = self.current
+        slot = slot or self.current
         if slot is None:
             raise QueueFullError("no model is loaded yet")
         if params.max_tokens < 1 or params.max_tokens > self.max_tokens_limit:
@@ -224,21 +123,32 @@ class Engine:
         with self._cv:
             if self.queued() >= self.max_queue:
                 raise QueueFullError(f"queue is full ({self.max_queue} waiting)")
-            self._slots[id(slot)][1].append(req)
+            group = self._groups.get(id(slot.model))
+            if group is None:
+                group = self._groups[id(slot.model)] = _Group(slot.model, self.max_batch)
+            group.waiting.append(req)
+            self._busy[slot] = self._busy.get(slot, 0) + 1
             self._cv.notify_all()
         return req
 
     def cancel(self, req: Request) -> None:
-        """Free the request's slot at the next step boundary; its sink gets nothing more."""
+        """Free the request's row at the next step boundary; its sink gets nothing more."""
         req.cancelled = True
         with self._cv:
             self._cv.notify_all()
 
     def queued(self) -> int:
-        return sum(len(q) for _, q, _ in self._slots.values())
+        return sum(len(g.waiting) for g in list(self._groups.values()))
 
     def running(self) -> int:
-        return sum(len(b) for _, _, b in self._slots.values())
+        return sum(g.running() for g in list(self._groups.values()))
+
+    def busy(self, slot: ModelSlot) -> int:
+        """How many requests are waiting for or running on ``slot``."""
+        return self._busy.get(slot, 0)
+
+    def kv_bytes(self) -> int:
+        return sum(g.store.nbytes() for g in list(self._groups.values()))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -266,101 +176,120 @@ class Engine:
                 self._fail_all(str(exc))
 
     def step(self) -> None:
-        """One iteration: admit waiting requests into free batch rows, then decode one token each."""
+        """One iteration: admit waiting requests into free rows, then decode one token for each row."""
         with torch.inference_mode():
-            for key, (slot, waiting, batch) in list(self._slots.items()):
-                self._admit(slot, waiting, batch)
-                if len(batch):
-                    self._decode(slot, batch)
-                if slot is not self.current and not waiting and not len(batch):
-                    with self._cv:
-                        del self._slots[key]
-                    self.on_retired(slot)
+            for key, group in list(self._groups.items()):
+                self._admit(group)
+                if group.running():
+                    self._decode(group)
+                if not group.running() and not group.waiting:
+                    group.store.release()
+                    if self.current is None or id(self.current.model) != key:
+                        with self._cv:
+                            del self._groups[key]
+        self._retire()
         self.steps += 1
 
-    def _admit(self, slot: ModelSlot, waiting: collections.deque[Request], batch: _Batch) -> None:
-        free = self.max_batch - self.running()
-        new: list[Request] = []
+    def _retire(self) -> None:
         with self._cv:
-            while waiting and len(new) < free:
-                req = waiting.popleft()
-                if not req.cancelled:
-                    new.append(req)
+            idle = [s for s, n in self._busy.items() if n == 0 and s is not self.current]
+            for slot in idle:
+                del self._busy[slot]
+        for slot in idle:
+            self.on_retired(slot)
+
+    def _forward(self, group: _Group, ids: torch.Tensor, pos: torch.Tensor, ctx: kv.Pass, plan: list, **kw: Any) -> Any:
+        lora_set = getattr(group.model, lora.ATTR, None)
+        if lora_set is not None:
+            lora_set.plan = plan
+        try:
+            return group.model(input_ids=ids, position_ids=pos, use_cache=False, **{kv.NAME: ctx}, **kw)
+        finally:
+            if lora_set is not None:
+                lora_set.plan = []
+
+    def _admit(self, group: _Group) -> None:
+        free = [i for i, r in enumerate(group.rows) if r is None][: max(self.max_batch - self.running(), 0)]
+        new: list[Request] = []
+        tokens = 0
+        with self._cv:
+            while group.waiting and len(new) < len(free):
+                req = group.waiting[0]
+                if new and tokens + len(req.prompt_ids) > self.prefill_tokens:
+                    break
+                group.waiting.popleft()
+                if req.cancelled:
+                    self._busy[req.slot] -= 1
+                    continue
+                new.append(req)
+                tokens += len(req.prompt_ids)
         if not new:
             return
-        width = max(len(r.prompt_ids) for r in new)
-        ids = torch.full((len(new), width), slot.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
-        for i, r in enumerate(new):
-            ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids) :] = 1
-        ids, mask = ids.to(slot.device), mask.to(slot.device)
-        cache = DynamicCache(config=slot.model.config)
-        out = slot.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
+        lengths = [len(r.prompt_ids) for r in new]
+        group.store.ensure(
+            max(min(n + r.params.max_tokens, r.slot.context_length) for n, r in zip(lengths, new, strict=True))
         )
-        kv = _kv(cache)
-        tokens = self._sample(new, out.logits[:, -1])
-        before = len(batch)
-        batch.merge(new, kv, mask, tokens)
-        alive = self._emit(slot, new, tokens)
-        batch.keep(list(range(before)) + [before + i for i, a in enumerate(alive) if a])
+        for req, row in zip(new, free, strict=False):
+            req.row = row
+            group.rows[row] = req
+        dev = group.device
+        ids = torch.tensor([t for r in new for t in r.prompt_ids], device=dev)
+        cols = torch.cat([torch.arange(n) for n in lengths]).to(dev)
+        rows = torch.tensor([r.row for r in new for _ in r.prompt_ids], device=dev)
+        last = torch.tensor(lengths).cumsum(0).sub(1).to(dev)
+        ctx = kv.Pass(group.store, True, rows, cols, None, segments=kv.segments(lengths, dev), window=group.window)
+        plan = lora.make_plan([r.slot.adapter for r in new], lengths, dev)
+        out = self._forward(group, ids[None], cols[None], ctx, plan, logits_to_keep=last)
+        chosen = sample(new, out.logits[0])
+        for req, n, tok in zip(new, lengths, chosen.tolist(), strict=True):
+            group.pos[req.row], group.last[req.row] = n, tok
+        self._emit(group, new, chosen.tolist())
 
-    def _decode(self, slot: ModelSlot, batch: _Batch) -> None:
-        mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
-        cache = DynamicCache(ddp_cache_data=batch.kv, config=slot.model.config)
-        out = slot.model(
-            input_ids=batch.last[:, None],
-            attention_mask=mask,
-            position_ids=batch.pos[:, None],
-            cache=cache,
-            use_cache=True,
-        )
-        batch.kv = _kv(cache)
-        batch.mask, batch.pos = mask, batch.pos + 1
-        tokens = self._sample(batch.reqs, out.logits[:, -1])
-        batch.last = tokens
-        alive = self._emit(slot, batch.reqs, tokens)
-        batch.keep([i for i, a in enumerate(alive) if a])
+    def _decode(self, group: _Group) -> None:
+        hi = group.hi()
+        reqs = group.rows[:hi]
+        live = [i for i, r in enumerate(reqs) if r is not None]
+        pos = [group.pos[i] if r is not None else 0 for i, r in enumerate(reqs)]
+        ids = [group.last[i] if r is not None else 0 for i, r in enumerate(reqs)]
+        width = max(pos) + 1
+        group.store.ensure(width)
+        dev = group.device
+        pos_t = torch.tensor(pos, device=dev)
+        mask = kv.decode_mask(pos_t, width, group.window)
+        ctx = kv.Pass(group.store, False, torch.arange(hi, device=dev), pos_t, mask, width, window=group.window)
+        plan = lora.make_plan([r.slot.adapter if r else None for r in reqs], [1] * hi, dev)
+        out = self._forward(group, torch.tensor(ids, device=dev)[:, None], pos_t[:, None], ctx, plan)
+        logits = out.logits[:, -1]
+        if len(live) < hi:
+            logits = logits[torch.tensor(live, device=dev)]
+        running = [r for r in reqs if r is not None]
+        chosen = sample(running, logits).tolist()
+        for req, tok in zip(running, chosen, strict=True):
+            group.pos[req.row] += 1
+            group.last[req.row] = tok
+        self._emit(group, running, chosen)
 
-    def _sample(self, reqs: list[Request], logits: torch.Tensor) -> torch.Tensor:
-        tokens = logits.argmax(-1)
-        for i, r in enumerate(reqs):
-            if r.params.temperature > 0:
-                probs = torch.softmax(logits[i].float() / r.params.temperature, -1)
-                if r.params.top_p < 1:
-                    sorted_p, order = probs.sort(descending=True)
-                    cut = sorted_p.cumsum(-1) - sorted_p > r.params.top_p  # keep the smallest nucleus
-                    sorted_p[cut] = 0
-                    probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-                tokens[i] = torch.multinomial(probs.cpu(), 1, generator=r.generator).to(tokens.device)[0]
-        return tokens
-
-    def _emit(self, slot: ModelSlot, reqs: list[Request], tokens: torch.Tensor) -> list[bool]:
-        """Send each request its new text; which of them go on."""
-        alive = []
-        for r, tok in zip(reqs, tokens.tolist(), strict=True):
+    def _emit(self, group: _Group, reqs: list[Request], tokens: list[int]) -> None:
+        """Send each request its new text; free the rows of those that are done."""
+        for r, tok in zip(reqs, tokens, strict=True):
             if r.cancelled:
-                alive.append(False)
+                self._free(group, r)
                 continue
+            slot = r.slot
             finish = ""
             if tok in slot.eos_ids:
                 finish = "stop"
             else:
                 r.out_ids.append(tok)
-            text = slot.tokenizer.decode(r.out_ids, skip_special_tokens=True)
-            cut = find_stop(text, r.params.stop, r.sent)
-            if cut is not None:
-                text, finish = text[:cut], "stop"
             if not finish and len(r.out_ids) >= r.params.max_tokens:
                 finish = "length"
             if not finish and len(r.prompt_ids) + len(r.out_ids) >= slot.context_length:
                 finish = "length"
+            detokenize(slot.tokenizer, r, final=bool(finish))
+            text = r.text
+            cut = find_stop(text, r.params.stop, r.sent)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
             ready = len(text) if finish else safe_end(text, r.params.stop)
             delta = Delta(text[r.sent : ready], finish, model=slot.name, version=slot.version)
             r.sent = max(r.sent, ready)
@@ -369,20 +298,23 @@ class Engine:
                 delta.prompt_tokens, delta.completion_tokens = len(r.prompt_ids), len(r.out_ids)
             if delta.text or finish:
                 _deliver(r, delta)
-            alive.append(not finish and not r.cancelled)
-        return alive
+            if finish or r.cancelled:
+                self._free(group, r)
+
+    def _free(self, group: _Group, req: Request) -> None:
+        if req.row >= 0 and group.rows[req.row] is req:
+            group.rows[req.row] = None
+        with self._cv:
+            self._busy[req.slot] = self._busy.get(req.slot, 1) - 1
 
     def _fail_all(self, error: str) -> None:
-        for _, waiting, batch in self._slots.values():
-            for r in [*waiting, *batch.reqs]:
+        for group in list(self._groups.values()):
+            with self._cv:
+                failed = [*group.waiting, *(r for r in group.rows if r is not None)]
+                group.waiting.clear()
+            for r in failed:
                 _deliver(r, Delta("", "error", error=error, model=r.slot.name, version=r.slot.version))
-            waiting.clear()
-            batch.keep([])
-
-
-def _kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) of every layer of a DynamicCache."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
+                self._free(group, r)
 
 
 def _deliver(req: Request, delta: Delta) -> None:

@@ -1,10 +1,12 @@
-"""Load a model version for serving: from the MLflow registry (base + LoRA adapter, merged) or a local
-Hugging Face folder. Weights are read from safetensors only, each file checked against the sha256
-recorded at registration; nothing is unpickled and no model code from the registry is run.
+"""Load a model version for serving: from the MLflow registry (a LoRA adapter, served unmerged on its
+base model) or a local Hugging Face folder; ``resident.py`` keeps each base model loaded once. Weights
+are read from safetensors only, each file checked against the sha256 recorded at registration;
+nothing is unpickled and no model code from the registry is run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -12,12 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lifecycle import registry
 from lifecycle.names import is_valid_model_name
 from lifecycle.settings import Settings
 from serving.worker.engine import ModelSlot, SamplingParams
+from serving.worker.lora import AdapterError, LoraSet, plain_lora
 
 log = logging.getLogger(__name__)
 _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -43,8 +44,9 @@ def resolve_version(settings: Settings, name: str, version: str = "champion") ->
     return str(found.version) if found is not None else None
 
 
-def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path, str]:
-    """Download version ``version`` of ``name`` and verify its weights: (adapter folder, base model)."""
+def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path, str, str]:
+    """Download version ``version`` of ``name`` and verify its weights: (adapter folder, base model,
+    digest of the version: sha256 over its files' recorded digests)."""
 
     check_name(name)
     if not version.isdigit():
@@ -61,7 +63,8 @@ def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path,
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=settings.serving_dir))
     try:
-        return _download(settings, mv, name, version, dest, digests)
+        adapter, base = _download(settings, mv, name, version, dest, digests)
+        return adapter, base, version_digest(digests)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -88,6 +91,13 @@ def _download(
     return adapter, base_model
 
 
+def version_digest(digests: dict[str, str]) -> str:
+    """One sha256 naming a version's exact weights (over its files' digests, in path order)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
+
+
 def verify(folder: Path, digests: dict[str, str], what: str) -> None:
     """Every recorded weight file present with its sha256, and no pickled weights beside them."""
     if not folder.is_dir():
@@ -106,76 +116,79 @@ def verify(folder: Path, digests: dict[str, str], what: str) -> None:
         raise LoadError(f"{what}: weight files not recorded at registration: {', '.join(sorted(unexpected))}")
 
 
-def build_slot(
-    name: str, version: str, base_model: str, adapter: Path | None, device: str = "auto", dtype: str = "auto"
-) -> ModelSlot:
-    """Load weights (safetensors only), merge the adapter, warm the model up, on the device and in the
-    dtype of the shared policy (runtime/hardware.py; SmolLM2 on a CPU with native bf16 decoded 1.8x
-    faster in bf16 than in float32 at 32 concurrent requests)."""
+def build_base(base_model: str, device: str = "auto", dtype: str = "auto", what: str = "") -> tuple[Any, Any]:
+    """A base model (safetensors only) on the device and in the dtype of the shared policy
+    (runtime/hardware.py; SmolLM2 on a CPU with native bf16 decoded 1.8x faster in bf16 than in float32
+    at 32 concurrent requests), and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from runtime.hardware import HardwareError, choose
 
+    what = what or base_model
     try:
         choice = choose(dtype, device)
     except HardwareError as exc:
-        raise LoadError(f"{name} v{version}: {exc}") from None
-    log.info("%s v%s in %s on %s: %s", name, version, choice.dtype, choice.device, choice.reason)
-    dev, dtype_ = choice.torch_device(), choice.torch_dtype()
-    tok_source = adapter if adapter is not None and (adapter / "tokenizer.json").exists() else base_model
-    t0 = time.monotonic()
+        raise LoadError(f"{what}: {exc}") from None
+    log.info("%s in %s on %s: %s", what, choice.dtype, choice.device, choice.reason)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_source))
-        model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype_, use_safetensors=True)
-        t1 = time.monotonic()
-        if adapter is not None:
-            model = merge_adapter(model, adapter)
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=choice.torch_dtype(), use_safetensors=True)
     except (OSError, ValueError) as exc:
+        raise LoadError(f"{what}: {exc}") from None
+    return model.to(choice.torch_device()).eval(), tokenizer
+
+
+def context_length(model: Any) -> int:
+    return min(int(getattr(model.config, "max_position_embeddings", 2048) or 2048), 8192)
+
+
+def adapter_tokenizer(adapter: Path, fallback: Any) -> Any:
+    """The tokenizer saved with an adapter (its chat template may differ from the base's), else the base's."""
+    if not (adapter / "tokenizer.json").exists() and not (adapter / "tokenizer_config.json").exists():
+        return fallback
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(adapter))
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"{adapter}: unreadable tokenizer: {exc}") from None
+
+
+def attach_adapter(name: str, version: str, model: Any, tokenizer: Any, adapter: Path, digest: str = "") -> ModelSlot:
+    """A slot serving ``adapter`` unmerged on the resident ``model`` (see lora.py), or, for adapter
+    kinds that cannot be batched unmerged (DoRA, biases, rank patterns), None: merge into a copy."""
+    lora_set = LoraSet.attach(model)
+    key = f"{name}@{version}"
+    try:
+        lora_set.add(key, adapter)
+    except AdapterError as exc:
         raise LoadError(f"{name} v{version}: {exc}") from None
-    model = model.to(dev).eval()
-    t2 = time.monotonic()
-    ctx = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    slot = ModelSlot(name, version, model, tokenizer, context_length=min(ctx, 8192))
-    warm(slot)
-    log.info("%s v%s: base loaded in %.2fs, adapter merged in %.2fs, warmed in %.2fs", name, version, t1 - t0,
-             t2 - t1, time.monotonic() - t2)  # fmt: skip
+    except (OSError, ValueError) as exc:
+        raise LoadError(f"{name} v{version}: unreadable adapter: {exc}") from None
+    slot = ModelSlot(name, version, model, adapter_tokenizer(adapter, tokenizer), context_length(model), adapter=key,
+                     digest=digest)  # fmt: skip
     return slot
 
 
-def merge_adapter(model: Any, adapter: Path) -> Any:
-    """``model`` with a plain LoRA adapter folded into its weights: W += (alpha / r) * B @ A, read
-    from the adapter's safetensors. Seconds faster than building a peft model to merge it (which
-    initialises every adapter layer first); other adapter kinds go through peft."""
-    import json
-
-    from safetensors.torch import load_file
-
-    cfg = json.loads((adapter / "adapter_config.json").read_text())
-    plain = (
-        cfg.get("peft_type") == "LORA" and not cfg.get("use_dora") and not cfg.get("fan_in_fan_out")
-        and cfg.get("bias", "none") == "none" and not cfg.get("rank_pattern") and not cfg.get("alpha_pattern")
-        and not cfg.get("modules_to_save") and not cfg.get("lora_bias") and not cfg.get("trainable_token_indices")
-    )  # fmt: skip
-    if not plain:
+def build_slot(
+    name: str, version: str, base_model: str, adapter: Path | None, device: str = "auto", dtype: str = "auto"
+) -> ModelSlot:
+    """A warm slot on a base model of its own: the adapter served unmerged when it is a plain LoRA
+    adapter, merged into the weights otherwise."""
+    t0 = time.monotonic()
+    model, tokenizer = build_base(base_model, device, dtype, f"{name} v{version}")
+    if adapter is None:
+        slot = ModelSlot(name, version, model, tokenizer, context_length(model))
+    elif plain_lora(json.loads((adapter / "adapter_config.json").read_text())):
+        slot = attach_adapter(name, version, model, tokenizer, adapter)
+    else:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    r = int(cfg["r"])
-    scale = float(cfg["lora_alpha"]) / (r**0.5 if cfg.get("use_rslora") else r)
-    tensors = load_file(adapter / "adapter_model.safetensors")
-    downs = {k: v for k, v in tensors.items() if k.endswith(".lora_A.weight")}
-    if not downs or len(tensors) != 2 * len(downs):
-        raise LoadError(f"{adapter}: not a LoRA adapter of A/B pairs ({len(tensors)} tensors)")
-    with torch.no_grad():
-        for key, a in downs.items():
-            b = tensors[key.replace(".lora_A.", ".lora_B.")]
-            path = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
-            try:
-                weight = model.get_submodule(path).weight
-            except AttributeError:
-                raise LoadError(f"{adapter}: the base model has no module {path}") from None
-            weight += (b.float() @ a.float() * scale).to(weight.dtype)
-    return model
+        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+        slot = ModelSlot(name, version, merged, adapter_tokenizer(adapter, tokenizer), context_length(merged))
+    warm(slot)
+    log.info("%s v%s: loaded and warmed in %.2fs", name, version, time.monotonic() - t0)
+    return slot
 
 
 def warm(slot: ModelSlot) -> None:
@@ -187,27 +200,3 @@ def warm(slot: ModelSlot) -> None:
     eng.submit(messages=[{"role": "user", "content": "Hello"}], params=SamplingParams(max_tokens=2))
     while eng.queued() or eng.running():
         eng.step()
-
-
-def load(settings: Settings, name: str, version: str = "champion", path: str = "") -> ModelSlot:
-    """A warm slot for a registered version (number or alias) or, with ``path``, a local folder."""
-    t0 = time.monotonic()
-    check_name(name)
-    if path:
-        folder = Path(path)
-        if not (folder / "config.json").exists():
-            raise LoadError(f"{path}: not a Hugging Face model folder (no config.json)")
-        slot = build_slot(name, version if version.isdigit() else "local", str(folder), None,
-                          device=settings.device, dtype=settings.dtype)  # fmt: skip
-    else:
-        number = resolve_version(settings, name, version)
-        if number is None:
-            raise LoadError(f"{name} has no version with alias {version!r} in the registry")
-        adapter, base = fetch_registered(settings, name, number)
-        try:
-            slot = build_slot(name, number, base, adapter, device=settings.device, dtype=settings.dtype)
-        finally:  # the weights are in memory now (merged); the download is not needed any more
-            downloads = settings.serving_dir
-            shutil.rmtree(downloads / adapter.relative_to(downloads).parts[0], ignore_errors=True)
-    slot.load_seconds = time.monotonic() - t0
-    return slot

@@ -1,7 +1,7 @@
 """Hot swap: apply ``ModelPromoted`` / ``ModelRolledBack`` from ``lifecycle.model-events`` to a worker.
 
 Each worker has its own consumer group (``lifecycle-worker-<name>``), so every worker sees every
-event. A new version is loaded beside the serving one, warmed, then switched to between decode
+event. A new version is loaded beside the serving one (an adapter on the resident base), then switched to between decode
 steps; requests in flight finish on the version they started on. Events are idempotent by
 (model, version): a duplicate or an older promotion is skipped. The offset is committed once the
 event is handled: after the swap, or after a failed load was reported as ``ModelLoadFailed`` (the
@@ -48,8 +48,8 @@ class ModelEventConsumer:
     """Follows ``lifecycle.model-events`` for one worker.
 
     Given what it needs and nothing more: the settings, the worker's ``name`` (its consumer group and
-    static member id), ``serving()`` (the version served now, or None) and ``switch(slot)`` (serve a
-    loaded, warm slot)."""
+    static member id), ``serving()`` (the version served now, or None), ``load(name, version)`` (a warm
+    slot, see resident.py) and ``switch(slot)`` (serve it)."""
 
     def __init__(
         self,
@@ -57,8 +57,9 @@ class ModelEventConsumer:
         name: str,
         serving: Callable[[], str | None],
         switch: Callable[[ModelSlot], None],
+        load: Callable[[str, str], ModelSlot],
     ) -> None:
-        self.settings, self.name, self.serving, self.switch = settings, name, serving, switch
+        self.settings, self.name, self.serving, self.switch, self.load = settings, name, serving, switch, load
         self.background = Background("model-events", self._run)
         self._assigned = threading.Event()
         self.swaps: list[tuple[str, float]] = []  # (version, seconds from event to serving)
@@ -105,7 +106,7 @@ class ModelEventConsumer:
             return
         t0 = time.monotonic()
         try:
-            slot = loader.load(s, s.model_name, version)
+            slot = self.load(s.model_name, version)
         except loader.LoadError as exc:
             log.error("%s: keeping v%s: %s", self.name, serving, exc)
             failed = events.new_event(

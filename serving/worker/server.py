@@ -23,11 +23,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from lifecycle.names import PARAM_METADATA_KEY
+from lifecycle.names import PARAM_METADATA_KEY, split_model_ref
 from lifecycle.settings import Settings, load_settings
 from lifecycle.v1 import inference_pb2, inference_pb2_grpc
 from serving.worker import loader
 from serving.worker.engine import Delta, Engine, EngineError, ModelSlot, QueueFullError, SamplingParams
+from serving.worker.resident import Resident
 
 log = logging.getLogger(__name__)
 SERVICE = "lifecycle.v1.InferenceService"
@@ -53,23 +54,44 @@ def switcher(engine: Engine, health_servicer: health.HealthServicer, name: str) 
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Translates gRPC to the engine and back; ``switch`` serves a slot that ``LoadModel`` loaded."""
+    """Translates gRPC to the engine and back; ``switch`` serves a slot that ``LoadModel`` loaded;
+    ``resident`` holds every loaded version (requests may name one)."""
 
-    def __init__(self, settings: Settings, name: str, engine: Engine, switch: Callable[[ModelSlot], None]) -> None:
-        self.settings, self.name, self.engine, self.switch = settings, name, engine, switch
+    def __init__(
+        self, settings: Settings, name: str, engine: Engine, switch: Callable[[ModelSlot], None], resident: Resident
+    ) -> None:
+        self.settings, self.name, self.engine, self.switch, self.resident = settings, name, engine, switch, resident
+
+    async def target(self, ref: str, context: grpc.aio.ServicerContext) -> ModelSlot:
+        """The slot a request's ``model`` names: the served one, or a version/alias (loaded on demand)."""
+        slot = self.engine.current
+        if slot is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no model is loaded yet")
+        assert slot is not None
+        if not ref:
+            return slot
+        try:
+            name, which = split_model_ref(ref)
+        except ValueError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailing_metadata=((PARAM_METADATA_KEY, "model"),)
+            )
+        if name != slot.name:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here; {slot.name!r} is")
+        found = self.resident.lookup(name, which)
+        if found is not None:
+            return found
+        try:
+            return await asyncio.to_thread(self.resident.load, name, which)
+        except loader.LoadError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {ref!r}: {exc}")
+        raise AssertionError("unreachable")
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         engine = self.engine
-        slot = engine.current
-        if slot is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no model is loaded yet")
-        assert slot is not None
-        if request.model and request.model != slot.name:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not served here; {slot.name!r} is"
-            )
+        slot = await self.target(request.model, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta] = asyncio.Queue()
 
@@ -91,6 +113,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 params=params,
                 sink=sink,
                 request_id=request.request_id,
+                slot=slot,
             )
         except EngineError as exc:
             field = ((PARAM_METADATA_KEY, exc.param),) if exc.param else None
@@ -127,6 +150,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             worker=self.name,
             context_length=slot.context_length if slot else 0,
             max_tokens_limit=engine.max_tokens_limit,
+            digest=slot.digest if slot else "",
+            loaded=[
+                inference_pb2.LoadedVersion(model=s.name, version=s.version, digest=s.digest, running=engine.busy(s))
+                for s in ([slot] if slot else []) + [s for s in self.resident.loaded() if s is not slot]
+            ],
         )
 
     async def LoadModel(
@@ -134,9 +162,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> inference_pb2.LoadModelResponse:
         model = request.model or self.settings.model_name
         try:
-            slot = await asyncio.to_thread(
-                loader.load, self.settings, model, request.version or "champion", request.path
-            )
+            slot = await asyncio.to_thread(self.resident.load, model, request.version or "champion", request.path)
         except loader.LoadError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         self.switch(slot)
@@ -175,20 +201,21 @@ async def serve(
 
         torch.set_num_threads(threads)
     engine = Engine(max_batch=max_batch, max_queue=256)
+    resident = Resident(settings, engine)
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)
     switch = switcher(engine, health_servicer, name)
     server, bound = create_server(
-        InferenceServicer(settings, name, engine, switch), health_servicer, port, settings.host
+        InferenceServicer(settings, name, engine, switch, resident), health_servicer, port, settings.host
     )
     await server.start()
     log.info("%s: listening on %s:%d", name, settings.host, bound)
     serving = lambda: engine.current.version if engine.current else None  # noqa: E731
-    watcher = ModelEventConsumer(settings, name, serving, switch) if events else None
+    watcher = ModelEventConsumer(settings, name, serving, switch, resident.load) if events else None
     if watcher:
         await asyncio.to_thread(watcher.start)  # subscribed before the champion is read: no promotion missed
     try:
-        switch(await asyncio.to_thread(loader.load, settings, settings.model_name, "champion", model_path))
+        switch(await asyncio.to_thread(resident.load, settings.model_name, "champion", model_path))
     except loader.LoadError as exc:
         log.warning("%s: not serving yet: %s (waiting for a promotion)", name, exc)
     engine.start()

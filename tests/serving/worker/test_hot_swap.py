@@ -115,7 +115,9 @@ def test_a_worker_back_under_its_name_takes_over_its_subscription_and_a_duplicat
     stack: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     name = f"w-{time.monotonic_ns()}"
-    crashed, back, duplicate = (ModelEventConsumer(stack, name, lambda: None, lambda slot: None) for _ in range(3))
+    crashed, back, duplicate = (
+        ModelEventConsumer(stack, name, lambda: None, lambda slot: None, lambda n, v: None) for _ in range(3)
+    )
     crashed.start()
     assert crashed._assigned.is_set()
     # A crashed worker: it no longer reads, its member is still in the group. Joining as a new member

@@ -1,0 +1,182 @@
+"""KV storage that does not move, and the attention that reads it.
+
+Every layer's keys and values live in one preallocated tensor per model, ``[rows, kv_heads, columns,
+head_dim]``: a sequence owns a row for its whole life and writes each new token's key and value in
+place, at its own position. Sequences join (their prompts written into their rows) and leave (the row
+is simply free again) without any other row being copied; a decode step attends over a view of the
+first ``used rows x longest sequence`` of the storage, never a copy of it. The storage grows (doubling
+its columns) when a sequence needs more than it has, and shrinks when idle.
+
+The model stays a stock Hugging Face model: ``prepare`` registers an attention implementation
+(``lifecycle_kv``) with transformers' ``AttentionInterface``. It receives each layer's keys and values
+after the model applied its position encoding (RoPE or learned), writes them into the storage and runs
+``torch.nn.functional.scaled_dot_product_attention`` (through transformers' own SDPA wrapper, so GQA,
+scaling and masks are handled as for any model) over the storage with a mask of each row's length.
+Called without a ``lifecycle_kv`` context (``generate``, evaluation) it is plain SDPA.
+
+Two kinds of forward pass use it:
+
+* **prefill**: the new prompts packed into one sequence (batch 1) for the weights, each attending only
+  to itself (one causal SDPA call per prompt length, prompts of a length batched), their keys and
+  values scattered into their rows at columns ``0..len-1``;
+* **decode**: one token per row for rows ``0..hi-1`` (free rows in between get a dummy token that
+  only sees itself), written at each row's position, attending to columns ``0..pos``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NAME = "lifecycle_kv"
+_MIN_COLUMNS = 128
+
+
+@dataclass
+class Pass:
+    """What one forward pass writes and attends to (built by the engine, read by every layer)."""
+
+    store: KVStore
+    prefill: bool
+    rows: torch.Tensor  # prefill: the row of each packed token; decode: 0..hi-1
+    cols: torch.Tensor  # the column each token's key/value is written to
+    mask: torch.Tensor | None  # decode: [hi, 1, 1, width] bool, True = attend
+    width: int = 0  # decode: columns attended (longest sequence + 1)
+    segments: list[tuple[int, torch.Tensor]] | None = None  # prefill: (length, start of each prompt that long)
+    window: int | None = None
+
+
+class KVStore:
+    """Per-layer key/value storage of up to ``rows`` sequences of up to ``columns`` tokens."""
+
+    def __init__(self, model: Any, rows: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.rows, self.device, self.dtype = rows, device, dtype
+        self.columns = 0
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+        self.limit = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
+
+    def ensure(self, columns: int) -> None:
+        """Room for ``columns`` tokens per row (existing rows keep their contents)."""
+        if columns <= self.columns:
+            return
+        new = min(max(columns, 2 * self.columns, _MIN_COLUMNS), max(columns, self.limit))
+        for cache in (self.k, self.v):
+            for layer, t in cache.items():
+                grown = t.new_zeros(t.shape[0], t.shape[1], new, t.shape[3])
+                grown[:, :, : self.columns] = t
+                cache[layer] = grown
+        self.columns = new
+
+    def release(self) -> None:
+        """Free the storage (no sequence is running)."""
+        self.k.clear()
+        self.v.clear()
+        self.columns = 0
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for cache in (self.k, self.v) for t in cache.values())
+
+    def layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The storage of layer ``idx``, allocated on first use with the layer's head shape."""
+        if idx not in self.k:
+            shape = (self.rows, like.shape[1], self.columns, like.shape[3])
+            self.k[idx] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            self.v[idx] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        return self.k[idx], self.v[idx]
+
+
+def segments(lengths: list[int], device: torch.device) -> list[tuple[int, torch.Tensor]]:
+    """Prompts packed one after another, grouped by length: [(length, start offsets)]."""
+    starts: dict[int, list[int]] = {}
+    at = 0
+    for n in lengths:
+        starts.setdefault(n, []).append(at)
+        at += n
+    return [(n, torch.tensor(s, device=device)) for n, s in starts.items()]
+
+
+def _prefill_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ctx: Pass,
+                       **kwargs: Any) -> torch.Tensor:  # fmt: skip
+    """Causal attention of each packed prompt to itself only: one batched SDPA call per prompt length
+    (the causal kernel, no mask), never the quadratic attention of the whole pack."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    total = query.shape[2]
+    out = query.new_empty(1, total, query.shape[1], value.shape[3])
+    for length, starts in ctx.segments or []:
+        idx = (starts[:, None] + torch.arange(length, device=starts.device)).reshape(-1)
+
+        mask = None
+        if ctx.window is not None and length > ctx.window:
+            i = torch.arange(length, device=starts.device)
+            mask = ((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < ctx.window))[None, None]
+        q, k, v = (_take(t, idx, len(starts), length) for t in (query, key, value))
+        part, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None, **kwargs)
+        out[0, idx] = part.reshape(-1, part.shape[2], part.shape[3])
+    return out
+
+
+def decode_mask(pos: torch.Tensor, width: int, window: int | None) -> torch.Tensor:
+    """Row r attends to columns 0..pos[r] (its own token included)."""
+    col = torch.arange(width, device=pos.device)
+    mask = col[None, :] <= pos[:, None]
+    if window is not None:
+        mask &= col[None, :] > pos[:, None] - window
+    return mask[:, None, None, :]
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor, prompts: int, length: int) -> torch.Tensor:
+    """[1, heads, total, dim] -> [prompts, heads, length, dim]: the packed tokens ``idx`` as a batch."""
+    return t[0].index_select(1, idx).reshape(t.shape[1], prompts, length, t.shape[3]).transpose(0, 1)
+
+
+def attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    ctx: Pass | None = kwargs.pop(NAME, None)
+    if ctx is None:  # not the engine: plain SDPA with the mask transformers built
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if kwargs.get("softcap") is not None:
+        raise ValueError("attention soft-capping is not supported by the serving engine")
+    k_store, v_store = ctx.store.layer(module.layer_idx, key)
+    if ctx.prefill:  # key: [1, kv_heads, tokens, dim] -> each token into its row and column
+        k_store[ctx.rows, :, ctx.cols] = key[0].transpose(0, 1)
+        v_store[ctx.rows, :, ctx.cols] = value[0].transpose(0, 1)
+        return _prefill_attention(module, query, key, value, ctx, **kwargs), None
+    # decode: key [hi, kv_heads, 1, dim]
+    k_store[ctx.rows, :, ctx.cols] = key[:, :, 0]
+    v_store[ctx.rows, :, ctx.cols] = value[:, :, 0]
+    hi = query.shape[0]
+    keys, values = k_store[:hi, :, : ctx.width], v_store[:hi, :, : ctx.width]
+    return sdpa_attention_forward(module, query, keys, values, ctx.mask, **kwargs)
+
+
+def prepare(model: Any) -> None:
+    """Route ``model``'s attention through ``attention`` (plain SDPA when the engine is not calling)."""
+    from transformers import AttentionInterface
+
+    if NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(NAME, attention)
+    if getattr(model.config, "_attn_implementation", None) != NAME:
+        model.set_attn_implementation(NAME)
+
+
+def sliding_window(model: Any) -> int | None:
+    """The model's attention window where every layer uses one (Mistral-style), else None."""
+    cfg = model.config
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    if getattr(cfg, "layer_types", None) and any(t != "sliding_attention" for t in cfg.layer_types):
+        raise ValueError("models mixing sliding-window and full-attention layers are not supported by the engine")
+    return int(window)
