@@ -119,7 +119,7 @@ def _answers(cfg: Settings) -> None:
     base, tok = load_model(resolve_base_model(cfg.base_model, cfg.models_dir))
     before = generate(base, tok, [[{"role": "user", "content": q}] for q in questions], max_new_tokens=48)
     try:
-        start_serving(cfg, cfg.workers, report=typer.echo)
+        start_serving(cfg, cfg.worker_count(), report=typer.echo)
     except StackError as exc:
         fail(f"serving the champion v{champion.version}: {exc}")
     typer.echo(f"serving the champion at {gateway_url(cfg)} (stop: lifecycle serve --stop)")

@@ -15,7 +15,9 @@ from lifecycle.settings import Settings
 
 
 def serve(
-    workers: Annotated[int, typer.Option(help="gRPC inference workers (default LIFECYCLE_WORKERS).")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="gRPC inference workers (default LIFECYCLE_WORKERS; 0: one per GPU, else per 16 cores).")
+    ] = 0,
     model_path: Annotated[str, typer.Option(help="Serve a local HF folder instead of the champion.")] = "",
     detach: Annotated[bool, typer.Option(help="Leave the gateway and workers running in the background.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop a detached gateway and its workers.")] = False,
@@ -30,7 +32,7 @@ def serve(
         stop_serving(cfg, report=typer.echo)
         return
     try:
-        start_serving(cfg, workers or cfg.workers, model_path, report=typer.echo)
+        start_serving(cfg, workers or cfg.worker_count(), model_path, report=typer.echo)
     except StackError as exc:
         stop_serving(cfg, report=lambda m: None)
         fail(str(exc))

@@ -8,6 +8,7 @@ start with a ``SettingsError`` naming the variable (and the allowed values, wher
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -75,7 +76,12 @@ class Settings(BaseSettings):
 
     gateway_port: Port = Field(8000, description="REST gateway port.")
     worker_port: Port = Field(50051, description="First gRPC inference worker port.")
-    workers: int = Field(2, ge=1, description="Inference workers started by `lifecycle serve`.")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Inference workers started by `lifecycle serve`; 0 = one per GPU, else one per 16 CPU cores "
+        "(one engine batching on every core beats several splitting them, and keeps one copy of the weights).",
+    )
     worker_addresses: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="gRPC addresses the gateway routes to, comma-separated (e.g. dns:///workers:50051); "
@@ -168,6 +174,13 @@ class Settings(BaseSettings):
     def service_data_dir(self, service: str) -> Path:
         """Data of one local-stack service (Kafka log dirs, FerretDB, MLflow, Airflow)."""
         return self.home / "data" / service
+
+    def worker_count(self) -> int:
+        """``workers``, or where it is 0 what the machine suits: one per GPU, else one per 16 CPU cores."""
+        if self.workers:
+            return self.workers
+        gpus = len(glob.glob("/dev/nvidia[0-9]*"))
+        return gpus or max(1, (os.cpu_count() or 1) // 16)
 
     @property
     def kafka_controller_port(self) -> int:

@@ -60,4 +60,4 @@ def app_from_env() -> FastAPI:
     from lifecycle.settings import load_settings
 
     s = load_settings()
-    return create_app(s, s.worker_addresses or [f"{s.host}:{s.worker_port + i}" for i in range(s.workers)])
+    return create_app(s, s.worker_addresses or [f"{s.host}:{s.worker_port + i}" for i in range(s.worker_count())])

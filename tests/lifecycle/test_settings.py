@@ -61,7 +61,7 @@ def test_unknown_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LIFECYCLE_KAFKA_PORT", "abc", "LIFECYCLE_KAFKA_PORT: Input should be a valid integer"),
         ("LIFECYCLE_MONGO_PORT", "70000", "LIFECYCLE_MONGO_PORT: Input should be less than or equal to 65535"),
         ("LIFECYCLE_MONGO_BACKEND", "postgres", "LIFECYCLE_MONGO_BACKEND: Input should be 'auto', 'mongod' or"),
-        ("LIFECYCLE_WORKERS", "0", "LIFECYCLE_WORKERS: Input should be greater than or equal to 1"),
+        ("LIFECYCLE_WORKERS", "-1", "LIFECYCLE_WORKERS: Input should be greater than or equal to 0"),
         ("LIFECYCLE_LOG_LEVEL", "LOUD", "LIFECYCLE_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"),
     ],
 )

@@ -1,5 +1,5 @@
-"""The serving loader's weight handling: folding a LoRA adapter gives peft's merged model, and a
-version's files must match their registered digests (pure, on the tiny Llama)."""
+"""The serving loader's weight handling: a LoRA adapter served unmerged on the base gives peft's model,
+and a version's files must match their registered digests (pure, on the tiny Llama)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lifecycle import registry
-from serving.worker.loader import LoadError, merge_adapter, verify
+from serving.worker.loader import LoadError, verify
+from serving.worker.lora import LoraSet
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +27,24 @@ def adapter_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-def test_folding_the_adapter_equals_peft_merge(tiny_llama_dir: Path, adapter_dir: Path) -> None:
+def test_the_unmerged_adapter_equals_peft(tiny_llama_dir: Path, adapter_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     ids = torch.tensor([[1, 5, 9, 200, 17, 3]])
-    plain = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    before = plain(ids).logits
-    ours = merge_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), adapter_dir).eval()
-    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(adapter_dir))
-    theirs = theirs.merge_and_unload().eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    lora_set = LoraSet.attach(model)
+    lora_set.add("m@1", adapter_dir)
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(adapter_dir)).eval()
     with torch.no_grad():
-        assert not torch.allclose(before, ours(ids).logits, atol=1e-3)  # the adapter changes the model
-        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, atol=1e-5, rtol=1e-4)
+        before = model(ids).logits  # no plan: the base as it is
+        lora_set.plan = [("m@1", None)]
+        ours = model(ids).logits
+        lora_set.plan = [("m@1", torch.tensor([1, 2, 3]))]  # only some tokens: the others stay the base's
+        part = model(ids).logits[0, 0]
+        assert not torch.allclose(before, ours, atol=1e-3)  # the adapter changes the model
+        torch.testing.assert_close(ours, theirs(ids).logits, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(part, before[0, 0])
 
 
 def test_digests_missing_files_pickles_and_strays_are_refused(adapter_dir: Path, tmp_path: Path) -> None:
