@@ -99,7 +99,7 @@ def test_eight_adapters_in_one_batch_each_equal_to_its_adapter_merged_alone(
 
 
 def test_adapters_are_removed_and_refused_by_name(tiny_llama_dir: Path, adapters: list[Path], tmp_path: Path) -> None:
-    model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
+    model, _ = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
     lora_set = LoraSet.attach(model)
     size = lora_set.add("m@1", adapters[0])
     assert 0 < size < sum(p.numel() * p.element_size() for p in model.parameters()) / 10
