@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from lifecycle.names import is_valid_model_name
+from lifecycle.names import split_model_ref
 from lifecycle.v1 import inference_pb2
 from serving.gateway.errors import APIError, from_pool, unavailable
 from serving.gateway.inference_log import InferenceLog
@@ -44,15 +44,20 @@ class Completions:
         self.pool, self.metrics, self.inference_log = pool, metrics, inference_log
 
     def model(self, name: str | None) -> str:
-        """The served model a request names (the served one when it names none)."""
+        """The served model a request names (the served one when it names none): ``name``,
+        ``name@version`` or ``name:alias``, checked here and resolved by the worker."""
         served = self.pool.models()
-        if name is not None and not is_valid_model_name(name):
-            raise APIError(400, f"model name {name!r} is not allowed", param="model", code="invalid_model")
+        base = name
+        if name is not None:
+            try:
+                base, _ = split_model_ref(name)
+            except ValueError as exc:
+                raise APIError(400, str(exc), param="model", code="invalid_model") from None
         if not served:
             raise unavailable("no inference worker is serving a model right now")
         if name is None:
             return next(iter(served))
-        if name not in served:
+        if base not in served:
             served_names = ", ".join(served)
             raise APIError(
                 404, f"model {name!r} does not exist; served: {served_names}", param="model", code="model_not_found"

@@ -67,6 +67,7 @@ class WorkerHandle:
     max_tokens_limit: int = 0
     name: str = ""
     failures: int = field(default=0)
+    loaded: list[tuple[str, str, str]] = field(default_factory=list)  # (model, version, digest) in memory
 
 
 class WorkerPool:
@@ -138,6 +139,7 @@ class WorkerPool:
             log.info("worker %s is up, serving %s v%s", w.address, st.model, st.version)
         w.up, w.model, w.version, w.queued = st.ready, st.model, st.version, st.queued
         w.context_length, w.max_tokens_limit, w.name = st.context_length, st.max_tokens_limit, st.worker or w.address
+        w.loaded = [(v.model, v.version, v.digest) for v in st.loaded]
 
     def models(self) -> dict[str, list[WorkerHandle]]:
         out: dict[str, list[WorkerHandle]] = {}
@@ -147,7 +149,8 @@ class WorkerPool:
         return out
 
     def pick(self, model: str, exclude: set[WorkerHandle]) -> WorkerHandle | None:
-        ready = [w for w in self.workers if w.up and w.model == model and w not in exclude]
+        name = model.partition("@")[0].partition(":")[0]  # a version or alias is served by the model's workers
+        ready = [w for w in self.workers if w.up and w.model == name and w not in exclude]
         return min(ready, key=lambda w: (w.outstanding, w.queued)) if ready else None
 
     async def generate(

@@ -15,7 +15,11 @@ MAX_TOKENS_LIMIT = 1024
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="Model name; the served one when omitted.")
+    model: str | None = Field(
+        None,
+        description="Model name (the champion), a version (name@7) or an alias (name:challenger); "
+        "the served one when omitted.",
+    )
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT, description="Tokens to generate at most.")
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -198,11 +202,13 @@ class Completion(_Answer):
 
 
 class ModelCard(BaseModel):
-    id: str
+    id: str = Field(description="What a request's `model` names: the model (its champion) or name@version.")
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "llm-lifecycle"
-    versions: list[str]
+    versions: list[str] = Field(description="The versions this id is served by now.")
+    digest: str | None = Field(None, description="sha256 over the version's registered file digests.")
+    workers: int = Field(0, description="Workers holding it in memory.")
 
 
 class ModelList(BaseModel):

@@ -91,5 +91,16 @@ async def completion(
 
 @router.get("/models", response_model=ModelList)
 async def models(completions: CompletionsDep) -> ModelList:
-    served = completions.pool.models().items()
-    return ModelList(data=[ModelCard(id=name, versions=sorted({w.version for w in ws})) for name, ws in served])
+    """Each served model (its champion), then every version some worker holds in memory (name@version:
+    requests may name it; versions not in memory are loaded on demand)."""
+    cards = []
+    for name, ws in completions.pool.models().items():
+        cards.append(ModelCard(id=name, versions=sorted({w.version for w in ws}), digest=None, workers=len(ws)))
+        held: dict[str, tuple[str, int]] = {}
+        for w in ws:
+            for model, version, digest in w.loaded:
+                if model == name:
+                    held[version] = (digest, held.get(version, ("", 0))[1] + 1)
+        for version, (digest, n) in sorted(held.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
+            cards.append(ModelCard(id=f"{name}@{version}", versions=[version], digest=digest or None, workers=n))
+    return ModelList(data=cards)

@@ -60,7 +60,11 @@ class Load:
     def _run(self) -> None:
         while not self.stop.is_set():
             t0 = time.monotonic()
-            r = httpx.post(self.url, json={"prompt": "Tell me a story", "max_tokens": 16}, timeout=120)
+            try:
+                r = httpx.post(self.url, json={"prompt": "Tell me a story", "max_tokens": 16}, timeout=120)
+            except httpx.HTTPError as exc:  # a reset or a timeout is a failed request, not a dead thread
+                self.results.append((t0, time.monotonic(), -1, repr(exc)))
+                continue
             self.results.append((t0, time.monotonic(), r.status_code, r.json().get("version", "")))
 
     def __enter__(self) -> Load:
@@ -109,6 +113,21 @@ def test_promotion_swaps_under_load_and_a_bad_digest_is_refused(
         assert served(s) == ["1", "1"]
         r = httpx.post(gateway_url(s) + "/v1/generate", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
         assert r.status_code == 200 and r.json()["version"] == "1"
+
+        # Requests may name a version or an alias; a version that fails its digest check is not served.
+        def ask(model: str) -> httpx.Response:
+            body = {"prompt": "hi", "max_tokens": 2, "model": model}
+            return httpx.post(gateway_url(s) + "/v1/generate", json=body, timeout=60)
+
+        assert ask(f"{s.model_name}@1").json()["version"] == "1"
+        assert ask(f"{s.model_name}:champion").json()["version"] == "1"
+        tampered = ask(f"{s.model_name}@2")
+        assert tampered.status_code == 404 and "sha256 of adapter_model.safetensors" in tampered.text
+        bad = ask(f"{s.model_name}@two")
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "model"
+        ids = {m["id"]: m for m in httpx.get(gateway_url(s) + "/v1/models", timeout=10).json()["data"]}
+        assert ids[s.model_name]["versions"] == ["1"] and ids[f"{s.model_name}@1"]["workers"] == 2
+        assert len(ids[f"{s.model_name}@1"]["digest"]) == 64 and f"{s.model_name}@2" not in ids
 
 
 def test_a_worker_back_under_its_name_takes_over_its_subscription_and_a_duplicate_name_is_reported(
