@@ -99,8 +99,8 @@ async def models(completions: CompletionsDep) -> ModelList:
         held: dict[str, tuple[str, int]] = {}
         for w in ws:
             for model, version, digest in w.loaded:
-                if model == name:
+                if model == name and version.isdigit():  # addressable as name@version
                     held[version] = (digest, held.get(version, ("", 0))[1] + 1)
-        for version, (digest, n) in sorted(held.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
+        for version, (digest, n) in sorted(held.items(), key=lambda kv: int(kv[0])):
             cards.append(ModelCard(id=f"{name}@{version}", versions=[version], digest=digest or None, workers=n))
     return ModelList(data=cards)
