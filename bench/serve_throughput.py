@@ -1,12 +1,22 @@
-"""Serving throughput: our gateway + gRPC workers (continuous batching) vs a naive FastAPI app that
-calls Hugging Face ``generate`` per request, measured in the same run on the same model.
+"""Serving throughput: our gateway + gRPC workers as `lifecycle serve` starts them, beside a naive
+FastAPI server and in-process peers, on the same model, prompts and token counts, in one run.
 
-    .venv/bin/python bench/serve_throughput.py [--model DIR] [--levels 1,8,32] [--requests 32] [--max-tokens 32]
+    .venv/bin/python bench/serve_throughput.py [--model DIR] [--levels 1,8,32] [--requests 32]
+        [--max-tokens 32] [--workers 0] [--threads 0] [--dtype auto] [--no-peers]
 
-Both servers are started here as processes (no Kafka needed: workers run with --no-events) and get
-the same fixed prompts, greedy, fixed ``max_tokens``, at each concurrency. Ours is read as an SSE
-stream (/v1/completions, stream: true), so time to first token is the first chunk; the baseline
-does not stream, so its TTFT is its latency. Prints tokens/s, p50/p99 latency and TTFT, and ratios.
+* **ours**: gateway + workers started as `lifecycle serve` does (``--workers 0``: its default for this
+  machine, threads split between workers), read as SSE streams (/v1/chat/completions), so time to
+  first token is the first chunk.
+* **naive**: FastAPI + one HF ``generate`` per request, serialised (one at a time, as a naive server
+  runs), same dtype as ours; not streamed, so its TTFT is its latency. Its runs are interleaved with
+  ours level by level.
+* **peers**, in this process after the servers stop: HF ``generate`` on a static batch of the same
+  prompts (same dtype, EOS ignored), transformers' continuous batching (``generate_batch``), and
+  llama.cpp (``llama-cpp-python``, a bench-only extra: ``pip install llama-cpp-python``) on the GGUF
+  file the default base model comes from, its prompts one after another (its Python API runs one
+  sequence at a time).
+
+Greedy, ``max_tokens`` per request. Prints tokens/s, p50/p99 latency and TTFT per level, and ratios.
 """
 
 from __future__ import annotations
@@ -37,14 +47,15 @@ PROMPTS = [
 ]
 
 BASELINE = """
-import sys, torch
+import sys, threading, torch
 from fastapi import FastAPI
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 torch.set_num_threads(int(sys.argv[3]))
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[4])).eval()
 app = FastAPI()
+one_at_a_time = threading.Lock()
 
 class Req(BaseModel):
     prompt: str
@@ -55,7 +66,7 @@ def complete(req: Req):
     text = tok.apply_chat_template([{"role": "user", "content": req.prompt}], tokenize=False,
                                    add_generation_prompt=True)
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
+    with one_at_a_time, torch.no_grad():
         out = model.generate(**enc, max_new_tokens=req.max_tokens, do_sample=False)
     n = out.shape[1] - enc["input_ids"].shape[1]
     return {"choices": [{"text": tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)}],
@@ -136,60 +147,115 @@ def wait_http(url: str, timeout: float = 300) -> None:
     raise SystemExit(f"{url} did not answer in {timeout}s")
 
 
+def peers(model: str, dtype: str, levels: list[int], requests: int, max_tokens: int) -> dict[str, dict[int, float]]:
+    """tokens/s of the in-process peers at each level: {peer: {level: tokens/s}}."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from engine_throughput import hf_generate_batch, hf_static
+
+    tok = AutoTokenizer.from_pretrained(model)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+    out: dict[str, dict[int, float]] = {"HF static batch": {}, "HF generate_batch": {}}
+    hf_static(hf, tok, convs(2), 2, "cpu")  # warm-up
+    for c in levels:
+        batch = convs(max(requests, c))
+        out["HF static batch"][c] = hf_static(hf, tok, batch, max_tokens, "cpu")
+        out["HF generate_batch"][c] = hf_generate_batch(hf, tok, batch, max_tokens, "cpu") or float("nan")
+    out["llama.cpp (one at a time)"] = {c: llama_cpp(requests, max_tokens) for c in levels[:1]}
+    return out
+
+
+def convs(n: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(n)]
+
+
+def llama_cpp(requests: int, max_tokens: int) -> float:
+    """tokens/s of llama.cpp on the default base model's GGUF file, prompts one after another; NaN when
+    llama-cpp-python is not installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama.cpp: not installed (pip install llama-cpp-python); skipped")
+        return float("nan")
+    from training.base_model import gguf_path
+
+    llm = Llama(model_path=str(gguf_path(report=lambda m: None)), n_ctx=2048, n_threads=os.cpu_count() or 2,
+                verbose=False)  # fmt: skip
+    llm.create_chat_completion(convs(1)[0], max_tokens=2, temperature=0)  # warm-up
+    t0, made = time.perf_counter(), 0
+    for conv in convs(requests):
+        r = llm.create_chat_completion(conv, max_tokens=max_tokens, temperature=0)
+        made += r["usage"]["completion_tokens"]
+    return made / (time.perf_counter() - t0)
+
+
 def main() -> None:
     from lifecycle.settings import load_settings
     from lifecycle.stack.serving import gateway_url, start_serving, stop_serving
+    from runtime.hardware import choose
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="")
     p.add_argument("--levels", default="1,8,32")
     p.add_argument("--requests", type=int, default=32, help="requests per level (at least the concurrency)")
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--workers", type=int, default=0, help="0: as `lifecycle serve` on this machine")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker; 0: as `lifecycle serve`")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--no-peers", action="store_true")
     args = p.parse_args()
-    base = load_settings()
-    model = args.model or str(base.models_dir / base.base_model.replace("/", "--"))
+    if not args.model:
+        from training.base_model import default_model_dir
+
+        args.model = default_model_dir()
+    model = args.model
+    dtype = choose(args.dtype, "cpu").dtype
     home = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    os.environ.update(
-        {"LIFECYCLE_HOME": str(home), "LIFECYCLE_GATEWAY_PORT": "18200", "LIFECYCLE_WORKER_PORT": "18251"}
-    )
+    os.environ.update({"LIFECYCLE_HOME": str(home), "LIFECYCLE_GATEWAY_PORT": "18200", "LIFECYCLE_WORKER_PORT": "18251",
+                       "LIFECYCLE_DTYPE": dtype})  # fmt: skip
     s = load_settings()
+    workers = args.workers or s.worker_count()
+    cores = os.cpu_count() or 2
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, dict[int, dict[str, float]]] = {"ours": {}, "naive": {}}
-    start_serving(
-        s, args.workers, model, threads=max(1, args.threads // args.workers), events=False, report=lambda m: None
-    )
-    try:
-        ours = gateway_url(s) + "/v1/chat/completions"
-        asyncio.run(load(ours, 2, 2, 4, True))  # warm-up
-        for c in levels:
-            results["ours"][c] = asyncio.run(load(ours, c, max(args.requests, c), args.max_tokens, True))
-    finally:
-        stop_serving(s, report=lambda m: None)
     script = home / "naive.py"
     script.write_text(BASELINE)
-    proc = subprocess.Popen([sys.executable, str(script), model, "18300", str(args.threads)])
+    naive_proc = subprocess.Popen([sys.executable, str(script), model, "18300", str(cores), dtype])
+    start_serving(s, workers, model, threads=args.threads, events=False, report=lambda m: None)
     try:
         wait_http("http://127.0.0.1:18300/docs")
-        naive = "http://127.0.0.1:18300/v1/completions"
+        ours, naive = gateway_url(s) + "/v1/chat/completions", "http://127.0.0.1:18300/v1/completions"
+        asyncio.run(load(ours, 2, 2, 4, True))  # warm-up
         asyncio.run(load(naive, 2, 2, 4, False))
-        for c in levels:
-            results["naive"][c] = asyncio.run(load(naive, c, max(args.requests, c), args.max_tokens, False))
+        for c in levels:  # interleaved: the idle server takes no CPU while the other runs
+            n = max(args.requests, c)
+            results["ours"][c] = asyncio.run(load(ours, c, n, args.max_tokens, True))
+            results["naive"][c] = asyncio.run(load(naive, c, n, args.max_tokens, False))
     finally:
-        proc.terminate()
-        proc.wait()
-    print(f"model {model}, max_tokens {args.max_tokens}, greedy, {args.workers} worker(s) x {args.threads} threads")
-    print(f"{'conc':>4} {'server':>6} {'tok/s':>8} {'p50 s':>7} {'p99 s':>7} {'TTFT50':>7} {'TTFT99':>7}")
+        stop_serving(s, report=lambda m: None)
+        naive_proc.terminate()
+        naive_proc.wait()
+    others = {} if args.no_peers else peers(model, dtype, levels, args.requests, args.max_tokens)
+    threads = args.threads or max(1, cores // workers)
+    print(f"model {model} in {dtype}, max_tokens {args.max_tokens}, greedy, {args.requests} requests per level; "
+          f"ours: {workers} worker(s) x {threads} threads; naive: serialised, {cores} threads")  # fmt: skip
+    print("| concurrency | server | tokens/s | p50 s | p99 s | TTFT p50 s | TTFT p99 s |")
+    print("|---|---|---|---|---|---|---|")
     for c in levels:
         for name in ("ours", "naive"):
             r = results[name][c]
-            print(
-                f"{c:>4} {name:>6} {r['tok_s']:8.1f} {r['p50']:7.2f} {r['p99']:7.2f} {r['ttft50']:7.2f} "
-                f"{r['ttft99']:7.2f}"
-            )
-        ratio = results["ours"][c]["tok_s"] / results["naive"][c]["tok_s"]
-        print(f"{c:>4}  ratio tokens/s ours/naive = {ratio:.2f}x")
+            print(f"| {c} | {name} | {r['tok_s']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['ttft50']:.2f} | "
+                  f"{r['ttft99']:.2f} |")  # fmt: skip
+        for peer, by_level in others.items():
+            if c in by_level:
+                print(f"| {c} | {peer} | {by_level[c]:.1f} | | | | |")
+    for c in levels:
+        mine = results["ours"][c]["tok_s"]
+        ratios = [f"naive {mine / results['naive'][c]['tok_s']:.2f}x"]
+        ratios += [f"{peer} {mine / v[c]:.2f}x" for peer, v in others.items() if c in v and v[c] == v[c]]
+        print(f"c={c}: ours / " + ", ours / ".join(ratios))
 
 
 if __name__ == "__main__":

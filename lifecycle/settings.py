@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         description="Inference workers started by `lifecycle serve`; 0 = one per GPU, else one per 16 CPU cores "
         "(one engine batching on every core beats several splitting them, and keeps one copy of the weights).",
     )
+    resident_versions: int = Field(
+        8,
+        ge=1,
+        description="Model versions a worker keeps in memory (LoRA adapters on one resident base); "
+        "the least recently used beyond this are dropped and loaded again when asked for.",
+    )
     worker_addresses: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="gRPC addresses the gateway routes to, comma-separated (e.g. dns:///workers:50051); "

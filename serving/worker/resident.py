@@ -74,7 +74,7 @@ class Resident:
                 slot = self._slots.get((name, number)) or self._registered(name, number)
             self._slots[(slot.name, slot.version)] = slot
             self._slots.move_to_end((slot.name, slot.version))
-            self._evict()
+            self._evict(keep=slot)
         slot.load_seconds = time.monotonic() - t0
         return slot
 
@@ -88,11 +88,16 @@ class Resident:
         )
 
     def _registered(self, name: str, number: str) -> ModelSlot:
+        t0 = time.monotonic()
         adapter, base, digest = loader.fetch_registered(self.settings, name, number)
         try:
             if plain_lora(json.loads((adapter / "adapter_config.json").read_text())):
                 model, tokenizer = self._base(base, f"{name} v{number}")
-                return loader.attach_adapter(name, number, model, tokenizer, adapter, digest)
+                t1 = time.monotonic()
+                slot = loader.attach_adapter(name, number, model, tokenizer, adapter, digest)
+                log.info("%s v%s: adapter downloaded and verified in %.3fs, attached in %.3fs", name, number,
+                         t1 - t0, time.monotonic() - t1)  # fmt: skip
+                return slot
             s = self.settings  # merged into a model of its own
             slot = loader.build_slot(name, number, base, adapter, device=s.device, dtype=s.dtype)
             slot.digest = digest
@@ -110,21 +115,21 @@ class Resident:
             log.info("%s: base %s resident after %.2fs", what, folder, time.monotonic() - t0)
         return self._bases[folder]
 
-    def _evict(self) -> None:
-        """Drop the least recently used versions beyond ``max_versions`` (never the current one or one
-        with requests), then any base model no version uses."""
+    def _evict(self, keep: ModelSlot) -> None:
+        """Drop the least recently used versions beyond ``max_versions`` (never ``keep``, the current
+        one or one with requests), then any base model no version uses."""
         current = self.engine.current
         for key in list(self._slots):
             if len(self._slots) <= self.max_versions:
                 break
             slot = self._slots[key]
-            if slot is current or self.engine.busy(slot):
+            if slot is keep or slot is current or self.engine.busy(slot):
                 continue
             del self._slots[key]
             if slot.adapter:
                 LoraSet.attach(slot.model).remove(slot.adapter)
             log.info("dropped %s v%s from memory (least recently used)", slot.name, slot.version)
-        used = {id(s.model) for s in self._slots.values()} | ({id(current.model)} if current else set())
+        used = {id(s.model) for s in [*self._slots.values(), *([current] if current else [])]}
         for folder, (model, _) in list(self._bases.items()):
             if id(model) not in used:
                 del self._bases[folder]

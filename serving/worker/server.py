@@ -201,7 +201,7 @@ async def serve(
 
         torch.set_num_threads(threads)
     engine = Engine(max_batch=max_batch, max_queue=256)
-    resident = Resident(settings, engine)
+    resident = Resident(settings, engine, settings.resident_versions)
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)
     switch = switcher(engine, health_servicer, name)
