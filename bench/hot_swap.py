@@ -11,9 +11,9 @@ every worker reports the version over gRPC ``ModelStatus`` (polled every 20 ms).
 the restart a deployment without hot swap needs (stop the workers, start them on the new version,
 until ready). Prints failed requests (an HTTP error, a reset or a timeout), whether every request
 started after a swap completed got the new version, swap p50/max, and the ratio. ``--resident 1``
-(default) keeps one version per worker in memory, so every swap downloads, verifies and attaches its adapter (the cold case: a worker holds the version it serves
-and the one it swaps to, so three versions in a cycle are never in memory when asked for); a larger
-value measures swaps between versions already in memory.
+(default) keeps one version per worker in memory, so every swap downloads, verifies and attaches
+its adapter (the cold case: a worker holds the version it serves and the one it swaps to, so three
+versions in a cycle are never in memory when asked for); a larger value measures swaps between versions already in memory.
 """
 
 from __future__ import annotations
