@@ -13,7 +13,8 @@ until ready). Prints failed requests (an HTTP error, a reset or a timeout), whet
 started after a swap completed got the new version, swap p50/max, and the ratio. ``--resident 1``
 (default) keeps one version per worker in memory, so every swap downloads, verifies and attaches
 its adapter (the cold case: a worker holds the version it serves and the one it swaps to, so three
-versions in a cycle are never in memory when asked for); a larger value measures swaps between versions already in memory.
+versions in a cycle are never in memory when asked for); a larger value measures swaps between
+versions already in memory.
 """
 
 from __future__ import annotations
