@@ -10,11 +10,13 @@ FastAPI server and in-process peers, on the same model, prompts and token counts
 * **naive**: FastAPI + one HF ``generate`` per request, serialised (one at a time, as a naive server
   runs), same dtype as ours; not streamed, so its TTFT is its latency. Its runs are interleaved with
   ours level by level.
-* **peers**, in this process after the servers stop: HF ``generate`` on a static batch of the same
-  prompts (same dtype, EOS ignored), transformers' continuous batching (``generate_batch``), and
-  llama.cpp (``llama-cpp-python``, a bench-only extra: ``pip install llama-cpp-python``) on the GGUF
-  file the default base model comes from, its prompts one after another (its Python API runs one
-  sequence at a time).
+* **peers**, in this process after the servers stop, same dtype, EOS ignored: at the highest level,
+  HF ``generate`` on a static batch of the same prompts and transformers' continuous batching
+  (``generate_batch``); at concurrency 1, HF ``generate`` on one prompt, and llama.cpp
+  (``llama-cpp-python``, a bench-only extra: ``pip install llama-cpp-python``, built from source) on
+  the GGUF file the default base model comes from, its prompts one after another (its Python API runs
+  one sequence at a time; it reads the file's Q4_1 weights, where we run the same weights
+  dequantised).
 
 Greedy, ``max_tokens`` per request. Prints tokens/s, p50/p99 latency and TTFT per level, and ratios.
 """
@@ -157,13 +159,16 @@ def peers(model: str, dtype: str, levels: list[int], requests: int, max_tokens: 
 
     tok = AutoTokenizer.from_pretrained(model)
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
-    out: dict[str, dict[int, float]] = {"HF static batch": {}, "HF generate_batch": {}}
+    top, n = max(levels), max(requests, max(levels))
     hf_static(hf, tok, convs(2), 2, "cpu")  # warm-up
-    for c in levels:
-        batch = convs(max(requests, c))
-        out["HF static batch"][c] = hf_static(hf, tok, batch, max_tokens, "cpu")
-        out["HF generate_batch"][c] = hf_generate_batch(hf, tok, batch, max_tokens, "cpu") or float("nan")
-    out["llama.cpp (one at a time)"] = {c: llama_cpp(requests, max_tokens) for c in levels[:1]}
+    out: dict[str, dict[int, float]] = {
+        "HF generate, one prompt at a time": {1: hf_static(hf, tok, convs(1), max_tokens, "cpu")},
+        "llama.cpp, one prompt at a time": {1: llama_cpp(requests, max_tokens)},
+        "HF static batch of the same prompts": {top: hf_static(hf, tok, convs(n), max_tokens, "cpu")},
+        "HF generate_batch (continuous batching)": {
+            top: hf_generate_batch(hf, tok, convs(n), max_tokens, "cpu") or float("nan")
+        },
+    }
     return out
 
 
