@@ -198,15 +198,16 @@ class Engine:
         for slot in idle:
             self.on_retired(slot)
 
-    def _forward(self, group: _Group, ids: torch.Tensor, pos: torch.Tensor, ctx: kv.Pass, plan: list, **kw: Any) -> Any:
+    def _forward(self, group: _Group, ids: torch.Tensor, pos: torch.Tensor, ctx: kv.Pass,
+                 adapters: list[str | None], counts: list[int], **kw: Any) -> Any:  # fmt: skip
         lora_set = getattr(group.model, lora.ATTR, None)
         if lora_set is not None:
-            lora_set.plan = plan
+            lora_set.set_plan(adapters, counts)
         try:
             return group.model(input_ids=ids, position_ids=pos, use_cache=False, **{kv.NAME: ctx}, **kw)
         finally:
             if lora_set is not None:
-                lora_set.plan = []
+                lora_set.plan = None
 
     def _admit(self, group: _Group) -> None:
         free = [i for i, r in enumerate(group.rows) if r is None][: max(self.max_batch - self.running(), 0)]
@@ -238,8 +239,8 @@ class Engine:
         rows = torch.tensor([r.row for r in new for _ in r.prompt_ids], device=dev)
         last = torch.tensor(lengths).cumsum(0).sub(1).to(dev)
         ctx = kv.Pass(group.store, True, rows, cols, None, segments=kv.segments(lengths, dev), window=group.window)
-        plan = lora.make_plan([r.slot.adapter for r in new], lengths, dev)
-        out = self._forward(group, ids[None], cols[None], ctx, plan, logits_to_keep=last)
+        adapters = [r.slot.adapter for r in new]
+        out = self._forward(group, ids[None], cols[None], ctx, adapters, lengths, logits_to_keep=last)
         chosen = sample(new, out.logits[0])
         for req, n, tok in zip(new, lengths, chosen.tolist(), strict=True):
             group.pos[req.row], group.last[req.row] = n, tok
@@ -257,8 +258,8 @@ class Engine:
         pos_t = torch.tensor(pos, device=dev)
         mask = kv.decode_mask(pos_t, width, group.window)
         ctx = kv.Pass(group.store, False, torch.arange(hi, device=dev), pos_t, mask, width, window=group.window)
-        plan = lora.make_plan([r.slot.adapter if r else None for r in reqs], [1] * hi, dev)
-        out = self._forward(group, torch.tensor(ids, device=dev)[:, None], pos_t[:, None], ctx, plan)
+        adapters = [r.slot.adapter if r else None for r in reqs]
+        out = self._forward(group, torch.tensor(ids, device=dev)[:, None], pos_t[:, None], ctx, adapters, [1] * hi)
         logits = out.logits[:, -1]
         if len(live) < hi:
             logits = logits[torch.tensor(live, device=dev)]

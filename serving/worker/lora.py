@@ -2,17 +2,21 @@
 
 ``LoraSet.attach(model)`` wraps nothing at first; ``add(key, folder)`` reads an adapter's safetensors
 (a few MB) and wraps each layer it targets in a ``LoraLinear`` that keeps the base layer untouched and
-holds every loaded adapter's A and B. Before each forward pass the engine sets ``plan``: which adapter
-each token uses, as groups ``(key, token index or None for all)``. A wrapped layer adds, per group,
-``B(A(x)) * scale`` (the order of operations of peft, so float32 output equals peft's unmerged model)
-to the base output of that group's tokens only: requests of different adapters share one forward pass
-of the base (S-LoRA / Punica's idea, gathered per group rather than by a custom kernel). Tokens of the
-base model itself (no adapter) get the base output unchanged.
+holds every loaded adapter's A and B. Before each forward pass the engine calls ``set_plan`` with the
+adapter of each run of tokens. When every token uses one adapter, a wrapped layer adds
+``B(A(x)) * scale`` (peft's order of operations, so float32 output equals peft's unmerged model).
+When a batch mixes adapters (S-LoRA / Punica's case), the layer stacks the batch's adapters, A along
+the rank axis and B along its input axis, and adds ``((x A_all^T) * M) B_all^T`` where ``M`` (one per
+forward pass, shared by every layer) holds each token's scale in its own adapter's rank columns and 0
+elsewhere: two small matmuls per layer whatever the number of adapters, no per-adapter gather. Tokens
+of the base model itself (no adapter) get the base output unchanged.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +59,25 @@ def read_adapter(folder: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tens
     return pairs, scale
 
 
+@dataclass
+class Plan:
+    """The adapters of one forward pass: ``single`` for all tokens, or ``keys`` mixed with ``mask``."""
+
+    single: str | None = None
+    keys: tuple[str, ...] = ()
+    ranks: tuple[int, ...] = ()
+    mask: torch.Tensor | None = None  # [tokens, sum(ranks)]: the token's scale in its adapter's columns
+
+
 class LoraLinear(torch.nn.Module):
-    """A base linear layer plus any number of LoRA adapters, applied per token group."""
+    """A base linear layer plus any number of LoRA adapters."""
 
     def __init__(self, base: torch.nn.Module, owner: LoraSet) -> None:
         super().__init__()
         self.base = base
         self.owner = [owner]  # a list: not registered as a submodule
         self.adapters: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self.stacked: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def weight(self) -> torch.Tensor:
@@ -70,18 +85,41 @@ class LoraLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        for key, idx in self.owner[0].plan:
-            found = self.adapters.get(key)
+        plan = self.owner[0].plan
+        if plan is None:
+            return y
+        if plan.single is not None:
+            found = self.adapters.get(plan.single)
             if found is None:
-                continue
+                return y
             a, b, scale = found
-            if idx is None:
-                y = y + F.linear(F.linear(x.to(a.dtype), a), b).to(y.dtype) * scale
-            else:
-                flat_x, flat_y = x.reshape(-1, x.shape[-1]), y.view(-1, y.shape[-1])
-                part = F.linear(F.linear(flat_x.index_select(0, idx).to(a.dtype), a), b).to(y.dtype) * scale
-                flat_y.index_add_(0, idx, part)
-        return y
+            return y + F.linear(F.linear(x.to(a.dtype), a), b).to(y.dtype) * scale
+        stacked = self._stack(plan)
+        if stacked is None:
+            return y
+        a_all, b_all = stacked
+        flat = x.reshape(-1, x.shape[-1]).to(a_all.dtype)
+        assert plan.mask is not None
+        delta = F.linear(F.linear(flat, a_all) * plan.mask, b_all)
+        return y + delta.to(y.dtype).view(y.shape)
+
+    def _stack(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's adapters side by side (zeros for one that does not touch this layer)."""
+        hit = self.stacked.get(plan.keys)
+        if hit is None:
+            present = [self.adapters[k] for k in plan.keys if k in self.adapters]
+            if not present:
+                return None
+            a0, b0, _ = present[0]
+            parts_a, parts_b = [], []
+            for key, rank in zip(plan.keys, plan.ranks, strict=True):
+                a, b, _ = self.adapters.get(key, (a0.new_zeros(rank, a0.shape[1]), b0.new_zeros(b0.shape[0], rank), 0))
+                parts_a.append(a)
+                parts_b.append(b)
+            if len(self.stacked) >= 16:
+                self.stacked.clear()
+            hit = self.stacked[plan.keys] = (torch.cat(parts_a), torch.cat(parts_b, 1))
+        return hit
 
 
 class LoraSet:
@@ -91,7 +129,8 @@ class LoraSet:
         self.model = model
         self.layers: dict[str, LoraLinear] = {}
         self.keys: dict[str, list[str]] = {}  # adapter key -> module paths it touches
-        self.plan: list[tuple[str, torch.Tensor | None]] = []
+        self.shape: dict[str, tuple[int, float]] = {}  # adapter key -> (rank, scale)
+        self.plan: Plan | None = None
 
     @staticmethod
     def attach(model: Any) -> LoraSet:
@@ -108,6 +147,7 @@ class LoraSet:
         missing = [p for p in pairs if not _has(self.model, p)]
         if missing:
             raise AdapterError(f"{folder}: the base model has no module {missing[0]}")
+        self.remove(key)
         size = 0
         for path, (a, b) in pairs.items():
             layer = self.layers.get(path) or self._wrap(path)
@@ -115,11 +155,36 @@ class LoraSet:
             layer.adapters[key] = (a, b, scale)
             size += a.numel() * a.element_size() + b.numel() * b.element_size()
         self.keys[key] = list(pairs)
+        self.shape[key] = (next(iter(pairs.values()))[0].shape[0], scale)
         return size
 
     def remove(self, key: str) -> None:
         for path in self.keys.pop(key, []):
             self.layers[path].adapters.pop(key, None)
+        self.shape.pop(key, None)
+        for layer in self.layers.values():
+            layer.stacked.clear()
+
+    def set_plan(self, adapters: list[str | None], counts: list[int]) -> None:
+        """The next forward pass: ``counts[i]`` consecutive tokens use adapter ``adapters[i]`` (None: the
+        base alone)."""
+        keys = tuple(sorted({a for a in adapters if a is not None}))
+        if not keys:
+            self.plan = None
+        elif len(set(adapters)) == 1:
+            self.plan = Plan(single=keys[0])
+        else:
+            param = next(self.model.parameters())
+            ranks = tuple(self.shape[k][0] for k in keys)
+            offsets = dict(zip(keys, itertools.accumulate((0, *ranks)), strict=False))
+            mask = torch.zeros(sum(counts), sum(ranks), dtype=param.dtype)
+            at = 0
+            for key, n in zip(adapters, counts, strict=True):
+                if key is not None:
+                    rank, scale = self.shape[key]
+                    mask[at : at + n, offsets[key] : offsets[key] + rank] = scale
+                at += n
+            self.plan = Plan(keys=keys, ranks=ranks, mask=mask.to(param.device))
 
     def _wrap(self, path: str) -> LoraLinear:
         module = self.model.get_submodule(path)
@@ -138,20 +203,3 @@ def _has(model: Any, path: str) -> bool:
     except AttributeError:
         return False
     return True
-
-
-def make_plan(adapters: list[str | None], counts: list[int], device: torch.device) -> list[tuple[str, Any]]:
-    """Groups of tokens by adapter: ``adapters[i]`` is used by ``counts[i]`` consecutive tokens."""
-    keys = {a for a in adapters if a is not None}
-    if not keys:
-        return []
-    if len(set(adapters)) == 1:
-        return [(next(iter(keys)), None)]
-    starts = [0]
-    for n in counts:
-        starts.append(starts[-1] + n)
-    plan = []
-    for key in sorted(keys):
-        idx = [i for a, s, e in zip(adapters, starts, starts[1:], strict=False) if a == key for i in range(s, e)]
-        plan.append((key, torch.tensor(idx, device=device)))
-    return plan

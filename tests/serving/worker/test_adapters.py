@@ -93,7 +93,7 @@ def test_eight_adapters_in_one_batch_each_equal_to_its_adapter_merged_alone(
         engine.step()
     enc = tok("Once upon a time", return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
-        lora_set.plan = []
+        lora_set.plan = None
         ref = model.generate(**enc, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, enc["input_ids"].shape[1] :]
     assert plain.out_ids == ref.tolist()
 

@@ -38,9 +38,9 @@ def test_the_unmerged_adapter_equals_peft(tiny_llama_dir: Path, adapter_dir: Pat
     theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(adapter_dir)).eval()
     with torch.no_grad():
         before = model(ids).logits  # no plan: the base as it is
-        lora_set.plan = [("m@1", None)]
+        lora_set.set_plan(["m@1"], [6])
         ours = model(ids).logits
-        lora_set.plan = [("m@1", torch.tensor([1, 2, 3]))]  # only some tokens: the others stay the base's
+        lora_set.set_plan([None, "m@1"], [1, 5])  # the first token is the base's own
         part = model(ids).logits[0, 0]
         assert not torch.allclose(before, ours, atol=1e-3)  # the adapter changes the model
         torch.testing.assert_close(ours, theirs(ids).logits, atol=1e-6, rtol=1e-5)
