@@ -194,7 +194,14 @@ def _log_model(mlflow_run_id: str, cfg: TrainConfig, out_dir: Path, metrics: dic
             name="model",
             python_model=str(MODEL_CODE),
             artifacts={"adapter": str(out_dir / "adapter")},
-            model_config={"base_model": cfg.base_model, "merged": str(adapter) if cfg.merge else ""},
+            # dtype/device logged (as "auto") so that a loader's model_config may override them: MLflow
+            # ignores, with a warning, any key the logged config does not have.
+            model_config={
+                "base_model": cfg.base_model,
+                "merged": str(adapter) if cfg.merge else "",
+                "dtype": "auto",
+                "device": "auto",
+            },
             pip_requirements=["llm-lifecycle"],
             signature=_signature(),
         )

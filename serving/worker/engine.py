@@ -51,6 +51,7 @@ class _Group:
         self.last = [0] * rows  # each row's latest token (the next step's input)
         self.waiting: collections.deque[Request] = collections.deque()
         self.device = param.device
+        self.prefixes = kv.PrefixCache()
 
     def running(self) -> int:
         return sum(r is not None for r in self.rows)
@@ -78,6 +79,7 @@ class Engine:
         self._ids = itertools.count()
         self.on_retired: Callable[[ModelSlot], None] = lambda slot: None
         self.steps = 0
+        self.prefix_tokens = 0  # prompt tokens not prefilled: their keys/values came from the prefix cache
 
     # -- public API (any thread) ------------------------------------------------------------
     def swap(self, slot: ModelSlot) -> ModelSlot | None:
@@ -226,24 +228,29 @@ class Engine:
                 tokens += len(req.prompt_ids)
         if not new:
             return
-        lengths = [len(r.prompt_ids) for r in new]
-        group.store.ensure(
-            max(min(n + r.params.max_tokens, r.slot.context_length) for n, r in zip(lengths, new, strict=True))
-        )
+        store = group.store
+        store.ensure(max(min(len(r.prompt_ids) + r.params.max_tokens, r.slot.context_length) for r in new))
         for req, row in zip(new, free, strict=False):
             req.row = row
             group.rows[row] = req
+        # A prompt that begins like an earlier one starts from that prefix's keys and values.
+        cached = [group.prefixes.restore(store, r.row, r.slot.adapter, r.prompt_ids) for r in new]
+        self.prefix_tokens += sum(cached)
+        lengths = [len(r.prompt_ids) - p for r, p in zip(new, cached, strict=True)]
         dev = group.device
-        ids = torch.tensor([t for r in new for t in r.prompt_ids], device=dev)
-        cols = torch.cat([torch.arange(n) for n in lengths]).to(dev)
-        rows = torch.tensor([r.row for r in new for _ in r.prompt_ids], device=dev)
+        ids = torch.tensor([t for r, p in zip(new, cached, strict=True) for t in r.prompt_ids[p:]], device=dev)
+        cols = torch.cat([torch.arange(p, p + n) for p, n in zip(cached, lengths, strict=True)]).to(dev)
+        rows = torch.tensor([r.row for r, n in zip(new, lengths, strict=True) for _ in range(n)], device=dev)
         last = torch.tensor(lengths).cumsum(0).sub(1).to(dev)
-        ctx = kv.Pass(group.store, True, rows, cols, None, segments=kv.segments(lengths, dev), window=group.window)
+        segs = kv.segments(lengths, cached, [r.row for r in new], dev)
+        ctx = kv.Pass(store, True, rows, cols, None, segments=segs, window=group.window)
         adapters = [r.slot.adapter for r in new]
         out = self._forward(group, ids[None], cols[None], ctx, adapters, lengths, logits_to_keep=last)
+        for r in new:
+            group.prefixes.save(store, r.row, r.slot.adapter, r.prompt_ids)
         chosen = sample(new, out.logits[0])
-        for req, n, tok in zip(new, lengths, chosen.tolist(), strict=True):
-            group.pos[req.row], group.last[req.row] = n, tok
+        for req, tok in zip(new, chosen.tolist(), strict=True):
+            group.pos[req.row], group.last[req.row] = len(req.prompt_ids), tok
         self._emit(group, new, chosen.tolist())
 
     def _decode(self, group: _Group) -> None:

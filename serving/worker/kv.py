@@ -25,6 +25,7 @@ Two kinds of forward pass use it:
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,18 @@ class Pass:
     cols: torch.Tensor  # the column each token's key/value is written to
     mask: torch.Tensor | None  # decode: [hi, 1, 1, width] bool, True = attend
     width: int = 0  # decode: columns attended (longest sequence + 1)
-    segments: list[tuple[int, torch.Tensor]] | None = None  # prefill: (length, start of each prompt that long)
+    segments: list[Segment] | None = None  # prefill: the packed prompts grouped by shape
     window: int | None = None
+
+
+@dataclass
+class Segment:
+    """Packed prompts with the same number of new tokens and of cached prefix tokens."""
+
+    length: int  # new tokens of each
+    prefix: int  # tokens already in their rows (a cached prefix)
+    starts: torch.Tensor  # where each begins in the pack
+    rows: torch.Tensor  # their rows
 
 
 class KVStore:
@@ -88,35 +99,94 @@ class KVStore:
         return self.k[idx], self.v[idx]
 
 
-def segments(lengths: list[int], device: torch.device) -> list[tuple[int, torch.Tensor]]:
-    """Prompts packed one after another, grouped by length: [(length, start offsets)]."""
-    starts: dict[int, list[int]] = {}
+def segments(lengths: list[int], prefixes: list[int], rows: list[int], device: torch.device) -> list[Segment]:
+    """Prompts packed one after another (``lengths`` new tokens each, after ``prefixes`` cached ones),
+    grouped by shape."""
+    groups: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
     at = 0
-    for n in lengths:
-        starts.setdefault(n, []).append(at)
+    for n, p, row in zip(lengths, prefixes, rows, strict=True):
+        starts, rs = groups.setdefault((n, p), ([], []))
+        starts.append(at)
+        rs.append(row)
         at += n
-    return [(n, torch.tensor(s, device=device)) for n, s in starts.items()]
+    return [Segment(n, p, torch.tensor(st, device=device), torch.tensor(rs, device=device))
+            for (n, p), (st, rs) in groups.items()]  # fmt: skip
 
 
-def _prefill_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ctx: Pass,
-                       **kwargs: Any) -> torch.Tensor:  # fmt: skip
-    """Causal attention of each packed prompt to itself only: one batched SDPA call per prompt length
-    (the causal kernel, no mask), never the quadratic attention of the whole pack."""
+def _prefill_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       stores: tuple[torch.Tensor, torch.Tensor], ctx: Pass, **kw: Any) -> torch.Tensor:  # fmt: skip
+    """Causal attention of each packed prompt to itself (and its cached prefix) only: one batched SDPA
+    call per prompt shape (the causal kernel, no mask, when there is no prefix), never the quadratic
+    attention of the whole pack."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     total = query.shape[2]
     out = query.new_empty(1, total, query.shape[1], value.shape[3])
-    for length, starts in ctx.segments or []:
-        idx = (starts[:, None] + torch.arange(length, device=starts.device)).reshape(-1)
-
+    for seg in ctx.segments or []:
+        n, p = seg.length, seg.prefix
+        idx = (seg.starts[:, None] + torch.arange(n, device=seg.starts.device)).reshape(-1)
+        q = _take(query, idx, len(seg.starts), n)
+        if p:  # keys and values of the prefix and the new tokens, from the rows (written already)
+            k, v = (t.index_select(0, seg.rows)[:, :, : p + n] for t in stores)
+        else:
+            k, v = (_take(t, idx, len(seg.starts), n) for t in (key, value))
         mask = None
-        if ctx.window is not None and length > ctx.window:
-            i = torch.arange(length, device=starts.device)
-            mask = ((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < ctx.window))[None, None]
-        q, k, v = (_take(t, idx, len(starts), length) for t in (query, key, value))
-        part, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None, **kwargs)
+        if p or (ctx.window is not None and n > ctx.window):
+            i, j = torch.arange(n, device=idx.device)[:, None] + p, torch.arange(p + n, device=idx.device)[None, :]
+            mask = (j <= i) & (i - j < ctx.window) if ctx.window is not None else j <= i
+            mask = mask[None, None]
+        part, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None, **kw)
         out[0, idx] = part.reshape(-1, part.shape[2], part.shape[3])
     return out
+
+
+class PrefixCache:
+    """Keys and values of prompt beginnings seen before, in blocks of ``BLOCK`` tokens per adapter
+    (vLLM's automatic prefix caching, by copy): a prompt that starts like an earlier one (a shared
+    system prompt, a long conversation) copies those blocks into its row and prefills only the rest.
+    A block is keyed by every token up to its end, so a hit is exact."""
+
+    BLOCK = 16
+
+    def __init__(self, capacity: int = 128) -> None:
+        self.capacity = capacity  # blocks
+        self.layers: tuple[int, ...] = ()  # the layers each block holds, in order
+        self.blocks: collections.OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = (
+            collections.OrderedDict()
+        )
+
+    def restore(self, store: KVStore, row: int, adapter: str | None, tokens: list[int]) -> int:
+        """Copy the longest cached beginning of ``tokens`` (one token at least left to prefill) into
+        ``row``; returns its length."""
+        found = []
+        for end in range(self.BLOCK, len(tokens), self.BLOCK):
+            block = self.blocks.get((adapter, *tokens[:end]))
+            if block is None:
+                break
+            found.append(block)
+        if not found:
+            return 0
+        n = len(found) * self.BLOCK
+        for i, layer in enumerate(self.layers):
+            if layer not in store.k:  # the storage was freed while idle: allocate it again
+                store.layer(layer, found[0][0][i][None])
+            store.k[layer][row, :, :n] = torch.cat([b[0][i] for b in found], dim=1)
+            store.v[layer][row, :, :n] = torch.cat([b[1][i] for b in found], dim=1)
+        return n
+
+    def save(self, store: KVStore, row: int, adapter: str | None, tokens: list[int]) -> None:
+        """Keep the blocks of a prompt just written into ``row``."""
+        layers = self.layers = tuple(sorted(store.k))
+        for end in range(self.BLOCK, len(tokens), self.BLOCK):
+            key = (adapter, *tokens[:end])
+            if key in self.blocks:
+                self.blocks.move_to_end(key)
+                continue
+            cols = slice(end - self.BLOCK, end)
+            self.blocks[key] = (torch.stack([store.k[x][row, :, cols] for x in layers]),
+                                torch.stack([store.v[x][row, :, cols] for x in layers]))  # fmt: skip
+            if len(self.blocks) > self.capacity:
+                self.blocks.popitem(last=False)
 
 
 def decode_mask(pos: torch.Tensor, width: int, window: int | None) -> torch.Tensor:
@@ -152,7 +222,7 @@ def attention(
     if ctx.prefill:  # key: [1, kv_heads, tokens, dim] -> each token into its row and column
         k_store[ctx.rows, :, ctx.cols] = key[0].transpose(0, 1)
         v_store[ctx.rows, :, ctx.cols] = value[0].transpose(0, 1)
-        return _prefill_attention(module, query, key, value, ctx, **kwargs), None
+        return _prefill_attention(module, query, key, value, (k_store, v_store), ctx, **kwargs), None
     # decode: key [hi, kv_heads, 1, dim]
     k_store[ctx.rows, :, ctx.cols] = key[:, :, 0]
     v_store[ctx.rows, :, ctx.cols] = value[:, :, 0]

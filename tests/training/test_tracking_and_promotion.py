@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from lifecycle import registry, topics
 from lifecycle.settings import Settings, load_settings
@@ -75,6 +76,12 @@ def test_a_run_is_tracked_from_queued_to_succeeded(
     mlflow.set_tracking_uri(model_settings.mlflow_tracking_uri)
     loaded = mlflow.pyfunc.load_model(run.model_uri)  # base + adapter in one call
     assert isinstance(loaded.predict(["What is the capital of Thandfusnu?"], params={"max_new_tokens": 3})[0], str)
+    # Evaluation loads it in the settings' dtype (a model_config key MLflow would drop if not logged).
+    from training.evaluate import load_pyfunc
+
+    for dtype in ("float32", "bfloat16"):
+        model, _ = load_pyfunc(model_settings.model_copy(update={"dtype": dtype}), run.model_uri)
+        assert next(model.parameters()).dtype == getattr(torch, dtype)
 
 
 def test_a_crash_marks_the_run_failed_everywhere(

@@ -84,6 +84,14 @@ def test_eight_adapters_in_one_batch_each_equal_to_its_adapter_merged_alone(
     for i, req in enumerate(reqs):
         assert set(outputs[i]) == {str(i + 1)}
         assert req.out_ids == merged_greedy(tiny_llama_dir, adapters[i], tok, QUESTIONS[i], 10), f"adapter {i + 1}"
+    # A later request starts from its own adapter's cached prefix (the system prompt), not another's.
+    before = engine.prefix_tokens
+    again = engine.submit(messages=[{"role": "user", "content": QUESTIONS[0]}], params=SamplingParams(max_tokens=10),
+                          slot=slots[1])  # fmt: skip
+    while engine.queued() or engine.running():
+        engine.step()
+    assert engine.prefix_tokens > before
+    assert again.out_ids == merged_greedy(tiny_llama_dir, adapters[1], tok, QUESTIONS[0], 10)
     # Requests of the base itself (no adapter) in a batch with adapters get the base's own output.
     base_slot = type(slots[0])("m", "base", model, tok)
     base_slot.eos_ids = set()
