@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from lifecycle.names import PARAM_METADATA_KEY
+from lifecycle.names import PARAM_METADATA_KEY, split_model_ref
 from lifecycle.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class WorkerPool:
         return out
 
     def pick(self, model: str, exclude: set[WorkerHandle]) -> WorkerHandle | None:
-        name = model.partition("@")[0].partition(":")[0]  # a version or alias is served by the model's workers
+        name = split_model_ref(model)[0]  # a version or alias is served by the model's workers
         ready = [w for w in self.workers if w.up and w.model == name and w not in exclude]
         return min(ready, key=lambda w: (w.outstanding, w.queued)) if ready else None
 

@@ -45,7 +45,7 @@ class _Group:
         kv.prepare(model)
         self.model = model
         self.window = kv.sliding_window(model)
-        self.store = kv.KVStore(model, rows, param.device, param.dtype)
+        self.store = kv.KVStore(model, rows)
         self.rows: list[Request | None] = [None] * rows
         self.pos = [0] * rows  # tokens in each row's KV storage
         self.last = [0] * rows  # each row's latest token (the next step's input)
@@ -148,9 +148,6 @@ class Engine:
     def busy(self, slot: ModelSlot) -> int:
         """How many requests are waiting for or running on ``slot``."""
         return self._busy.get(slot, 0)
-
-    def kv_bytes(self) -> int:
-        return sum(g.store.nbytes() for g in list(self._groups.values()))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)

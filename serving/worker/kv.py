@@ -62,8 +62,8 @@ class Segment:
 class KVStore:
     """Per-layer key/value storage of up to ``rows`` sequences of up to ``columns`` tokens."""
 
-    def __init__(self, model: Any, rows: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.rows, self.device, self.dtype = rows, device, dtype
+    def __init__(self, model: Any, rows: int) -> None:
+        self.rows = rows
         self.columns = 0
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
@@ -86,9 +86,6 @@ class KVStore:
         self.k.clear()
         self.v.clear()
         self.columns = 0
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for cache in (self.k, self.v) for t in cache.values())
 
     def layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The storage of layer ``idx``, allocated on first use with the layer's head shape."""

@@ -69,8 +69,6 @@ class ModelSlot:
         if gen_eos is not None:
             ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = ids
-        self.device = next(self.model.parameters()).device
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(ids or {0})
 
     def encode(self, prompt: str | None, messages: list[dict[str, str]] | None) -> list[int]:
         if messages:
