@@ -21,7 +21,7 @@ from typing import Any
 
 from lifecycle.settings import Settings
 from serving.worker import loader
-from serving.worker.engine import Engine, ModelSlot
+from serving.worker.engine import Engine, ModelSlot, one_thread
 from serving.worker.lora import LoraSet, plain_lora
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Resident:
         """A warm slot for a registered version (number or alias) or, with ``path``, a local folder."""
         t0 = time.monotonic()
         loader.check_name(name)
+        one_thread()  # the engine thread keeps the cores (see engine.one_thread)
         with self._lock:
             if path:
                 slot = self._local(name, version, path)

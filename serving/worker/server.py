@@ -193,14 +193,12 @@ async def serve(
     drain_seconds: float = 30.0,
 ) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain."""
+    import torch
+
     from serving.worker.job_consumer import JobConsumer
     from serving.worker.model_events import ModelEventConsumer
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    engine = Engine(max_batch=max_batch, max_queue=256)
+    engine = Engine(max_batch=max_batch, max_queue=256, threads=threads or torch.get_num_threads())
     resident = Resident(settings, engine, settings.resident_versions)
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)

@@ -135,3 +135,38 @@ def test_swap_keeps_started_requests_on_their_version(smol: Any, tiny_llama_dir:
     assert {d.version for d in new["deltas"]} == {"2"}
     assert retired == ["1"]
     assert torch.is_inference_mode_enabled() is False
+
+
+def test_the_engine_thread_keeps_its_torch_threads_when_a_loader_thread_drops_to_one(smol: Any) -> None:
+    import threading
+
+    from serving.worker.engine import one_thread
+
+    model, tok = smol
+    before = torch.get_num_threads()
+    eng = Engine(max_batch=2, threads=2)
+    eng.swap(ModelSlot("m", "1", model, tok))
+    seen: dict[str, int] = {}
+
+    def load() -> None:  # as Resident.load does, before the engine thread starts
+        one_thread()
+        seen["loader"] = torch.get_num_threads()
+
+    t = threading.Thread(target=load)
+    t.start()
+    t.join()
+    done = threading.Event()
+
+    def sink(d: Delta) -> None:
+        seen["engine"] = torch.get_num_threads()  # sinks are called on the engine thread
+        if d.finish_reason:
+            done.set()
+
+    eng.start()
+    try:
+        eng.submit(messages=[{"role": "user", "content": "hi"}], params=SamplingParams(max_tokens=2), sink=sink)
+        assert done.wait(60)
+    finally:
+        eng.stop()
+        torch.set_num_threads(before)  # the count new threads start with, for the tests after this one
+    assert seen == {"loader": 1, "engine": 2}
