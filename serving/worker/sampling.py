@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def sample(reqs: list[Request], logits: torch.Tensor) -> torch.Tensor:
     """The next token of each row: greedy, or drawn with the request's temperature, top-p and seed."""
-    tokens = logits.argmax(-1)
+    tokens = logits.float().argmax(-1)  # bf16 argmax on CPU: 3.6x slower than the copy and argmax
     for i, r in enumerate(reqs):
         if r.params.temperature > 0:
             probs = torch.softmax(logits[i].float() / r.params.temperature, -1)
