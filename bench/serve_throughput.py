@@ -12,7 +12,8 @@ FastAPI server and in-process peers, on the same model, prompts and token counts
   ours level by level.
 * **peers**, in this process after the servers stop, same dtype, EOS ignored: at the highest level,
   HF ``generate`` on a static batch of the same prompts and transformers' continuous batching
-  (``generate_batch``); at concurrency 1, HF ``generate`` on one prompt, and llama.cpp
+  (``generate_batch``), and the static batch again in the dtype ``from_pretrained`` gives by default;
+  at concurrency 1, HF ``generate`` on one prompt, and llama.cpp
   (``llama-cpp-python``, a bench-only extra: ``pip install llama-cpp-python``, built from source) on
   the GGUF file the default base model comes from, its prompts one after another (its Python API runs
   one sequence at a time; it reads the file's Q4_1 weights, where we run the same weights
@@ -175,6 +176,13 @@ def peers(model: str, dtype: str, levels: list[int], requests: int, max_tokens: 
             top: hf_generate_batch(hf, tok, convs(n), max_tokens, "cpu") or float("nan")
         },
     }
+    if dtype != "float32":  # what `from_pretrained` gives without a dtype: this checkpoint's float32
+        del hf
+        hf32 = AutoModelForCausalLM.from_pretrained(model).eval()
+        hf_static(hf32, tok, convs(2), 2, "cpu")
+        out[f"HF static batch, {hf32.dtype} (from_pretrained's default)".replace("torch.", "")] = {
+            top: hf_static(hf32, tok, convs(n), max_tokens, "cpu")
+        }
     return out
 
 
