@@ -4,12 +4,15 @@ and its answer whole or as server-sent events. Routes translate; this does the w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -83,31 +86,64 @@ class Completions:
         def first_token() -> None:
             self.metrics.ttft.labels(route).observe(time.monotonic() - t0)
 
+        cancelled = False
         try:
             async for w, resp in self.pool.generate(req, restartable=not stream, on_first=first_token):
                 worker, last = w.name, resp
                 text.append(resp.text)
                 yield resp
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away (held answers: nothing yet)
+            cancelled = True
+            raise
         finally:
             if last is not None:
                 self.metrics.tokens.inc(last.usage.completion_tokens)
-                if self.inference_log:
-                    self.inference_log.add(
-                        {**logged, "route": route, "model": last.model, "version": last.version, "worker": worker,
-                         "output": "".join(text), "finish_reason": last.finish_reason or "cancelled",
-                         "latency_ms": round((time.monotonic() - t0) * 1000, 1),
-                         "prompt_tokens": last.usage.prompt_tokens, "completion_tokens": last.usage.completion_tokens,
-                         "api_key_id": key_id}
-                    )  # fmt: skip
+            if self.inference_log and (last is not None or cancelled):
+                used = last.usage if last is not None else inference_pb2.Usage()
+                self.inference_log.add(
+                    {**logged, "route": route, "model": last.model if last else req.model,
+                     "version": last.version if last else "", "worker": worker,
+                     "output": "".join(text), "finish_reason": (last.finish_reason if last else "") or "cancelled",
+                     "latency_ms": round((time.monotonic() - t0) * 1000, 1),
+                     "prompt_tokens": used.prompt_tokens, "completion_tokens": used.completion_tokens,
+                     "api_key_id": key_id}
+                )  # fmt: skip
 
 
-async def collect(responses: Responses) -> tuple[str, inference_pb2.GenerateResponse | None]:
-    """The whole text of a completion and its last response (finish reason, usage, version)."""
-    parts, last = [], None
-    async for resp in responses:
-        parts.append(resp.text)
-        last = resp
-    return "".join(parts), last
+async def collect(
+    responses: Responses, request: Request | None = None
+) -> tuple[str, inference_pb2.GenerateResponse | None]:
+    """The whole text of a completion and its last response (finish reason, usage, version). With the
+    ``request``: a client that goes away stops the generation (its worker frees the row at once) and
+    the answer nobody reads is a 499."""
+
+    async def gather() -> tuple[str, inference_pb2.GenerateResponse | None]:
+        parts, last = [], None
+        async for resp in responses:
+            parts.append(resp.text)
+            last = resp
+        return "".join(parts), last
+
+    if request is None:
+        return await gather()
+    work, gone = asyncio.ensure_future(gather()), asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()  # into the worker call: the gRPC call is cancelled, the worker frees the row
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    if work.cancelled():
+        raise APIError(499, "the client closed the request before the answer was ready", code="client_closed")
+    return work.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is read by now, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.1)  # not expected after the body; never spin on it
 
 
 async def sse(responses: Responses, chunk: Callable[[inference_pb2.GenerateResponse], BaseModel]) -> StreamingResponse:

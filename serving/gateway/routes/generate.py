@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from lifecycle.v1 import inference_pb2
 from serving.gateway.body import body_doc, json_body
@@ -22,6 +22,7 @@ async def generate(
     body: Annotated[GenerateRequest, Depends(json_body(GenerateRequest))],
     completions: CompletionsDep,
     key_id: KeyId,
+    request: Request,
 ) -> GenerateResponse:
     model = completions.model(body.model)
     if not body.prompt.strip():
@@ -29,6 +30,6 @@ async def generate(
     messages = [inference_pb2.ChatMessage(role="user", content=body.prompt)]
     req = completions.request(body, model, messages=messages)
     responses = completions.run(req, "/v1/generate", {"prompt": body.prompt}, key_id, stream=False)
-    text, last = await collect(responses)
+    text, last = await collect(responses, request)
     return GenerateResponse(text=text, model=model, version=last.version if last else "",
                             finish_reason=last.finish_reason if last else "", usage=usage(last))  # fmt: skip

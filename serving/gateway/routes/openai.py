@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from lifecycle.v1 import inference_pb2
@@ -42,7 +42,9 @@ CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionReques
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=SSE,
              openapi_extra=body_doc(ChatCompletionRequest))  # fmt: skip
-async def chat(body: ChatBody, completions: CompletionsDep, key_id: KeyId) -> ChatCompletion | StreamingResponse:
+async def chat(
+    body: ChatBody, completions: CompletionsDep, key_id: KeyId, request: Request
+) -> ChatCompletion | StreamingResponse:
     model = completions.model(body.model)
     messages = [inference_pb2.ChatMessage(role=m.worker_role, content=m.text()) for m in body.messages]
     if not any(m.content.strip() for m in messages):
@@ -59,7 +61,7 @@ async def chat(body: ChatBody, completions: CompletionsDep, key_id: KeyId) -> Ch
                                        choices=[choice], usage=usage(r) if r.finish_reason else None)  # fmt: skip
 
         return await sse(responses, chunk)
-    text, last = await collect(responses)
+    text, last = await collect(responses, request)
     choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=last.finish_reason if last else "stop")
     return ChatCompletion(id=cid, created=created, model=model, choices=[choice], usage=usage(last),
                           system_fingerprint=f"v{last.version}" if last else None)  # fmt: skip
@@ -67,7 +69,7 @@ async def chat(body: ChatBody, completions: CompletionsDep, key_id: KeyId) -> Ch
 
 @router.post("/completions", response_model=Completion, responses=SSE, openapi_extra=body_doc(CompletionRequest))
 async def completion(
-    body: CompletionBody, completions: CompletionsDep, key_id: KeyId
+    body: CompletionBody, completions: CompletionsDep, key_id: KeyId, request: Request
 ) -> Completion | StreamingResponse:
     model = completions.model(body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -85,7 +87,7 @@ async def completion(
 
     if body.stream:
         return await sse(responses, lambda r: answer(r.text, r.finish_reason or None, None))
-    text, last = await collect(responses)
+    text, last = await collect(responses, request)
     return answer(text, last.finish_reason if last else "stop", usage(last))
 
 

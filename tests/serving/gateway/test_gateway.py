@@ -287,3 +287,19 @@ def test_a_dns_address_stands_for_every_worker_it_resolves_to(serving: Settings)
         assert [(w["address"], w["up"]) for w in workers] == [(f"127.0.0.1:{serving.worker_port}", True)]
         r = client.post("/v1/generate", json={"prompt": "hi", "max_tokens": 2})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_a_client_that_goes_away_stops_its_generation_that_is_not_streamed(serving: Settings) -> None:
+    marker = f"gone {uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):  # the client stops waiting and closes its connection
+        httpx.post(url(serving, "/v1/generate"), json={"prompt": marker, "max_tokens": 1024},
+                   timeout=httpx.Timeout(30, read=0.5))  # fmt: skip
+    with Store.connect(serving) as store:
+        found = process.wait_for(lambda: store.db[INFERENCE_LOG].find_one({"prompt": marker}) is not None, timeout=60)
+        doc = store.db[INFERENCE_LOG].find_one({"prompt": marker})
+    assert found == "ok" and doc is not None
+    # Logged when the generation ended: cancelled, not run to its 1,024 tokens for nobody.
+    assert doc["finish_reason"] == "cancelled", (doc["finish_reason"], doc["latency_ms"], time.monotonic() - t0)
+    r = httpx.post(url(serving, "/v1/generate"), json={"prompt": "still here?", "max_tokens": 3}, timeout=60)
+    assert r.status_code == 200
