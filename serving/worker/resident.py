@@ -66,8 +66,7 @@ class Resident:
         """A warm slot for a registered version (number or alias) or, with ``path``, a local folder."""
         t0 = time.monotonic()
         loader.check_name(name)
-        one_thread()  # the engine thread keeps the cores (see engine.one_thread)
-        with self._lock:
+        with one_thread(), self._lock:  # the engine thread keeps the cores (see engine.one_thread)
             if path:
                 slot = self._local(name, version, path)
             else:

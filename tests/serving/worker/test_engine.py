@@ -149,8 +149,9 @@ def test_the_engine_thread_keeps_its_torch_threads_when_a_loader_thread_drops_to
     seen: dict[str, int] = {}
 
     def load() -> None:  # as Resident.load does, before the engine thread starts
-        one_thread()
-        seen["loader"] = torch.get_num_threads()
+        with one_thread():
+            seen["loader"] = torch.get_num_threads()
+        seen["after"] = torch.get_num_threads()
 
     t = threading.Thread(target=load)
     t.start()
@@ -169,4 +170,4 @@ def test_the_engine_thread_keeps_its_torch_threads_when_a_loader_thread_drops_to
     finally:
         eng.stop()
         torch.set_num_threads(before)  # the count new threads start with, for the tests after this one
-    assert seen == {"loader": 1, "engine": 2}
+    assert seen == {"loader": 1, "after": before, "engine": 2}
