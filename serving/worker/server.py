@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -106,15 +107,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             seed=request.seed or None,
         )
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        submit = functools.partial(engine.submit, prompt=request.prompt if not messages else None,
+                                   messages=messages or None, params=params, sink=sink,
+                                   request_id=request.request_id, slot=slot)  # fmt: skip
+        # Templating and tokenizing run off the event loop: a long prompt must not hold up health checks
+        # and the other streams. A caller that goes away meanwhile has its request cancelled once queued.
+        pending = loop.run_in_executor(None, submit)
         try:
-            req = engine.submit(
-                prompt=request.prompt if not messages else None,
-                messages=messages or None,
-                params=params,
-                sink=sink,
-                request_id=request.request_id,
-                slot=slot,
-            )
+            req = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(lambda f: _cancel_submitted(engine, f))
+            raise
         except EngineError as exc:
             field = ((PARAM_METADATA_KEY, exc.param),) if exc.param else None
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailing_metadata=field)
@@ -167,6 +170,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         self.switch(slot)
         return inference_pb2.LoadModelResponse(model=slot.name, version=slot.version, load_seconds=slot.load_seconds)
+
+
+def _cancel_submitted(engine: Engine, submitted: asyncio.Future[Any]) -> None:
+    if not submitted.cancelled() and submitted.exception() is None:
+        engine.cancel(submitted.result())
 
 
 def create_server(

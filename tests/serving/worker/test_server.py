@@ -1,0 +1,71 @@
+"""The worker's gRPC server in-process, on the tiny Llama: a prompt being templated and tokenized does
+not hold up the server's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+
+from lifecycle.settings import load_settings
+from lifecycle.v1 import inference_pb2, inference_pb2_grpc
+from serving.worker.engine import Engine, ModelSlot
+from serving.worker.resident import Resident
+from serving.worker.server import InferenceServicer, create_server
+from training.generation import load_model
+
+
+class HeldTokenizer:
+    """The model's tokenizer, except that encoding a text with HOLD in it waits for ``release`` (as a
+    long prompt keeps the tokenizer busy); everything else passes through."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok, self.entered, self.release = tok, threading.Event(), threading.Event()
+
+    def __call__(self, text: str, **kw: Any) -> Any:
+        if "HOLD" in text:
+            self.entered.set()
+            self.release.wait(20)
+        return self.tok(text, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tok, name)
+
+
+def test_status_is_answered_while_a_prompt_is_being_tokenized(tiny_llama_dir: Path) -> None:
+    model, tok = load_model(str(tiny_llama_dir))
+    held = HeldTokenizer(tok)
+    engine = Engine(max_batch=4)
+    engine.swap(ModelSlot("m", "1", model, held))
+    settings = load_settings()
+    loop = asyncio.new_event_loop()  # the server's own loop in its own thread, as in the worker process
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        servicer = InferenceServicer(settings, "w", engine, lambda slot: None, Resident(settings, engine))
+        server, port = create_server(servicer, health.HealthServicer(), 0)
+        await server.start()
+        return server, port
+
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    engine.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            call = stub.Generate(inference_pb2.GenerateRequest(prompt="HOLD this", max_tokens=2), timeout=60)
+            assert held.entered.wait(20)  # the worker is tokenizing the prompt now
+            status = stub.ModelStatus(inference_pb2.ModelStatusRequest(), timeout=10)
+            assert status.worker == "w"  # answered while the prompt was held
+            held.release.set()
+            assert list(call)[-1].finish_reason in ("stop", "length")
+    finally:
+        held.release.set()
+        engine.stop()
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
