@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         600, ge=0, description="Gateway requests a minute per API key (with keys set); 0 = no limit."
     )
+    inference_log_days: float = Field(
+        30.0,
+        ge=0,
+        description="Days the gateway keeps inference-log records; older ones are deleted (swept hourly); "
+        "0 = kept for ever.",
+    )
+    inference_log_content: Literal["full", "metadata"] = Field(
+        "full",
+        description="What the inference log keeps of a request: `full` (prompt, messages and answer) or "
+        "`metadata` (model, version, tokens, latency, finish reason and a sha256 of the prompt and of the answer).",
+    )
 
     k8s_namespace: str = Field("llm-lifecycle", description="Namespace of training pods (kubernetes backend).")
     trainer_image: str = Field(

@@ -1,11 +1,17 @@
 """Every request and response to Mongo ``inference_log``, off the request path: a bounded buffer that a
 thread drains in batches. When the buffer is full a record is dropped and counted (``/metrics``);
-a slow or down Mongo never slows a request."""
+a slow or down Mongo never slows a request. Records older than ``LIFECYCLE_INFERENCE_LOG_DAYS`` are
+deleted by the same thread (a sweep rather than a TTL index: FerretDB 1.x does not expire documents);
+with ``LIFECYCLE_INFERENCE_LOG_CONTENT=metadata`` no prompt or answer is stored, only their sha256."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import logging
 import queue
+import time
 import uuid
 from typing import Any
 
@@ -17,8 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class InferenceLog:
-    def __init__(self, settings: Settings, metrics: Any, capacity: int = 10_000, batch: int = 256) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Any, capacity: int = 10_000, batch: int = 256, sweep_every: float = 3600.0
+    ) -> None:
         self.settings = settings
+        self.sweep_every = sweep_every  # seconds between deletions of expired records
         self.metrics = metrics
         self.buffer: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=capacity)
         self.batch = batch
@@ -27,6 +36,8 @@ class InferenceLog:
         self._stop = self.background.stopping
 
     def add(self, record: dict[str, Any]) -> None:
+        if self.settings.inference_log_content == "metadata":
+            record = metadata_only(record)
         record = {"_id": uuid.uuid4().hex, "created_at": now(), **record}
         try:
             self.buffer.put_nowait(record)
@@ -44,7 +55,16 @@ class InferenceLog:
 
     def _run(self) -> None:
         store: Store | None = None
+        swept = float("-inf")
         while not self._stop.is_set() or not self.buffer.empty():
+            if self.settings.inference_log_days > 0 and time.monotonic() - swept >= self.sweep_every:
+                swept = time.monotonic()
+                try:
+                    store = store or Store.connect(self.settings)
+                    self._sweep(store)
+                except Exception as exc:  # noqa: BLE001 - a later sweep deletes them
+                    log.warning("inference log: expired records not deleted: %s", exc)
+                    store = None
             try:
                 first = self.buffer.get(timeout=0.5)
             except queue.Empty:
@@ -61,3 +81,24 @@ class InferenceLog:
                 self._stop.wait(1.0)
         if store:
             store.close()
+
+    def _sweep(self, store: Store) -> None:
+        cutoff = now() - dt.timedelta(days=self.settings.inference_log_days)
+        gone = store.db[INFERENCE_LOG].delete_many({"created_at": {"$lt": cutoff}}).deleted_count
+        if gone:
+            log.info("inference log: %d records older than %g days deleted", gone, self.settings.inference_log_days)
+
+
+CONTENT = ("prompt", "messages", "output")
+
+
+def metadata_only(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without what the user wrote or the model answered; a sha256 of each stands in for it
+    (the same question asked twice can still be counted, not read)."""
+    kept = {k: v for k, v in record.items() if k not in CONTENT}
+    asked = {k: record[k] for k in ("prompt", "messages") if k in record}
+    if asked:
+        kept["prompt_sha256"] = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+    if "output" in record:
+        kept["output_sha256"] = hashlib.sha256(str(record["output"]).encode()).hexdigest()
+    return kept
