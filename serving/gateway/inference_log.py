@@ -20,14 +20,12 @@ from lifecycle.settings import Settings
 from lifecycle.store import INFERENCE_LOG, Store, now
 
 log = logging.getLogger(__name__)
+SWEEP_SECONDS = 3600.0  # between deletions of expired records (the first at start)
 
 
 class InferenceLog:
-    def __init__(
-        self, settings: Settings, metrics: Any, capacity: int = 10_000, batch: int = 256, sweep_every: float = 3600.0
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: Any, capacity: int = 10_000, batch: int = 256) -> None:
         self.settings = settings
-        self.sweep_every = sweep_every  # seconds between deletions of expired records
         self.metrics = metrics
         self.buffer: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=capacity)
         self.batch = batch
@@ -57,7 +55,7 @@ class InferenceLog:
         store: Store | None = None
         swept = float("-inf")
         while not self._stop.is_set() or not self.buffer.empty():
-            if self.settings.inference_log_days > 0 and time.monotonic() - swept >= self.sweep_every:
+            if self.settings.inference_log_days > 0 and time.monotonic() - swept >= SWEEP_SECONDS:
                 swept = time.monotonic()
                 try:
                     store = store or Store.connect(self.settings)
