@@ -4,6 +4,7 @@
     lifecycle models pull             the base model into the model cache, offline
     lifecycle ingest | train | evaluate | promote | pipeline     the lifecycle without Airflow
     lifecycle serve | query           the gateway and its gRPC workers
+    lifecycle rollout status | pause | resume | abort | promote | start     live rollouts
     lifecycle demo                    set everything up and show it working
 
 Every command exits non-zero with a one-line reason on failure. Commands import what they run
@@ -17,7 +18,7 @@ import sys
 
 import typer
 
-from cli import demo, serve, stack, train
+from cli import demo, rollout, serve, stack, train
 
 app = typer.Typer(
     help="llm-lifecycle: fine-tune, evaluate, promote and serve an LLM on Airflow, MLflow and Kafka.",
@@ -40,6 +41,7 @@ app.command()(serve.serve)
 app.command()(serve.query)
 models_app.command("pull")(stack.models_pull)
 app.add_typer(models_app, name="models")
+app.add_typer(rollout.app, name="rollout")
 
 
 def main() -> None:

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; empty disables auth."
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys that may steer rollouts over REST (comma-separated; also valid as API keys). "
+        "With API keys set and none of these, the admin routes are closed.",
+    )
     rate_limit_per_minute: int = Field(
         600, ge=0, description="Gateway requests a minute per API key (with keys set); 0 = no limit."
     )
@@ -111,6 +116,20 @@ class Settings(BaseSettings):
         "`metadata` (model, version, tokens, latency, finish reason and a sha256 of the prompt and of the answer).",
     )
 
+    rollout_policy: Literal["direct", "shadow", "canary"] = Field(
+        "direct",
+        description="How a version that passes the gate reaches users: direct (champion at once), canary "
+        "(steps of users, decided on live evidence) or shadow (mirrored first, then canary).",
+    )
+    rollout_steps: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 25.0, 50.0, 100.0],
+        description="Canary steps, percent of users answered by the challenger, comma-separated.",
+    )
+    rollout_shadow_share: float = Field(0.25, gt=0, le=1, description="Share of requests mirrored in a shadow stage.")
+    rollout_margin: float = Field(
+        0.10, gt=0, lt=1, description="A bad-answer rate this far above the champion's rolls a challenger back."
+    )
+    rollout_min_requests: int = Field(20, ge=1, description="Challenger answers a rollout stage needs to step up.")
     k8s_namespace: str = Field("llm-lifecycle", description="Namespace of training pods (kubernetes backend).")
     trainer_image: str = Field(
         "ghcr.io/llm-lifecycle/trainer:0.1.0", description="Image of training pods (kubernetes backend)."
@@ -154,7 +173,24 @@ class Settings(BaseSettings):
         "(base_model, model_name, promotion_margin, …): only for producers you trust.",
     )
 
-    @field_validator("api_keys", "worker_addresses", "event_params", "data_roots", mode="before")
+    @field_validator("rollout_steps", mode="before")
+    @classmethod
+    def _steps(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = [float(p) for p in value.split(",") if p.strip()]
+            except ValueError:
+                raise ValueError("steps are percentages, e.g. 5,25,50,100") from None
+        return value
+
+    @field_validator("rollout_steps", mode="after")
+    @classmethod
+    def _rising(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < p <= 100 for p in value) or value != sorted(set(value)) or value[-1] != 100:
+            raise ValueError("steps must rise within (0, 100] and end at 100, e.g. 5,25,50,100")
+        return value
+
+    @field_validator("api_keys", "admin_keys", "worker_addresses", "event_params", "data_roots", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -26,6 +26,9 @@ TRAINING_EVENTS = "training_events"
 TRAINING_EVENT_CLAIMS = "training_event_claims"
 #: DAG-run and task state changes, as the Airflow listener reports them.
 PIPELINE_EVENTS = "pipeline_events"
+#: Rollouts of challengers (lifecycle/rollout.py) and the feedback users give on answers.
+ROLLOUTS = "rollouts"
+FEEDBACK = "feedback"
 
 Doc = dict[str, Any]
 
@@ -36,7 +39,12 @@ _INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("mlflow_run_id", ASCENDING)], {"name": "by_mlflow_run"}),
     ],
     EVALUATIONS: [([("candidate.run_id", ASCENDING)], {"name": "by_candidate_run"})],
-    INFERENCE_LOG: [([("created_at", DESCENDING)], {"name": "by_time"})],
+    INFERENCE_LOG: [
+        ([("created_at", DESCENDING)], {"name": "by_time"}),
+        ([("rollout", ASCENDING)], {"name": "by_rollout"}),
+    ],
+    ROLLOUTS: [([("model_name", ASCENDING), ("state", ASCENDING)], {"name": "by_model_state"})],
+    FEEDBACK: [([("rollout", ASCENDING)], {"name": "by_rollout"})],
     JOBS: [([("status", ASCENDING)], {"name": "by_status"})],
 }
 

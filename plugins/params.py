@@ -48,6 +48,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
                              "title": "Gate confidence",
                              "description": "Promote only when a paired test says the candidate is better by the "
                                             "margin at this confidence (exact McNemar / paired bootstrap)."},
+    "rollout_policy": {"default": "", "type": "string", "enum": ["", "direct", "shadow", "canary"],
+                       "title": "Rollout",
+                       "description": "How a version that passes the gate reaches users: direct, canary (steps of "
+                                      "users decided on live evidence) or shadow (mirrored first). "
+                                      "Empty: LIFECYCLE_ROLLOUT_POLICY."},
     "eval_limit": {"default": 0, "type": "integer", "minimum": 0, "title": "Eval items",
                    "description": "0: the whole eval split."},
     "model_name": {"default": "", "type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,99})?$",
@@ -64,7 +69,7 @@ EVENT_PARAMS = frozenset({
 #: Params the pipeline tasks read, with their defaults: every lifecycle DAG gets these.
 PIPELINE = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", "learning_rate", "max_steps",
             "dtype", "attention", "nproc", "backend", "nodes", "promotion_margin", "promotion_confidence",
-            "eval_limit")  # fmt: skip
+            "rollout_policy", "eval_limit")  # fmt: skip
 
 
 class ParamsError(ValueError):

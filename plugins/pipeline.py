@@ -35,7 +35,7 @@ class PipelineError(RuntimeError):
 
 def _settings(params: dict[str, Any]) -> Settings:
     """The worker's settings, with the base model and registered-model name of the run's params."""
-    overrides = {k: params[k] for k in ("base_model", "model_name") if params.get(k)}
+    overrides = {k: params[k] for k in ("base_model", "model_name", "rollout_policy") if params.get(k)}
     return load_settings(**overrides)
 
 

@@ -10,6 +10,10 @@ perplexity may not be worse than the baseline's by more than ``tolerance`` (rela
 its reason and its evidence (n, effect, CI, p-value) are kept in Mongo ``model_configs``, as tags on
 the model version and in the ModelRegistered / ModelPromoted events.
 
+With ``LIFECYCLE_ROLLOUT_POLICY`` (or the DAG param ``rollout_policy``) ``shadow`` or ``canary`` and a
+champion to compare with, a version that passes becomes ``challenger`` and a rollout starts
+(lifecycle/rollout.py): live traffic decides whether it becomes champion.
+
 Kafka and the alias move together through an outbox in Mongo: the ``ModelPromoted`` event (with a
 fixed event id) is stored first, then published and acknowledged (acks=all), and only then is the
 alias moved and the outbox entry marked done. If Kafka is down the command fails and says so, and
@@ -23,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifecycle import events, registry, topics
+from lifecycle import events, registry, rollout, topics
 from lifecycle.settings import Settings
 from lifecycle.store import EVALUATIONS, MODEL_CONFIGS, Store, now
 from lifecycle.v1 import events_pb2
@@ -148,6 +152,8 @@ def promote(
             )  # fmt: skip
             report(f"version {number} stays challenger: {decision.reason}")
             return PromotionResult(name, number, registry.CHALLENGER, False, decision.reason, gate=evidence)
+        if settings.rollout_policy != "direct" and champion is not None:
+            return _start_rollout(settings, store, name, number, int(champion.version), decision, evidence, report)
         event = events.new_event(
             events_pb2.ModelPromoted, model_name=name, version=number, alias=registry.CHAMPION,
             run_id=mlflow_run_id, metrics=cand_metrics, reason=decision.reason, digests=digests,
@@ -175,6 +181,21 @@ def promote(
     report(f"version {number} is champion: {pending['reason']}")
     return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"],
                            gate=pending.get("gate") or evidence)  # fmt: skip
+
+
+def _start_rollout(
+    settings: Settings, store: Store, name: str, number: int, champion: int, decision: Decision,
+    evidence: dict[str, Any], report: Report,
+) -> PromotionResult:  # fmt: skip
+    """The gate passed under a shadow/canary policy: the version becomes challenger and meets live
+    traffic; ``champion`` moves only when the rollout decides (lifecycle/rollout.py)."""
+    mc = registry.client(settings.mlflow_tracking_uri)
+    mc.set_registered_model_alias(name, registry.CHALLENGER, str(number))
+    doc = rollout.start(settings, store, name, number, champion, settings.rollout_policy, reason=decision.reason)
+    stage = doc["stages"][doc["stage"]]
+    why = f"{settings.rollout_policy} rollout started against v{champion} ({stage['kind']} at {stage['share']:.0%})"
+    report(f"version {number} is challenger: {decision.reason}; {why}")
+    return PromotionResult(name, number, registry.CHALLENGER, False, f"{decision.reason}; {why}", gate=evidence)
 
 
 def _publish_soft(settings: Settings, key: str, msg: Any, report: Report) -> None:

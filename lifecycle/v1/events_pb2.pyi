@@ -164,6 +164,126 @@ class ModelLoadFailed(_message.Message):
     error: str
     def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., worker: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
+class RolloutStarted(_message.Message):
+    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "champion_version", "rollout_id", "policy", "seq", "stage", "share", "reason", "evidence")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    occurred_at: _timestamp_pb2.Timestamp
+    model_name: str
+    version: int
+    champion_version: int
+    rollout_id: str
+    policy: str
+    seq: int
+    stage: str
+    share: float
+    reason: str
+    evidence: _struct_pb2.Struct
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., champion_version: _Optional[int] = ..., rollout_id: _Optional[str] = ..., policy: _Optional[str] = ..., seq: _Optional[int] = ..., stage: _Optional[str] = ..., share: _Optional[float] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class RolloutStepped(_message.Message):
+    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "champion_version", "rollout_id", "policy", "seq", "stage", "share", "reason", "evidence")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    occurred_at: _timestamp_pb2.Timestamp
+    model_name: str
+    version: int
+    champion_version: int
+    rollout_id: str
+    policy: str
+    seq: int
+    stage: str
+    share: float
+    reason: str
+    evidence: _struct_pb2.Struct
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., champion_version: _Optional[int] = ..., rollout_id: _Optional[str] = ..., policy: _Optional[str] = ..., seq: _Optional[int] = ..., stage: _Optional[str] = ..., share: _Optional[float] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class RolloutPromoted(_message.Message):
+    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "champion_version", "rollout_id", "policy", "seq", "stage", "share", "reason", "evidence")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    occurred_at: _timestamp_pb2.Timestamp
+    model_name: str
+    version: int
+    champion_version: int
+    rollout_id: str
+    policy: str
+    seq: int
+    stage: str
+    share: float
+    reason: str
+    evidence: _struct_pb2.Struct
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., champion_version: _Optional[int] = ..., rollout_id: _Optional[str] = ..., policy: _Optional[str] = ..., seq: _Optional[int] = ..., stage: _Optional[str] = ..., share: _Optional[float] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class RolloutRolledBack(_message.Message):
+    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "champion_version", "rollout_id", "policy", "seq", "stage", "share", "reason", "evidence")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    occurred_at: _timestamp_pb2.Timestamp
+    model_name: str
+    version: int
+    champion_version: int
+    rollout_id: str
+    policy: str
+    seq: int
+    stage: str
+    share: float
+    reason: str
+    evidence: _struct_pb2.Struct
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., champion_version: _Optional[int] = ..., rollout_id: _Optional[str] = ..., policy: _Optional[str] = ..., seq: _Optional[int] = ..., stage: _Optional[str] = ..., share: _Optional[float] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
 class PipelineEvent(_message.Message):
     __slots__ = ("event_id", "type", "occurred_at", "dag_id", "run_id", "task_id", "state", "try_number")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]

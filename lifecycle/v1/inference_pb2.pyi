@@ -45,18 +45,20 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "finish_reason", "model", "version", "usage")
+    __slots__ = ("text", "finish_reason", "model", "version", "usage", "digest")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: str
     model: str
     version: str
     usage: Usage
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    digest: str
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class ModelStatusRequest(_message.Message):
     __slots__ = ()

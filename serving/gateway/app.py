@@ -21,6 +21,7 @@ from serving.gateway.inference_log import InferenceLog
 from serving.gateway.jobs import Jobs
 from serving.gateway.metrics import Metrics
 from serving.gateway.pool import WorkerPool
+from serving.gateway.rollouts import Rollouts
 from serving.gateway.routes import attach_routers
 from serving.gateway.security import Guard
 
@@ -33,20 +34,28 @@ def create_app(
     pool.on_retry = lambda when: metrics.retries.labels(when).inc()
     inference_log = InferenceLog(settings, metrics) if log_inference else None
     jobs = Jobs(settings)
+    rollouts = Rollouts(settings) if log_inference else None  # rollouts decide on the inference log's records
+    if rollouts is not None:
+        rollouts.served = lambda model: {w.version for w in pool.workers if w.up and w.model == model}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.start()  # grpc.aio channels belong to the serving event loop
         if inference_log:
             inference_log.start()
+        if rollouts:
+            rollouts.start()
         yield
         await pool.close()
+        if rollouts:
+            rollouts.stop()
         if inference_log:
             inference_log.stop()
         jobs.close()
 
     app = FastAPI(title="llm-lifecycle gateway", version="1", lifespan=lifespan)
-    app.state.completions = Completions(pool, metrics, inference_log)
+    app.state.completions = Completions(pool, metrics, inference_log, rollouts)
+    app.state.settings = settings
     app.state.guard, app.state.jobs = Guard(settings), jobs
     errors.install(app)
     middleware.install(app, metrics)

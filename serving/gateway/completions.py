@@ -5,6 +5,7 @@ and its answer whole or as server-sent events. Routes translate; this does the w
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import time
@@ -23,8 +24,11 @@ from serving.gateway.inference_log import InferenceLog
 from serving.gateway.metrics import Metrics
 from serving.gateway.pool import PoolError, WorkerPool
 from serving.gateway.protocol import Usage
+from serving.gateway.rollouts import Plan, Rollouts
 
 Responses = AsyncIterator[inference_pb2.GenerateResponse]
+MAX_SHADOWS = 8  # mirrored requests in flight at most: shadowing never queues work behind itself
+RECENT_ANSWERS = 10_000
 
 
 class SamplingBody(Protocol):
@@ -43,8 +47,12 @@ def usage(resp: inference_pb2.GenerateResponse | None) -> Usage:
 
 
 class Completions:
-    def __init__(self, pool: WorkerPool, metrics: Metrics, inference_log: InferenceLog | None) -> None:
-        self.pool, self.metrics, self.inference_log = pool, metrics, inference_log
+    def __init__(
+        self, pool: WorkerPool, metrics: Metrics, inference_log: InferenceLog | None, rollouts: Rollouts | None = None
+    ) -> None:
+        self.pool, self.metrics, self.inference_log, self.rollouts = pool, metrics, inference_log, rollouts
+        self.recent: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()  # for feedback
+        self._shadows: set[asyncio.Task[None]] = set()
 
     def model(self, name: str | None) -> str:
         """The served model a request names (the served one when it names none): ``name``,
@@ -75,13 +83,44 @@ class Completions:
         )  # fmt: skip
 
     async def run(
-        self, req: inference_pb2.GenerateRequest, route: str, logged: dict[str, Any], key_id: str, stream: bool
-    ) -> Responses:
+        self, req: inference_pb2.GenerateRequest, route: str, logged: dict[str, Any], key_id: str, stream: bool,
+        *, response_id: str = "", user: str = "",
+    ) -> Responses:  # fmt: skip
         """The worker's responses for one completion; metrics and the inference log on the way.
-        A completion that is not streamed starts over on another worker if its worker dies mid-way."""
+        A completion that is not streamed starts over on another worker if its worker dies mid-way.
+        Under a rollout (``rollouts.py``) the request may go to the challenger (a challenger that fails
+        before its first token is recorded as failed and the champion answers) or be mirrored to it."""
+        response_id = response_id or req.request_id
+        plan = self.rollouts.plan(req.model, user or key_id, req.request_id) if self.rollouts else None
+        common = {**logged, "route": route, "api_key_id": key_id}
+        if plan is not None and plan.arm == "challenger":
+            trial = inference_pb2.GenerateRequest()
+            trial.CopyFrom(req)
+            trial.model = plan.model
+            started = False
+            try:
+                async for resp in self._one(trial, {**common, "_id": response_id}, plan, stream):
+                    started = True
+                    yield resp
+                return
+            except PoolError:
+                if started:
+                    raise
+            plan = Plan(plan.rollout, "champion", req.model)  # the challenger's failure is on record
+        async for resp in self._one(req, {**common, "_id": response_id}, plan, stream):
+            yield resp
+        if plan is not None and plan.shadow and len(self._shadows) < MAX_SHADOWS:
+            task = asyncio.create_task(self._shadow(req, plan, common, response_id))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def _one(
+        self, req: inference_pb2.GenerateRequest, record: dict[str, Any], plan: Plan | None, stream: bool
+    ) -> Responses:
         t0 = time.monotonic()
         text: list[str] = []
-        worker, last = "", None
+        worker, last, failed = "", None, ""
+        route = record["route"]
 
         def first_token() -> None:
             self.metrics.ttft.labels(route).observe(time.monotonic() - t0)
@@ -95,19 +134,56 @@ class Completions:
         except (asyncio.CancelledError, GeneratorExit):  # the client went away (held answers: nothing yet)
             cancelled = True
             raise
+        except PoolError as exc:
+            failed = str(exc)
+            raise
         finally:
             if last is not None:
                 self.metrics.tokens.inc(last.usage.completion_tokens)
-            if self.inference_log and (last is not None or cancelled):
+                if plan is None or plan.arm != "shadow":
+                    self._remember(record["_id"], record["api_key_id"], last, plan)
+            if self.inference_log and (last is not None or cancelled or failed):
                 used = last.usage if last is not None else inference_pb2.Usage()
+                finish = "error" if failed else (last.finish_reason if last else "") or "cancelled"
+                rid = record["_id"] if not (failed and plan and plan.arm == "challenger") else f"{record['_id']}:failed"
                 self.inference_log.add(
-                    {**logged, "route": route, "model": last.model if last else req.model,
-                     "version": last.version if last else "", "worker": worker,
-                     "output": "".join(text), "finish_reason": (last.finish_reason if last else "") or "cancelled",
+                    {**record, "_id": rid, "model": last.model if last else req.model,
+                     "version": last.version if last else "", "digest": last.digest if last else "", "worker": worker,
+                     "output": "".join(text), "finish_reason": finish, "error": failed or None,
                      "latency_ms": round((time.monotonic() - t0) * 1000, 1),
                      "prompt_tokens": used.prompt_tokens, "completion_tokens": used.completion_tokens,
-                     "api_key_id": key_id}
+                     **({"rollout": plan.rollout, "arm": plan.arm} if plan else {})}
                 )  # fmt: skip
+
+    async def _shadow(
+        self, req: inference_pb2.GenerateRequest, plan: Plan, common: dict[str, Any], primary: str
+    ) -> None:
+        """The same request, answered by the challenger for the record only (nobody sees it)."""
+        mirror = inference_pb2.GenerateRequest()
+        mirror.CopyFrom(req)
+        mirror.model, mirror.request_id = plan.shadow or "", uuid.uuid4().hex
+        shadow = Plan(plan.rollout, "shadow", mirror.model)
+        with contextlib.suppress(PoolError):
+            async for _ in self._one(mirror, {**common, "_id": f"{primary}:shadow", "shadow_of": primary}, shadow,
+                                     stream=False):  # fmt: skip
+                pass
+
+    def _remember(self, response_id: str, key_id: str, last: inference_pb2.GenerateResponse, plan: Plan | None) -> None:
+        """Recent answers by id, so feedback right after one needs no Mongo lookup (the log is written later)."""
+        self.recent[response_id] = {"model": last.model, "version": last.version, "digest": last.digest,
+                                    "api_key_id": key_id,
+                                    **({"rollout": plan.rollout, "arm": plan.arm} if plan else {})}  # fmt: skip
+        while len(self.recent) > RECENT_ANSWERS:
+            self.recent.popitem(last=False)
+
+
+def answer_headers(response_id: str, last: inference_pb2.GenerateResponse | None) -> dict[str, str]:
+    """What every answer carries in its headers: its id, the version that answered and its digest."""
+    headers = {"x-lifecycle-response-id": response_id}
+    if last is not None:
+        headers["x-lifecycle-model-version"] = last.version
+        headers["x-lifecycle-weights-digest"] = last.digest
+    return headers
 
 
 async def collect(
@@ -146,7 +222,9 @@ async def _disconnected(request: Request) -> None:
         await asyncio.sleep(0.1)  # not expected after the body; never spin on it
 
 
-async def sse(responses: Responses, chunk: Callable[[inference_pb2.GenerateResponse], BaseModel]) -> StreamingResponse:
+async def sse(
+    responses: Responses, chunk: Callable[[inference_pb2.GenerateResponse], BaseModel], response_id: str
+) -> StreamingResponse:
     """Server-sent events of a completion, ``data: [DONE]`` last. The stream is started before the
     answer is, so an error before the first token is a plain 4xx/5xx; one after it is an error event."""
     it = responses.__aiter__()
@@ -173,5 +251,5 @@ async def sse(responses: Responses, chunk: Callable[[inference_pb2.GenerateRespo
             await it.aclose()  # type: ignore[attr-defined]
         yield b"data: [DONE]\n\n"
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **answer_headers(response_id, first)}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

@@ -88,6 +88,7 @@ class GenerateRequest(BaseModel):
     stop: list[str] = Field(default_factory=list, max_length=4)
     seed: int | None = None
     model: str | None = None
+    user: str | None = Field(None, max_length=256, description="Who asks (a rollout keeps a user on one version).")
 
     def stops(self) -> list[str]:
         return list(self.stop)
@@ -138,9 +139,11 @@ class Usage(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    id: str = Field(description="The answer's id: what POST /v1/feedback names.")
     text: str
     model: str
     version: str
+    digest: str = Field(description='sha256 over the version\'s registered file digests ("" for a local folder).')
     finish_reason: str
     usage: Usage
 
@@ -163,9 +166,11 @@ class ChatChoice(_Choice):
 class _Answer(BaseModel):
     """What every completion answer, whole or a chunk, starts with."""
 
-    id: str
+    id: str = Field(description="The answer's id: what POST /v1/feedback names.")
     created: int
     model: str
+    model_version: str | None = Field(None, description="The registered version that answered.")
+    weights_digest: str | None = Field(None, description="sha256 over that version's registered file digests.")
 
 
 class ChatCompletion(_Answer):
@@ -199,6 +204,24 @@ class Completion(_Answer):
     object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+class FeedbackRequest(BaseModel):
+    """A user's verdict on one answer: the evidence a rollout weighs, and a correction for retraining."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: str = Field(..., min_length=1, max_length=128, description="The answer's `id` (or its "
+                             "x-lifecycle-response-id header).")  # fmt: skip
+    rating: int = Field(..., ge=-1, le=1, description="-1 bad, 0 neutral, 1 good.")
+    correction: str | None = Field(None, max_length=32768, description="What the answer should have been.")
+
+
+class FeedbackReceipt(BaseModel):
+    response_id: str
+    model: str
+    version: str
+    rating: int
 
 
 class ModelCard(BaseModel):

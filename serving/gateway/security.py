@@ -23,7 +23,8 @@ class Guard:
     """Checks a request's ``Authorization: Bearer <key>`` and takes one from its key's bucket."""
 
     def __init__(self, settings: Settings) -> None:
-        self.keys = {key_id(k): k for k in settings.api_keys}
+        self.keys = {key_id(k): k for k in [*settings.api_keys, *settings.admin_keys]}
+        self.admins = {key_id(k) for k in settings.admin_keys}
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
 
     def known(self, authorization: str) -> str | None:
@@ -59,3 +60,12 @@ class Guard:
 async def authorize(request: Request) -> None:
     """Dependency: the app's ``Guard`` on this request; the key id is left on ``request.state``."""
     request.state.key_id = request.app.state.guard.check(request.headers.get("authorization", ""))
+
+
+async def authorize_admin(request: Request) -> None:
+    """Dependency of the admin routes: a key of ``LIFECYCLE_ADMIN_KEYS`` (open only when no key is set at all)."""
+    guard: Guard = request.app.state.guard
+    request.state.key_id = kid = guard.check(request.headers.get("authorization", ""))
+    if guard.keys and kid not in guard.admins:
+        raise APIError(403, "this route needs an admin key (LIFECYCLE_ADMIN_KEYS)", type="permission_error",
+                       code="admin_key_required")  # fmt: skip

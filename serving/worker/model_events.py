@@ -63,6 +63,8 @@ class ModelEventConsumer:
         self.background = Background("model-events", self._run)
         self._assigned = threading.Event()
         self.swaps: list[tuple[str, float]] = []  # (version, seconds from event to serving)
+        self.rollout_seq: dict[str, int] = {}  # rollout id -> the last decision applied
+        self.prefetched: list[str] = []
 
     def start(self, timeout: float = 60.0) -> None:
         """Subscribe and wait for the partition assignment, then consume in a thread."""
@@ -101,6 +103,9 @@ class ModelEventConsumer:
             log.warning("%s: skipping a bad model event: %s", self.name, exc)
             return
         s, serving = self.settings, self.serving()
+        if type(event).__name__.startswith("Rollout"):
+            self._rollout(event)
+            return
         version = decide(event, s.model_name, serving)
         if version is None:
             return
@@ -121,3 +126,19 @@ class ModelEventConsumer:
         self.switch(slot)
         self.swaps.append((version, time.monotonic() - t0))
         log.info("%s: swapped to v%s in %.2fs (download + verify + load)", self.name, version, time.monotonic() - t0)
+
+    def _rollout(self, event: Any) -> None:
+        """A rollout's decision, each applied once (by ``seq``: a repeat or an older one is dropped). While
+        it routes users or mirrors requests to the challenger, the challenger is kept loaded beside the
+        champion so that its first requests do not wait for a download; the champion is not touched
+        (its move comes as ``ModelPromoted``)."""
+        if event.model_name != self.settings.model_name or event.seq <= self.rollout_seq.get(event.rollout_id, -1):
+            return
+        self.rollout_seq[event.rollout_id] = event.seq
+        if isinstance(event, events_pb2.RolloutStarted | events_pb2.RolloutStepped):
+            try:
+                self.load(event.model_name, str(event.version))
+            except loader.LoadError as exc:  # its requests fail over to the champion, and count against it
+                log.error("%s: challenger v%s not loaded: %s", self.name, event.version, exc)
+                return
+            self.prefetched.append(str(event.version))

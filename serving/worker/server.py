@@ -129,9 +129,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if d.finish_reason == "error":
                     await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {d.error}")
                 usage = inference_pb2.Usage(prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens)
-                yield inference_pb2.GenerateResponse(
-                    text=d.text, finish_reason=d.finish_reason, model=d.model, version=d.version, usage=usage
-                )
+                yield inference_pb2.GenerateResponse(text=d.text, finish_reason=d.finish_reason, model=d.model,
+                                                     version=d.version, usage=usage,
+                                                     digest=req.slot.digest)  # fmt: skip
                 if d.finish_reason:
                     return
         finally:

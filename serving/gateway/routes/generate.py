@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from lifecycle.v1 import inference_pb2
 from serving.gateway.body import body_doc, json_body
-from serving.gateway.completions import collect, usage
+from serving.gateway.completions import answer_headers, collect, usage
 from serving.gateway.errors import APIError
 from serving.gateway.protocol import GenerateRequest, GenerateResponse
 from serving.gateway.routes.deps import ERRORS, CompletionsDep, KeyId
@@ -23,13 +23,19 @@ async def generate(
     completions: CompletionsDep,
     key_id: KeyId,
     request: Request,
+    response: Response,
 ) -> GenerateResponse:
     model = completions.model(body.model)
     if not body.prompt.strip():
         raise APIError(400, "prompt is empty", param="prompt")
     messages = [inference_pb2.ChatMessage(role="user", content=body.prompt)]
     req = completions.request(body, model, messages=messages)
-    responses = completions.run(req, "/v1/generate", {"prompt": body.prompt}, key_id, stream=False)
+    rid = f"gen-{req.request_id}"
+    user = body.user or key_id or (request.client.host if request.client else "")
+    responses = completions.run(req, "/v1/generate", {"prompt": body.prompt}, key_id, stream=False,
+                                response_id=rid, user=user)  # fmt: skip
     text, last = await collect(responses, request)
-    return GenerateResponse(text=text, model=model, version=last.version if last else "",
-                            finish_reason=last.finish_reason if last else "", usage=usage(last))  # fmt: skip
+    response.headers.update(answer_headers(rid, last))
+    return GenerateResponse(id=rid, text=text, model=model, version=last.version if last else "",
+                            digest=last.digest if last else "", finish_reason=last.finish_reason if last else "",
+                            usage=usage(last))  # fmt: skip

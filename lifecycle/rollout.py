@@ -1,0 +1,296 @@
+"""Rollouts: a challenger that passed the offline gate meets live traffic before it becomes champion.
+
+One Mongo document per rollout (``rollouts``, id ``<model>:<version>``) is the truth every process
+follows: the stages (``shadow`` — answers mirrored, nobody sees them — then ``canary`` shares of
+users), the stage in force, the state (running, paused, promoting, then promoted / rolled_back /
+aborted) and every decision with its evidence. The gateway routes by it and records each answer with
+its arm in the inference log; ``tick`` reads that evidence (and the feedback on it), asks
+``lifecycle.sequential.decide`` and applies the verdict.
+
+A decision is applied by a compare-and-set on (``seq``, ``state``): of two gateways (or a gateway and
+a CLI) looking at once, one changes the document and the other's update matches nothing, so nothing
+is decided twice. The decision is stored with its event, unpublished; the winner publishes it to
+``lifecycle.model-events`` and marks it published; an event left unpublished by a crash is
+published by the next ``tick`` of any process, with the same event id (followers drop duplicates by
+``seq``). Promotion moves ``champion`` (after a ``ModelPromoted`` for workers); a rollback or abort
+leaves ``champion`` alone and takes ``challenger`` off the version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from lifecycle import events, topics
+from lifecycle.sequential import Arm, Policy, decide, token_f1
+from lifecycle.settings import Settings
+from lifecycle.store import FEEDBACK, INFERENCE_LOG, MODEL_CONFIGS, ROLLOUTS, Store, now
+from lifecycle.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+ACTIVE = ("running", "paused", "promoting")
+DONE = ("promoted", "rolled_back", "aborted")
+
+
+class RolloutError(RuntimeError):
+    """A rollout command that cannot be carried out; the message says why."""
+
+
+def stages(settings: Settings, policy: str) -> list[dict[str, Any]]:
+    """The stages of a policy: ``canary`` = the canary steps; ``shadow`` = a shadow stage first."""
+    if policy not in ("shadow", "canary"):
+        raise RolloutError(f"rollout policy {policy!r}: a rollout is shadow or canary (direct has none)")
+    steps = [{"kind": "canary", "share": round(p / 100, 4)} for p in settings.rollout_steps]
+    return ([{"kind": "shadow", "share": settings.rollout_shadow_share}] if policy == "shadow" else []) + steps
+
+
+def policy_of(settings: Settings) -> Policy:
+    return Policy(margin=settings.rollout_margin, min_requests=settings.rollout_min_requests)
+
+
+def start(
+    settings: Settings, store: Store, name: str, version: int, champion: int, policy: str, reason: str = ""
+) -> dict[str, Any]:
+    """Start (or, when it exists, return) the rollout of ``version``; an active rollout of another
+    version of the model is aborted first (superseded)."""
+    rid = f"{name}:{version}"
+    plan = stages(settings, policy)
+    for other in store.db[ROLLOUTS].find({"model_name": name, "state": {"$in": list(ACTIVE)}, "_id": {"$ne": rid}}):
+        _decide(settings, store, other, "RolloutRolledBack", "aborted", f"superseded by version {version}")
+    doc = {"_id": rid, "model_name": name, "version": version, "champion": champion, "policy": policy,
+           "stages": plan, "stage": 0, "state": "running", "seq": 0, "started_at": now(),
+           "stage_started_at": now(), "decisions": []}  # fmt: skip
+    if store.insert_once(ROLLOUTS, doc):
+        first = plan[0]
+        why = reason or f"{first['kind']} at {first['share']:.0%}"
+        _append(settings, store, doc, "RolloutStarted", {}, why, expect_seq=0, first=True)
+    return _publish_pending(settings, store, rid)
+
+
+def get(store: Store, name: str, version: int | None = None) -> dict[str, Any]:
+    """The rollout of ``version``, else the model's active one, else its latest."""
+    if version is not None:
+        doc = store.get(ROLLOUTS, f"{name}:{version}")
+    else:
+        doc = store.db[ROLLOUTS].find_one({"model_name": name, "state": {"$in": list(ACTIVE)}})
+        doc = doc or store.db[ROLLOUTS].find_one({"model_name": name}, sort=[("started_at", -1)])
+    if doc is None:
+        raise RolloutError(f"{name} has no rollout" + (f" of version {version}" if version is not None else ""))
+    return doc
+
+
+def view(doc: dict[str, Any]) -> dict[str, Any]:
+    """A rollout as the API and the CLI show it (the stored events left out)."""
+    stage = doc["stages"][doc["stage"]]
+    decisions = [{k: d[k] for k in ("seq", "type", "stage", "share", "reason", "published")} | {"at": str(d["at"])}
+                 for d in doc.get("decisions", [])]  # fmt: skip
+    return {"id": doc["_id"], "model": doc["model_name"], "version": doc["version"], "champion": doc["champion"],
+            "policy": doc["policy"], "state": doc["state"], "stage": stage["kind"], "share": stage["share"],
+            "stages": doc["stages"], "verdict": doc.get("verdict", ""), "evidence": doc.get("evidence", {}),
+            "decisions": decisions}  # fmt: skip
+
+
+def evidence(store: Store, doc: dict[str, Any]) -> tuple[Arm, Arm, int]:
+    """(challenger, champion, challenger answers since the stage began) from the inference log and the
+    feedback on it. Shadow answers count for the challenger (all but feedback, which they cannot get)."""
+    arms = {"challenger": Arm(), "champion": Arm()}
+    answers: dict[str, str] = {}
+    shadows: list[tuple[str, str]] = []
+    stage_n = 0
+    fields = {"arm": 1, "finish_reason": 1, "completion_tokens": 1, "latency_ms": 1, "created_at": 1,
+              "output": 1, "shadow_of": 1}  # fmt: skip
+    since = _aware(doc["stage_started_at"])
+    for rec in store.db[INFERENCE_LOG].find({"rollout": doc["_id"]}, fields):
+        arm = arms["champion" if rec.get("arm") == "champion" else "challenger"]
+        arm.requests += 1
+        finish, tokens = rec.get("finish_reason", ""), int(rec.get("completion_tokens") or 0)
+        if finish == "error":
+            arm.error += 1
+        elif finish != "cancelled":
+            arm.empty += tokens == 0
+            arm.truncated += finish == "length"
+            arm.latency_ms.append(float(rec.get("latency_ms") or 0) / max(1, tokens))
+        if rec.get("arm") != "champion" and _aware(rec["created_at"]) >= since:
+            stage_n += 1
+        if rec.get("arm") == "champion" and "output" in rec:
+            answers[rec["_id"]] = rec["output"]
+        if rec.get("arm") == "shadow" and rec.get("shadow_of") and "output" in rec:
+            shadows.append((rec["shadow_of"], rec["output"]))
+    for primary, text in shadows:
+        if primary in answers:
+            arms["challenger"].agreement.append(token_f1(answers[primary], text))
+    for fb in store.db[FEEDBACK].find({"rollout": doc["_id"]}, {"arm": 1, "rating": 1}):
+        arm = arms["champion" if fb.get("arm") == "champion" else "challenger"]
+        arm.rated += 1
+        arm.negative += fb.get("rating", 0) < 0
+        arm.positive += fb.get("rating", 0) > 0
+    return arms["challenger"], arms["champion"], stage_n
+
+
+def tick(settings: Settings, store: Store) -> list[str]:
+    """Look at every active rollout once and apply what the evidence decides; returns what was decided."""
+    out = []
+    for doc in list(store.db[ROLLOUTS].find({"state": {"$in": list(ACTIVE)}})):
+        doc = _publish_pending(settings, store, doc["_id"])
+        if doc["state"] == "promoting":
+            _finish_promotion(settings, store, doc)
+            out.append(f"{doc['_id']}: promoted")
+            continue
+        challenger, champion, stage_n = evidence(store, doc)
+        verdict = decide(challenger, champion, stage_n, policy_of(settings))
+        seen = {"challenger": challenger.summary(), "champion": champion.summary(), "tests": verdict.tests}
+        store.update(ROLLOUTS, doc["_id"], {"evidence": seen, "verdict": verdict.reason})
+        if verdict.action == "rollback":
+            if _decide(settings, store, doc, "RolloutRolledBack", "rolled_back", verdict.reason, seen):
+                out.append(f"{doc['_id']}: rolled back ({verdict.reason})")
+        elif (
+            verdict.action == "step" and doc["state"] == "running" and step(settings, store, doc, verdict.reason, seen)
+        ):
+            out.append(f"{doc['_id']}: stepped ({verdict.reason})")
+    return out
+
+
+def step(settings: Settings, store: Store, doc: dict[str, Any], reason: str, seen: dict[str, Any]) -> bool:
+    """The next stage, or promotion after the last one."""
+    if doc["stage"] + 1 >= len(doc["stages"]):
+        return promote(settings, store, doc, reason, seen)
+    return _append(settings, store, doc, "RolloutStepped", seen, reason, expect_seq=doc["seq"],
+                   change={"stage": doc["stage"] + 1, "stage_started_at": now()})  # fmt: skip
+
+
+def promote(settings: Settings, store: Store, doc: dict[str, Any], reason: str, seen: dict[str, Any]) -> bool:
+    if not _append(settings, store, doc, "RolloutPromoted", seen, reason, expect_seq=doc["seq"],
+                   change={"state": "promoting"}):  # fmt: skip
+        return False
+    _finish_promotion(settings, store, _publish_pending(settings, store, doc["_id"]))
+    return True
+
+
+def control(settings: Settings, store: Store, name: str, action: str, version: int | None = None) -> dict[str, Any]:
+    """``pause`` (hold the share, decide nothing but a rollback), ``resume``, ``abort`` (roll back now),
+    ``promote`` (finish now) — as the CLI and the admin API ask."""
+    doc = get(store, name, version)
+    if doc["state"] not in ACTIVE:
+        raise RolloutError(f"rollout {doc['_id']} is {doc['state']}; nothing to {action}")
+    if action in ("pause", "resume"):
+        want_from, to = ("running", "paused") if action == "pause" else ("paused", "running")
+        if doc["state"] != want_from:
+            raise RolloutError(f"rollout {doc['_id']} is {doc['state']}, not {want_from}")
+        res = store.db[ROLLOUTS].update_one({"_id": doc["_id"], "state": want_from, "seq": doc["seq"]},
+                                            {"$set": {"state": to, "updated_at": now()}})  # fmt: skip
+        if res.modified_count != 1:
+            raise RolloutError(f"rollout {doc['_id']} changed meanwhile; look again")
+    elif action == "abort":
+        if not _decide(settings, store, doc, "RolloutRolledBack", "aborted", "aborted by an operator"):
+            raise RolloutError(f"rollout {doc['_id']} changed meanwhile; look again")
+    elif action == "promote":
+        if doc["state"] != "promoting" and not promote(settings, store, doc, "promoted by an operator", {}):
+            raise RolloutError(f"rollout {doc['_id']} changed meanwhile; look again")
+    else:
+        raise RolloutError(f"unknown action {action!r}: pause, resume, abort or promote")
+    return get(store, name, doc["version"])
+
+
+def _decide(settings: Settings, store: Store, doc: dict[str, Any], kind: str, state: str, reason: str,
+            seen: dict[str, Any] | None = None) -> bool:  # fmt: skip
+    ok = _append(settings, store, doc, kind, seen or {}, reason, expect_seq=doc["seq"], change={"state": state})
+    if ok:
+        _publish_pending(settings, store, doc["_id"])
+        _untag_challenger(settings, doc)
+    return ok
+
+
+def _append(settings: Settings, store: Store, doc: dict[str, Any], kind: str, seen: dict[str, Any], reason: str,
+            *, expect_seq: int, change: dict[str, Any] | None = None, first: bool = False) -> bool:  # fmt: skip
+    """Record decision ``kind`` by compare-and-set on the document's ``seq`` and state: True when this
+    call made it (the caller publishes), False when someone else changed the rollout first."""
+    seq = 0 if first else expect_seq + 1
+    new = {**doc, **(change or {})}
+    stage = new["stages"][new["stage"]]
+    event = events.new_event(
+        getattr(events_pb2, kind), event_id=f"{doc['_id']}:{seq}", model_name=doc["model_name"],
+        version=doc["version"], champion_version=doc["champion"], rollout_id=doc["_id"], policy=doc["policy"],
+        seq=seq, stage=stage["kind"], share=1.0 if kind == "RolloutPromoted" else stage["share"], reason=reason,
+        evidence=_plain(seen),
+    )  # fmt: skip
+    decision = {"seq": seq, "type": kind, "stage": stage["kind"], "share": stage["share"], "reason": reason,
+                "event_json": events.encode(event).decode(), "published": False, "at": now()}  # fmt: skip
+    query = {"_id": doc["_id"], "seq": expect_seq, "state": doc["state"]}
+    update: dict[str, Any] = {"$push": {"decisions": decision}, "$set": {**(change or {}), "seq": seq,
+                                                                        "updated_at": now()}}  # fmt: skip
+    res = store.db[ROLLOUTS].update_one(query, update)
+    if res.modified_count == 1:
+        log.info("rollout %s: %s (%s)", doc["_id"], kind, reason)
+    return res.modified_count == 1
+
+
+def _publish_pending(settings: Settings, store: Store, rid: str) -> dict[str, Any]:
+    doc = store.get(ROLLOUTS, rid)
+    assert doc is not None
+    for i, d in enumerate(doc["decisions"]):
+        if not d["published"]:
+            events.publish_raw(settings, topics.MODEL_EVENTS, doc["model_name"], d["event_json"].encode())
+            store.db[ROLLOUTS].update_one({"_id": rid}, {"$set": {f"decisions.{i}.published": True}})
+            d["published"] = True
+            _tag(settings, doc, d)
+    return doc
+
+
+def _finish_promotion(settings: Settings, store: Store, doc: dict[str, Any]) -> None:
+    """Workers first (``ModelPromoted``, fixed id: repeats are dropped), then the alias and the history."""
+    from lifecycle import registry
+
+    name, version = doc["model_name"], doc["version"]
+    promoted = events.new_event(
+        events_pb2.ModelPromoted, event_id=f"{doc['_id']}:promoted", model_name=name, version=version,
+        alias=registry.CHAMPION, previous_version=doc["champion"], reason=f"rollout {doc['_id']}",
+    )  # fmt: skip
+    events.publish(settings, topics.MODEL_EVENTS, name, promoted)
+    mc = registry.client(settings.mlflow_tracking_uri)
+    mc.set_registered_model_alias(name, registry.CHAMPION, str(version))
+    _untag_challenger(settings, doc)
+    history = (store.get(MODEL_CONFIGS, name) or {}).get("champions", [])
+    if not history or history[-1].get("version") != version:
+        store.db[MODEL_CONFIGS].update_one(
+            {"_id": name}, {"$push": {"champions": {"version": version, "at": now(), "event_id": promoted.event_id}}},
+            upsert=True,
+        )  # fmt: skip
+    done = {"$set": {"state": "promoted", "promoted_at": now(), "updated_at": now()}}
+    store.db[ROLLOUTS].update_one({"_id": doc["_id"], "state": "promoting"}, done)
+
+
+def _untag_challenger(settings: Settings, doc: dict[str, Any]) -> None:
+    from lifecycle import registry
+
+    mc = registry.client(settings.mlflow_tracking_uri)
+    current = registry.version_by_alias(mc, doc["model_name"], registry.CHALLENGER)
+    if current is not None and int(current.version) == doc["version"]:
+        mc.delete_registered_model_alias(doc["model_name"], registry.CHALLENGER)
+
+
+def _tag(settings: Settings, doc: dict[str, Any], decision: dict[str, Any]) -> None:
+    """The decision on the MLflow model version too (best effort: Mongo holds the record)."""
+    from lifecycle import registry
+
+    try:
+        mc = registry.client(settings.mlflow_tracking_uri)
+        v = str(doc["version"])
+        mc.set_model_version_tag(doc["model_name"], v, "lifecycle.rollout.last", decision["type"])
+        mc.set_model_version_tag(doc["model_name"], v, "lifecycle.rollout.reason", decision["reason"][:5000])
+        mc.set_model_version_tag(doc["model_name"], v, "lifecycle.rollout.share", str(decision["share"]))
+    except Exception as exc:  # noqa: BLE001 - the registry being away must not undo a published decision
+        log.warning("rollout %s: MLflow tags not set: %s", doc["_id"], exc)
+
+
+def _plain(value: Any) -> Any:
+    """Evidence as JSON-safe values (a Struct holds numbers as doubles, keys as strings)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)

@@ -1,0 +1,113 @@
+"""The gateway's side of a rollout (lifecycle/rollout.py): which version answers a request, which
+requests are mirrored to the challenger, and the controller's ``tick``, all from the rollout
+documents in Mongo, read by a thread every ``interval`` — never on the request path. A gateway that
+restarts reads the same documents and routes as before (the stage in force, the same users).
+
+A user is assigned by a hash of the rollout id and the user (the ``user`` field, else the API key,
+else the client address) into [0, 1): answered by the challenger while below the stage's share, so
+the users of a 5 % step stay in at 25 % (sticky), and another rollout draws other users."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from lifecycle import rollout
+from lifecycle.background import Background
+from lifecycle.names import split_model_ref
+from lifecycle.settings import Settings
+from lifecycle.store import ROLLOUTS, Store, now
+
+log = logging.getLogger(__name__)
+#: A promoted challenger is asked for by number until every worker serves it, this long at most.
+PROMOTED_FOLLOW_S = 600.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """An active rollout as the gateway follows it."""
+
+    rollout: str
+    model: str
+    version: int
+    stage: str  # shadow | canary | promoted (answered by the new champion until every worker serves it)
+    share: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request is: its rollout, its arm (champion | challenger), the model the worker is asked
+    for, and the model to mirror it to (shadow) when it is mirrored."""
+
+    rollout: str
+    arm: str
+    model: str
+    shadow: str | None = None
+
+
+def bucket(*parts: str) -> float:
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class Rollouts:
+    def __init__(self, settings: Settings, interval: float = 1.0, decide: bool = True) -> None:
+        self.settings, self.interval, self.decide = settings, interval, decide
+        self.routes: dict[str, Route] = {}
+        self.background = Background("rollouts", self._run)
+        self.start, self.stop = self.background.start, self.background.stop
+        #: versions served now per model, as the pool last saw them (set by the app): a promoted
+        #: challenger keeps being asked for by number until every worker serves it.
+        self.served: Any = lambda model: set()
+
+    def plan(self, model: str, user: str, request_id: str) -> Plan | None:
+        """The rollout's say on a request for ``model`` (only a plain model name: a request naming a
+        version or alias gets what it named)."""
+        name, ref = split_model_ref(model)
+        route = self.routes.get(name)
+        if route is None or ref:
+            return None
+        challenger = f"{name}@{route.version}"
+        if route.stage == "promoted":
+            return Plan(route.rollout, "challenger", challenger) if self.served(name) - {str(route.version)} else None
+        if route.stage == "canary" and bucket(route.rollout, user) < route.share:
+            return Plan(route.rollout, "challenger", challenger)
+        if route.stage == "shadow" and bucket(route.rollout, "shadow", request_id) < route.share:
+            return Plan(route.rollout, "champion", name, shadow=challenger)
+        return Plan(route.rollout, "champion", name)
+
+    def _run(self) -> None:
+        store: Store | None = None
+        while not self.background.stopping.wait(self.interval):
+            try:
+                store = store or Store.connect(self.settings)
+                if self.decide:
+                    for line in rollout.tick(self.settings, store):
+                        log.info("rollout decision: %s", line)
+                self.routes = self._read(store)
+            except Exception as exc:  # noqa: BLE001 - routing keeps its last view; the next round retries
+                log.warning("rollouts: %s", exc)
+                if store is not None:
+                    store.close()
+                store = None
+        if store is not None:
+            store.close()
+
+    def _read(self, store: Store) -> dict[str, Route]:
+        routes: dict[str, Route] = {}
+        recent = now() - dt.timedelta(seconds=PROMOTED_FOLLOW_S)
+        active = {"state": {"$in": list(rollout.ACTIVE)}}
+        query = {"$or": [active, {"state": "promoted", "promoted_at": {"$gte": recent}}]}
+        for doc in store.db[ROLLOUTS].find(query, sort=[("started_at", 1)]):
+            if doc["state"] in ("promoting", "promoted"):
+                stage, share = "promoted", 1.0
+                if doc["state"] == "promoted" and not self.served(doc["model_name"]) - {str(doc["version"])}:
+                    continue  # every worker serves it as champion now
+            else:
+                current = doc["stages"][doc["stage"]]
+                stage, share = current["kind"], float(current["share"])
+            routes[doc["model_name"]] = Route(doc["_id"], doc["model_name"], int(doc["version"]), stage, share)
+        return routes

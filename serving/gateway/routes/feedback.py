@@ -1,0 +1,57 @@
+"""``POST /v1/feedback``: a user's rating (and optional correction) of one answer, by the answer's id.
+Kept in Mongo ``feedback`` with the version that answered and, under a rollout, its arm: evidence for
+the rollout's decision and material for the next training set. One verdict per answer (a second one
+replaces the first); an id that is unknown — or another key's, where keys are set — is a 404."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pymongo.errors import PyMongoError
+
+from lifecycle.store import FEEDBACK, INFERENCE_LOG, now
+from serving.gateway.body import body_doc, json_body
+from serving.gateway.errors import APIError, unavailable
+from serving.gateway.protocol import FeedbackReceipt, FeedbackRequest
+from serving.gateway.routes.deps import ERRORS, CompletionsDep, KeyId
+from serving.gateway.security import authorize
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=ERRORS)
+_FIELDS = ("model", "version", "digest", "rollout", "arm", "api_key_id")
+
+
+@router.post("/feedback", response_model=FeedbackReceipt, openapi_extra=body_doc(FeedbackRequest))
+async def feedback(
+    body: Annotated[FeedbackRequest, Depends(json_body(FeedbackRequest))],
+    completions: CompletionsDep,
+    key_id: KeyId,
+    request: Request,
+) -> FeedbackReceipt:
+    known = completions.recent.get(body.response_id)
+    store = request.app.state.jobs.store
+
+    def write() -> dict[str, Any] | None:
+        meta = known
+        if meta is None:  # answered by another gateway, or long ago: the inference log has it
+            found = store().db[INFERENCE_LOG].find_one({"_id": body.response_id}, dict.fromkeys(_FIELDS, 1))
+            if found is None:
+                return None
+            meta = {k: found[k] for k in _FIELDS if found.get(k) is not None}
+        if key_id and meta.get("api_key_id", key_id) != key_id:
+            return None
+        doc = {"_id": body.response_id, "rating": body.rating, "correction": body.correction,
+               **{k: meta[k] for k in _FIELDS if k in meta}, "api_key_id": key_id, "created_at": now()}  # fmt: skip
+        store().db[FEEDBACK].replace_one({"_id": body.response_id}, doc, upsert=True)
+        return meta
+
+    try:
+        meta = await asyncio.to_thread(write)
+    except PyMongoError as exc:
+        raise unavailable(f"feedback not recorded: the database is unavailable ({type(exc).__name__})") from None
+    if meta is None:
+        raise APIError(404, f"response_id {body.response_id!r}: no such answer", param="response_id",
+                       code="response_not_found")  # fmt: skip
+    return FeedbackReceipt(response_id=body.response_id, model=meta.get("model", ""),
+                           version=meta.get("version", ""), rating=body.rating)  # fmt: skip
