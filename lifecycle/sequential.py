@@ -3,9 +3,10 @@
 
 Each binary "bad answer" signal (a failed request, an empty answer, a thumbs-down) is a Wald
 sequential probability ratio test on the challenger's rate against the champion's, which is measured
-in the same traffic and stands in as known (it has many times the samples):
+in the same traffic and stands in as known (it has many times the samples; one standard error is
+added so that a champion lucky early on does not make an equal challenger look worse):
 
-    H0: p_challenger = p0 = max(champion rate, floor)    H1: p_challenger = p0 + margin
+    H0: p_challenger = p0 = max(champion rate + its standard error, floor)    H1: p_challenger = p0 + margin
 
 The log likelihood ratio of the challenger's counts is recomputed from them on every look. Crossing
 ``log((1 - beta) / (alpha / k))`` (k tested signals, Bonferroni) rolls back: under H0 the likelihood
@@ -22,8 +23,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-#: Binary signals, each a count of bad answers out of a count of answers that could show it.
-SIGNALS = ("error", "empty", "negative")
+#: Binary signals, each a count of bad answers out of a count of answers that could show it. An answer
+#: cut off by max_tokens counts: a degenerate model rarely stops on its own (the stop-reason mix).
+SIGNALS = ("error", "empty", "truncated", "negative")
 
 
 @dataclass
@@ -44,8 +46,8 @@ class Arm:
         """(bad, out of) for a signal."""
         if signal == "negative":
             return self.negative, self.rated
-        if signal == "empty":
-            return self.empty, self.requests - self.error
+        if signal in ("empty", "truncated"):
+            return getattr(self, signal), self.requests - self.error
         return self.error, self.requests
 
     def summary(self) -> dict[str, float]:
@@ -64,7 +66,7 @@ class Arm:
 class Policy:
     alpha: float = 0.05  # chance of rolling back a challenger no worse than the champion
     beta: float = 0.10  # chance of stepping up a challenger worse by the margin
-    margin: float = 0.10  # a bad-answer rate this much above the champion's counts as worse
+    margin: float = 0.15  # a bad-answer rate this much above the champion's counts as worse
     floor: float = 0.02  # the champion's rate is taken as at least this (a perfect champion is not evidence)
     min_requests: int = 20  # challenger answers a stage needs before it may step up
     max_error_increase: float = 0.20  # guard rail: challenger error rate above the champion's + this
@@ -107,11 +109,12 @@ def decide(challenger: Arm, champion: Arm, stage_requests: int, policy: Policy =
     tested = []
     for signal in SIGNALS:
         bad_b, n_b = champion.count(signal)
-        p0 = max(p.floor, _rate(bad_b, n_b))
-        p1 = p0 + p.margin
-        if p1 >= 1:  # the champion is already this bad: the signal cannot tell them apart
-            continue
         bad_c, n_c = challenger.count(signal)
+        rate_b = _rate(bad_b, n_b)
+        p0 = max(p.floor, rate_b + (math.sqrt(rate_b * (1 - rate_b) / n_b) if n_b else 0.0))
+        p1 = p0 + p.margin
+        if p1 >= 1 or (signal == "negative" and not (n_b or n_c)):  # cannot tell them apart / nobody rates
+            continue
         tested.append(signal)
         tests[signal] = {"challenger": _rate(bad_c, n_c), "champion": _rate(bad_b, n_b), "n": n_c,
                          "p0": round(p0, 4), "p1": round(p1, 4), "llr": round(llr(bad_c, n_c, p0, p1), 3)}  # fmt: skip

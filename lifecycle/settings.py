@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     )
     rollout_shadow_share: float = Field(0.25, gt=0, le=1, description="Share of requests mirrored in a shadow stage.")
     rollout_margin: float = Field(
-        0.10, gt=0, lt=1, description="A bad-answer rate this far above the champion's rolls a challenger back."
+        0.15, gt=0, lt=1, description="A bad-answer rate this far above the champion's rolls a challenger back."
     )
     rollout_min_requests: int = Field(20, ge=1, description="Challenger answers a rollout stage needs to step up.")
     k8s_namespace: str = Field("llm-lifecycle", description="Namespace of training pods (kubernetes backend).")
