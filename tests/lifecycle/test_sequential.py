@@ -8,8 +8,8 @@ import random
 from lifecycle.sequential import Arm, Policy, decide, token_f1
 
 
-def simulate(p_bad_challenger: float, p_bad_champion: float, share: float, seed: int, requests: int = 400,
-             policy: Policy = Policy()) -> tuple[str, int]:  # fmt: skip
+def simulate(p_bad_challenger: float, p_bad_champion: float, share: float, seed: int, requests: int = 400
+             ) -> tuple[str, int]:  # fmt: skip
     """Users rate every answer; the challenger answers ``share`` of requests. (verdict, requests seen)."""
     rng = random.Random(seed)
     challenger, champion = Arm(), Arm()
@@ -20,7 +20,7 @@ def simulate(p_bad_challenger: float, p_bad_champion: float, share: float, seed:
         bad = rng.random() < p
         arm.negative += bad
         arm.positive += not bad
-        verdict = decide(challenger, champion, challenger.requests, policy)
+        verdict = decide(challenger, champion, challenger.requests)
         if verdict.action != "continue":
             return verdict.action, i
     return "continue", requests
