@@ -184,8 +184,12 @@ def test_whole_answers_have_the_openai_shapes(client: TestClient) -> None:
         }
     ]
     assert chat["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
-    gen = client.post("/v1/generate", json={"prompt": "hi"}).json()
-    assert gen == {"text": "hello there", "model": "m", "version": "3", "finish_reason": "stop", "usage": chat["usage"]}
+    reply = client.post("/v1/generate", json={"prompt": "hi"})
+    gen = reply.json()
+    assert gen.pop("id").startswith("gen-") and reply.headers["x-lifecycle-response-id"] == reply.json()["id"]
+    assert gen == {"text": "hello there", "model": "m", "version": "3", "digest": "", "finish_reason": "stop",
+                   "usage": chat["usage"]}  # fmt: skip
+    assert reply.headers["x-lifecycle-model-version"] == "3" and chat["model_version"] == "3"
     text = client.post("/v1/completions", json={"prompt": "hi"}).json()
     assert text["object"] == "text_completion" and text["choices"][0]["text"] == "hello there"
 
