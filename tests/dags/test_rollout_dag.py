@@ -3,7 +3,11 @@ each released when the rollout record moves past its stage; the run ends as the 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,7 @@ from lifecycle.store import ROLLOUTS, Store
 from plugins.rollout_watch import outcome
 
 pytestmark = pytest.mark.stack
+REPO = Path(__file__).resolve().parents[2]
 
 
 def start_run(s: Settings, conf: dict[str, Any]) -> str:
@@ -36,6 +41,8 @@ def follow(s: Settings, store: Store, version: int, ending: str) -> None:
     path = start_run(s, {"model_name": s.model_name, "version": version})
     waiting = {("stage", 0): "deferred", ("stage", 1): "deferred"}
     assert wait_for(lambda: waiting.items() <= states(s, path).items(), timeout=180, interval=1) == "ok"
+    assert cli(s, "pause", version)["state"] == "paused"  # the operator's hands: the CLI
+    assert cli(s, "resume", version)["state"] == "running"
     doc = store.get(ROLLOUTS, f"{s.model_name}:{version}")
     assert doc is not None and rollout.step(s, store, doc, "test: stage 0 passed", {})
     assert wait_for(lambda: states(s, path)[("stage", 0)] == "success", timeout=60, interval=1) == "ok"
@@ -45,6 +52,24 @@ def follow(s: Settings, store: Store, version: int, ending: str) -> None:
     final, run_state = states(s, path), call(s, "GET", path)["state"]
     want = "failed" if ending == "abort" else "success"
     assert (run_state, final[("stage", 1)], final[("outcome", -1)]) == (want, want, want), final
+    shown = cli(s, "status", version)
+    assert shown["state"] == ("aborted" if ending == "abort" else "promoted")
+    assert [d["type"] for d in shown["decisions"]][-1] == (
+        "RolloutRolledBack" if ending == "abort" else "RolloutPromoted"
+    )
+
+
+def cli(s: Settings, action: str, version: int) -> dict[str, Any]:
+    """``lifecycle rollout ACTION`` as a user runs it; ``status --json`` after any action."""
+    args = [sys.executable, "-m", "cli.main", "rollout"]
+    if action != "status":
+        done = subprocess.run([*args, action, "--model", s.model_name, "--version", str(version)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    done = subprocess.run([*args, "status", "--model", s.model_name, "--version", str(version), "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def test_each_stage_waits_deferred_and_the_run_ends_as_the_rollout_does(stack: Settings) -> None:
