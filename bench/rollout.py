@@ -59,7 +59,7 @@ def build_adapter(base: str, folder: Path, junk: int, direction: Any, scale: flo
         head.lora_A["default"].weight[0] = direction
         head.lora_B["default"].weight.zero_()
         head.lora_B["default"].weight[junk, 0] = scale
-    pm.save_pretrained(str(folder))
+    pm.save_pretrained(str(folder), save_embedding_layers=False)  # the tied embedding is the base's
 
 
 def junk_share(base: str, tok: Any, model: Any, junk: int, direction: Any, scale: float) -> float:

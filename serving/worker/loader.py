@@ -18,7 +18,7 @@ from lifecycle import registry
 from lifecycle.names import is_valid_model_name
 from lifecycle.settings import Settings
 from serving.worker.engine import ModelSlot, SamplingParams
-from serving.worker.lora import AdapterError, LoraSet, plain_lora
+from serving.worker.lora import AdapterError, LoraSet, servable_unmerged
 
 log = logging.getLogger(__name__)
 _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -194,16 +194,28 @@ def build_slot(
     model, tokenizer = build_base(base_model, device, dtype, f"{name} v{version}")
     if adapter is None:
         slot = ModelSlot(name, version, model, tokenizer, context_length(model))
-    elif plain_lora(json.loads((adapter / "adapter_config.json").read_text())):
+    elif servable_unmerged(adapter):
         slot = attach_adapter(name, version, model, tokenizer, adapter)
     else:
         from peft import PeftModel
 
+        untie_head(model)
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
         slot = ModelSlot(name, version, merged, adapter_tokenizer(adapter, tokenizer), context_length(merged))
     warm(slot)
     log.info("%s v%s: loaded and warmed in %.2fs", name, version, time.monotonic() - t0)
     return slot
+
+
+def untie_head(model: Any) -> None:
+    """Give a tied output head its own weight: merging an adapter into a tied head would change the
+    input embeddings too (peft applies an ``lm_head`` adapter to the output only)."""
+    import torch
+
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and embeddings is not None and head.weight is embeddings.weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False
 
 
 def warm(slot: ModelSlot) -> None:

@@ -39,6 +39,19 @@ def plain_lora(cfg: dict[str, Any]) -> bool:
     )  # fmt: skip
 
 
+def servable_unmerged(folder: Path) -> bool:
+    """A plain LoRA adapter whose file holds only its A/B pairs: served unmerged. peft also saves a
+    copy of a tied embedding when an adapter targets ``lm_head`` (and embedding LoRA has other
+    tensors): those are merged into a model of their own instead."""
+    from safetensors import safe_open
+
+    if not plain_lora(json.loads((folder / "adapter_config.json").read_text())):
+        return False
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as fh:
+        keys = list(fh.keys())
+    return bool(keys) and all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
+
+
 def read_adapter(folder: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
     """{module path: (A, B)} and the scale of a plain LoRA adapter folder."""
     from safetensors.torch import load_file

@@ -11,7 +11,6 @@ dropped. Requests may name any version (``name@7``) or alias (``name:challenger`
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import shutil
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 from lifecycle.settings import Settings
 from serving.worker import loader
 from serving.worker.engine import Engine, ModelSlot, one_thread
-from serving.worker.lora import LoraSet, plain_lora
+from serving.worker.lora import LoraSet, servable_unmerged
 
 log = logging.getLogger(__name__)
 ALIAS_TTL_S = 5.0  # how long an alias -> version lookup is trusted for requests naming an alias
@@ -91,7 +90,7 @@ class Resident:
         t0 = time.monotonic()
         adapter, base, digest = loader.fetch_registered(self.settings, name, number)
         try:
-            if plain_lora(json.loads((adapter / "adapter_config.json").read_text())):
+            if servable_unmerged(adapter):
                 model, tokenizer = self._base(base, f"{name} v{number}")
                 t1 = time.monotonic()
                 slot = loader.attach_adapter(name, number, model, tokenizer, adapter, digest)

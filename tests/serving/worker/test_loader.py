@@ -65,3 +65,34 @@ def test_digests_missing_files_pickles_and_strays_are_refused(adapter_dir: Path,
     (folder / "adapter_model.safetensors").unlink()
     with pytest.raises(LoadError, match=r"adapter_model\.safetensors is missing"):
         verify(folder, digests, "m v1")
+
+
+def test_an_adapter_that_carries_more_than_its_lora_pairs_is_served_merged(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """peft saves a copy of the embedding with an ``lm_head`` adapter of a model whose head is tied
+    (SmolLM2's case): not servable unmerged, so it is merged, and answers as peft does."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from serving.worker.loader import build_slot
+    from serving.worker.lora import servable_unmerged
+
+    tied = tmp_path / "tied"
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    base.save_pretrained(tied)
+    for extra in tiny_llama_dir.iterdir():  # the tokenizer and its chat template
+        if extra.is_file() and extra.suffix != ".safetensors" and extra.name != "config.json":
+            shutil.copy(extra, tied)
+    torch.manual_seed(1)
+    head = tmp_path / "head"
+    cfg = LoraConfig(r=2, lora_alpha=2, target_modules=["lm_head"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tied), cfg).save_pretrained(head, save_embedding_layers=True)
+    assert not servable_unmerged(head)
+    slot = build_slot("m", "1", str(tied), head, device="cpu", dtype="float32")
+    ids = torch.tensor([[1, 5, 9, 200, 17, 3]])
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tied), str(head)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(slot.model(ids).logits, theirs(ids).logits, atol=1e-5, rtol=1e-4)
