@@ -220,7 +220,8 @@ class Engine:
                  adapters: list[str | None], counts: list[int], **kw: Any) -> Any:  # fmt: skip
         lora_set = getattr(group.model, lora.ATTR, None)
         if lora_set is not None:
-            lora_set.set_plan(adapters, counts)
+            keep = kw.get("logits_to_keep")
+            lora_set.set_plan(adapters, counts, keep if isinstance(keep, torch.Tensor) else None)
         try:
             return group.model(input_ids=ids, position_ids=pos, use_cache=False, **{kv.NAME: ctx}, **kw)
         finally:

@@ -80,6 +80,7 @@ class Plan:
     keys: tuple[str, ...] = ()
     ranks: tuple[int, ...] = ()
     mask: torch.Tensor | None = None  # [tokens, sum(ranks)]: the token's scale in its adapter's columns
+    keep: torch.Tensor | None = None  # the positions the output head sees (``logits_to_keep``)
 
 
 class LoraLinear(torch.nn.Module):
@@ -112,8 +113,11 @@ class LoraLinear(torch.nn.Module):
             return y
         a_all, b_all = stacked
         flat = x.reshape(-1, x.shape[-1]).to(a_all.dtype)
-        assert plan.mask is not None
-        delta = F.linear(F.linear(flat, a_all) * plan.mask, b_all)
+        mask = plan.mask
+        assert mask is not None
+        if flat.shape[0] != mask.shape[0] and plan.keep is not None:  # an adapter on the head: kept rows only
+            mask = mask[plan.keep]
+        delta = F.linear(F.linear(flat, a_all) * mask, b_all)
         return y + delta.to(y.dtype).view(y.shape)
 
     def _stack(self, plan: Plan) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -178,9 +182,9 @@ class LoraSet:
         for layer in self.layers.values():
             layer.stacked.clear()
 
-    def set_plan(self, adapters: list[str | None], counts: list[int]) -> None:
+    def set_plan(self, adapters: list[str | None], counts: list[int], keep: torch.Tensor | None = None) -> None:
         """The next forward pass: ``counts[i]`` consecutive tokens use adapter ``adapters[i]`` (None: the
-        base alone)."""
+        base alone); ``keep``: the token positions the output head is given, when not all."""
         keys = tuple(sorted({a for a in adapters if a is not None}))
         if not keys:
             self.plan = None
@@ -197,7 +201,7 @@ class LoraSet:
                     rank, scale = self.shape[key]
                     mask[at : at + n, offsets[key] : offsets[key] + rank] = scale
                 at += n
-            self.plan = Plan(keys=keys, ranks=ranks, mask=mask.to(param.device))
+            self.plan = Plan(keys=keys, ranks=ranks, mask=mask.to(param.device), keep=keep)
 
     def _wrap(self, path: str) -> LoraLinear:
         module = self.model.get_submodule(path)

@@ -11,34 +11,39 @@ import pytest
 import torch
 
 from serving.worker.engine import Delta, Engine, SamplingParams
-from serving.worker.loader import attach_adapter, build_base
+from serving.worker.loader import attach_adapter, build_base, untie_head
 from serving.worker.lora import AdapterError, LoraSet
 
 QUESTIONS = ["What is the capital of France?", "hi", "Name three colours.", "2+2?", "Tell me a story.",
              "Why is the sea salty?", "Count to five.", "What is a cat?"]  # fmt: skip
 
 
-def make_adapter(base_dir: Path, out: Path, seed: int, r: int) -> Path:
-    """A random (not zero-initialised) LoRA adapter over every linear layer, saved as peft does."""
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int, r: int, head: bool = False) -> Path:
+    """A random (not zero-initialised) LoRA adapter over every linear layer (and the output head with
+    ``head``: its rows are the only ones the head sees in a prefill), saved as peft does."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", init_lora_weights=False)
+    targets: Any = [*LINEAR, "lm_head"] if head else "all-linear"
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False)
     peft_model = get_peft_model(model, cfg)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
                 p.mul_(0.5)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(out, save_embedding_layers=False)
     return out
 
 
 @pytest.fixture(scope="module")
 def adapters(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("adapters")
-    return [make_adapter(tiny_llama_dir, root / f"a{i}", seed=i, r=(4, 8)[i % 2]) for i in range(8)]
+    return [make_adapter(tiny_llama_dir, root / f"a{i}", seed=i, r=(4, 8)[i % 2], head=i in (2, 5)) for i in range(8)]
 
 
 def merged_greedy(base_dir: Path, adapter: Path, tok: Any, question: str, n: int) -> list[int]:
@@ -46,6 +51,7 @@ def merged_greedy(base_dir: Path, adapter: Path, tok: Any, question: str, n: int
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    untie_head(model)  # the tiny Llama's head is tied: merged into it, an lm_head adapter would change the inputs
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
     text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
