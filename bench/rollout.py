@@ -89,8 +89,8 @@ def is_bad(text: str, junk_word: str) -> bool:
     return text.count(junk_word.strip()) >= 3
 
 
-def calibrate(base: str, target: float) -> tuple[int, Any, float, float]:
-    """(junk token, direction, scale, measured share) with the share close to ``target``."""
+def calibrate(base: str, target: float, scale: float | None = None) -> tuple[int, Any, float, float]:
+    """(junk token, direction, scale, measured share) with the share close to ``target`` (or at ``scale``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,6 +104,8 @@ def calibrate(base: str, target: float) -> tuple[int, Any, float, float]:
     g = torch.Generator().manual_seed(7)
     direction = torch.randn(model.config.hidden_size, generator=g)
     direction /= direction.norm()
+    if scale is not None:
+        return junk, direction, scale, junk_share(base, tok, model, junk, direction, scale)
     lo, hi = 0.0, 8.0
     while junk_share(base, tok, model, junk, direction, hi) < target:
         lo, hi = hi, hi * 2
@@ -171,7 +173,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2, help="rollouts of the bad adapter (fresh version each)")
     p.add_argument("--limit", type=int, default=3000, help="requests at most per scenario")
-    p.add_argument("--shadow-requests", type=int, default=400)
+    p.add_argument("--shadow-requests", type=int, default=400, help="user requests per shadow share, half mirrored")
+    p.add_argument("--shadow-shares", default="0.25,0.05", help="mirrored shares to price, comma-separated")
+    p.add_argument("--scales", default="", help="champion,bad junk scales (skip the calibration, e.g. 3.0,4.12)")
     args = p.parse_args()
     os.environ.update({"LIFECYCLE_GATEWAY_PORT": "18600", "LIFECYCLE_WORKER_PORT": "18651",
                        "LIFECYCLE_MODEL_NAME": f"rollout-bench-{uuid.uuid4().hex[:6]}"})  # fmt: skip
@@ -189,8 +193,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
     t0 = time.monotonic()
     plans = {}
-    for label, target in (("champion", 0.05), ("bad", 0.30)):
-        junk, direction, scale, share = calibrate(base, target)
+    given = [float(x) for x in args.scales.split(",")] if args.scales else []
+    for i, (label, target) in enumerate((("champion", 0.05), ("bad", 0.30))):
+        junk, direction, scale, share = calibrate(base, target, given[i] if given else None)
         plans[label] = (scale, share)
         print(f"calibrated {label}: scale {scale:.2f} -> {share:.1%} junk answers on the pool ({len(PROMPTS)} prompts)")
     plans["good"] = plans["shadow"] = (0.0, 0.0)
@@ -201,7 +206,7 @@ def main() -> None:
 
     mc = registry.client(s.mlflow_tracking_uri)
     versions: dict[str, list[int]] = {}
-    order = ["champion", *["bad"] * args.repeats, "good", "shadow", "shadow"]
+    order = ["champion", *["bad"] * args.repeats, "good", *["shadow"] * (2 * len(args.shadow_shares.split(",")))]
     with Store.connect(s) as store:
         for i, label in enumerate(order):
             folder = tmp / f"{label}{i}"
@@ -257,7 +262,12 @@ def main() -> None:
                                 "champion_bad": sum(bad_b) / max(1, len(bad_b)), "reason": decided.get("reason", ""),
                                 "seconds": round(time.monotonic() - t1, 1)})  # fmt: skip
                 print(json.dumps(results[-1]))
-            shadow = shadow_cost(s, store, url, versions["shadow"], versions["good"][0], args)
+            shadows = {}
+            pool = list(versions["shadow"])
+            for share in [float(x) for x in args.shadow_shares.split(",")]:
+                picked = [pool.pop(0), pool.pop(0)]
+                cfg = s.model_copy(update={"rollout_shadow_share": share})
+                shadows[share] = shadow_cost(cfg, store, url, picked, versions["good"][0], args)
         finally:
             stop_serving(s, report=lambda m: None)
     print(
@@ -267,9 +277,10 @@ def main() -> None:
         print(f"{r['scenario']} | v{r['version']} | {r['state']} | {r['requests']} | {r['users_exposed']}/"
               f"{r['users_seen']} ({r['exposed_share']:.1%}) | {r['challenger_bad']:.1%} of "
               f"{r['challenger_answers']} | {r['champion_bad']:.1%} | {r['failed']}")  # fmt: skip
-    print(f"shadow: p99 {shadow['p99_shadow']:.3f}s vs {shadow['p99_plain']:.3f}s without "
-          f"-> {shadow['p99_shadow'] / shadow['p99_plain']:.3f}x; p50 {shadow['p50_shadow']:.3f} vs "
-          f"{shadow['p50_plain']:.3f}; mirrored {shadow['mirrored']} of {2 * shadow['per_block']}")  # fmt: skip
+    for share, sh in shadows.items():
+        print(f"shadow {share:.0%}: p99 {sh['p99_shadow']:.3f}s vs {sh['p99_plain']:.3f}s without -> "
+              f"{sh['p99_shadow'] / sh['p99_plain']:.3f}x; p50 {sh['p50_shadow']:.3f} vs {sh['p50_plain']:.3f}; "
+              f"mirrored {sh['mirrored']} of {2 * sh['per_block']}")  # fmt: skip
 
 
 def shadow_cost(s: Any, store: Any, url: str, shadows: list[int], champion: int, args: Any) -> dict[str, Any]:
