@@ -248,7 +248,7 @@ def main() -> None:
 
                 t1 = time.monotonic()
                 run_until(users, args.concurrency, finished, args.limit)
-                d = store.get(ROLLOUTS, rid) or {}
+                d = rollout.load(store, rid) or {}
                 decided = d.get("decisions", [])[-1] if d.get("decisions") else {}
                 exposed = {u for _, u, v, _, _ in users.log if v == str(version)}
                 seen = {u for _, u, _, _, _ in users.log}

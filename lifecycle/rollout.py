@@ -2,18 +2,22 @@
 
 One Mongo document per rollout (``rollouts``, id ``<model>:<version>``) is the truth every process
 follows: the stages (``shadow`` — answers mirrored, nobody sees them — then ``canary`` shares of
-users), the stage in force, the state (running, paused, promoting, then promoted / rolled_back /
+users), the stage in force, the state (running, promoting, then promoted / rolled_back /
 aborted) and every decision with its evidence. The gateway routes by it and records each answer with
 its arm in the inference log; ``tick`` reads that evidence (and the feedback on it), asks
 ``lifecycle.sequential.decide`` and applies the verdict.
 
-A decision is applied by a compare-and-set on (``seq``, ``state``): of two gateways (or a gateway and
-a CLI) looking at once, one changes the document and the other's update matches nothing, so nothing
-is decided twice. The decision is stored with its event, unpublished; the winner publishes it to
-``lifecycle.model-events`` and marks it published; an event left unpublished by a crash is
-published by the next ``tick`` of any process, with the same event id (followers drop duplicates by
-``seq``). Promotion moves ``champion`` (after a ``ModelPromoted`` for workers); a rollback or abort
-leaves ``champion`` alone and takes ``challenger`` off the version.
+A decision is claimed by inserting it into ``rollout_decisions`` under ``<rollout>:<seq>``: of two
+gateways (or a gateway and a CLI) deciding at once, exactly one insert succeeds (a unique ``_id`` is
+the one write every MongoDB-protocol server makes atomic — FerretDB's SQLite backend does not make a
+filtered update one), so nothing is decided twice. The claim carries the change it makes (state,
+stage) and its event, unpublished; the change is then ``$set`` on the rollout (idempotent, and
+re-applied by the next ``tick`` if a crash came between), the event published to
+``lifecycle.model-events`` and marked published — an event left unpublished is published by the next
+``tick`` of any process, with the same event id (followers drop duplicates by ``seq``). Pausing is a
+flag beside the state, not a state change, so it never races a decision. Promotion moves
+``champion`` (after a ``ModelPromoted`` for workers); a rollback or abort leaves ``champion`` alone and
+takes ``challenger`` off the version.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from typing import Any
 from lifecycle import events, topics
 from lifecycle.sequential import Arm, Policy, decide, token_f1
 from lifecycle.settings import Settings
-from lifecycle.store import FEEDBACK, INFERENCE_LOG, MODEL_CONFIGS, ROLLOUTS, Store, now
+from lifecycle.store import FEEDBACK, INFERENCE_LOG, MODEL_CONFIGS, ROLLOUT_DECISIONS, ROLLOUTS, Store, now
 from lifecycle.v1 import events_pb2
 
 log = logging.getLogger(__name__)
-ACTIVE = ("running", "paused", "promoting")
+ACTIVE = ("running", "promoting")
 DONE = ("promoted", "rolled_back", "aborted")
 
 
@@ -58,11 +62,13 @@ def start(
     plan = stages(settings, policy)
     for other in store.db[ROLLOUTS].find({"model_name": name, "state": {"$in": list(ACTIVE)}, "_id": {"$ne": rid}}):
         _decide(settings, store, other, "RolloutRolledBack", "aborted", f"superseded by version {version}")
-    doc = {"_id": rid, "model_name": name, "version": version, "champion": champion, "policy": policy,
-           "stages": plan, "stage": 0, "state": "running", "seq": 0, "started_at": now(),
-           "stage_started_at": now(), "decisions": []}  # fmt: skip
-    if store.insert_once(ROLLOUTS, doc):
-        first = plan[0]
+    doc: dict[str, Any] = {"_id": rid, "model_name": name, "version": version, "champion": champion, "policy": policy,
+           "stages": plan, "stage": 0, "state": "running", "paused": False, "seq": 0, "started_at": now(),
+           "stage_started_at": now()}  # fmt: skip
+    store.insert_once(ROLLOUTS, doc)
+    if not (load(store, rid) or {}).get("decisions"):  # new (or a crash came before its first decision)
+        doc = store.get(ROLLOUTS, rid) or doc
+        first = doc["stages"][0]
         why = reason or f"{first['kind']} at {first['share']:.0%}"
         _append(settings, store, doc, "RolloutStarted", {}, why, expect_seq=0, first=True)
     return _publish_pending(settings, store, rid)
@@ -77,6 +83,19 @@ def get(store: Store, name: str, version: int | None = None) -> dict[str, Any]:
         doc = doc or store.db[ROLLOUTS].find_one({"model_name": name}, sort=[("started_at", -1)])
     if doc is None:
         raise RolloutError(f"{name} has no rollout" + (f" of version {version}" if version is not None else ""))
+    return load(store, doc["_id"]) or doc
+
+
+def load(store: Store, rid: str) -> dict[str, Any] | None:
+    """The rollout with its decisions (``decisions``, by ``seq``), a change a crash left unapplied applied."""
+    doc = store.get(ROLLOUTS, rid)
+    if doc is None:
+        return None
+    doc["decisions"] = list(store.db[ROLLOUT_DECISIONS].find({"rollout": rid}, sort=[("seq", 1)]))
+    last = doc["decisions"][-1] if doc["decisions"] else None
+    if last is not None and last["seq"] > doc["seq"]:
+        _apply(store, rid, last)
+        doc.update({**last.get("change", {}), "seq": last["seq"]})
     return doc
 
 
@@ -86,7 +105,9 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
     decisions = [{k: d[k] for k in ("seq", "type", "stage", "share", "reason", "published")} | {"at": str(d["at"])}
                  for d in doc.get("decisions", [])]  # fmt: skip
     return {"id": doc["_id"], "model": doc["model_name"], "version": doc["version"], "champion": doc["champion"],
-            "policy": doc["policy"], "state": doc["state"], "stage": stage["kind"], "share": stage["share"],
+            "policy": doc["policy"],
+            "state": "paused" if doc.get("paused") and doc["state"] == "running" else doc["state"],
+            "stage": stage["kind"], "share": stage["share"],
             "stages": doc["stages"], "verdict": doc.get("verdict", ""), "evidence": doc.get("evidence", {}),
             "decisions": decisions}  # fmt: skip
 
@@ -131,8 +152,10 @@ def evidence(store: Store, doc: dict[str, Any]) -> tuple[Arm, Arm, int]:
 def tick(settings: Settings, store: Store) -> list[str]:
     """Look at every active rollout once and apply what the evidence decides; returns what was decided."""
     out = []
-    for doc in list(store.db[ROLLOUTS].find({"state": {"$in": list(ACTIVE)}})):
-        doc = _publish_pending(settings, store, doc["_id"])
+    for found in list(store.db[ROLLOUTS].find({"state": {"$in": list(ACTIVE)}}, {"_id": 1})):
+        doc = _publish_pending(settings, store, found["_id"])
+        if doc["state"] not in ACTIVE:  # a decision a crash left unapplied ended it
+            continue
         if doc["state"] == "promoting":
             _finish_promotion(settings, store, doc)
             out.append(f"{doc['_id']}: promoted")
@@ -144,9 +167,7 @@ def tick(settings: Settings, store: Store) -> list[str]:
         if verdict.action == "rollback":
             if _decide(settings, store, doc, "RolloutRolledBack", "rolled_back", verdict.reason, seen):
                 out.append(f"{doc['_id']}: rolled back ({verdict.reason})")
-        elif (
-            verdict.action == "step" and doc["state"] == "running" and step(settings, store, doc, verdict.reason, seen)
-        ):
+        elif verdict.action == "step" and not doc.get("paused") and step(settings, store, doc, verdict.reason, seen):
             out.append(f"{doc['_id']}: stepped ({verdict.reason})")
     return out
 
@@ -174,13 +195,10 @@ def control(settings: Settings, store: Store, name: str, action: str, version: i
     if doc["state"] not in ACTIVE:
         raise RolloutError(f"rollout {doc['_id']} is {doc['state']}; nothing to {action}")
     if action in ("pause", "resume"):
-        want_from, to = ("running", "paused") if action == "pause" else ("paused", "running")
-        if doc["state"] != want_from:
-            raise RolloutError(f"rollout {doc['_id']} is {doc['state']}, not {want_from}")
-        res = store.db[ROLLOUTS].update_one({"_id": doc["_id"], "state": want_from, "seq": doc["seq"]},
-                                            {"$set": {"state": to, "updated_at": now()}})  # fmt: skip
-        if res.modified_count != 1:
-            raise RolloutError(f"rollout {doc['_id']} changed meanwhile; look again")
+        pause = action == "pause"
+        if doc["state"] != "running" or bool(doc.get("paused")) == pause:
+            raise RolloutError(f"rollout {doc['_id']} is {view(doc)['state']}; nothing to {action}")
+        store.update(ROLLOUTS, doc["_id"], {"paused": pause})
     elif action == "abort":
         if not _decide(settings, store, doc, "RolloutRolledBack", "aborted", "aborted by an operator"):
             raise RolloutError(f"rollout {doc['_id']} changed meanwhile; look again")
@@ -203,10 +221,11 @@ def _decide(settings: Settings, store: Store, doc: dict[str, Any], kind: str, st
 
 def _append(settings: Settings, store: Store, doc: dict[str, Any], kind: str, seen: dict[str, Any], reason: str,
             *, expect_seq: int, change: dict[str, Any] | None = None, first: bool = False) -> bool:  # fmt: skip
-    """Record decision ``kind`` by compare-and-set on the document's ``seq`` and state: True when this
-    call made it (the caller publishes), False when someone else changed the rollout first."""
+    """Claim decision ``kind`` as the rollout's next (``expect_seq + 1``, or 0 for the first): True when
+    this call made it (the caller publishes), False when someone else decided that step first."""
     seq = 0 if first else expect_seq + 1
-    new = {**doc, **(change or {})}
+    change = {**(change or {})}
+    new = {**doc, **change}
     stage = new["stages"][new["stage"]]
     event = events.new_event(
         getattr(events_pb2, kind), event_id=f"{doc['_id']}:{seq}", model_name=doc["model_name"],
@@ -214,24 +233,29 @@ def _append(settings: Settings, store: Store, doc: dict[str, Any], kind: str, se
         seq=seq, stage=stage["kind"], share=1.0 if kind == "RolloutPromoted" else stage["share"], reason=reason,
         evidence=_plain(seen),
     )  # fmt: skip
-    decision = {"seq": seq, "type": kind, "stage": stage["kind"], "share": stage["share"], "reason": reason,
+    decision = {"_id": f"{doc['_id']}:{seq}", "rollout": doc["_id"], "seq": seq, "type": kind, "stage": stage["kind"],
+                "share": stage["share"], "reason": reason, "change": change,
                 "event_json": events.encode(event).decode(), "published": False, "at": now()}  # fmt: skip
-    query = {"_id": doc["_id"], "seq": expect_seq, "state": doc["state"]}
-    update: dict[str, Any] = {"$push": {"decisions": decision}, "$set": {**(change or {}), "seq": seq,
-                                                                        "updated_at": now()}}  # fmt: skip
-    res = store.db[ROLLOUTS].update_one(query, update)
-    if res.modified_count == 1:
-        log.info("rollout %s: %s (%s)", doc["_id"], kind, reason)
-    return res.modified_count == 1
+    if not store.insert_once(ROLLOUT_DECISIONS, decision):
+        return False
+    _apply(store, doc["_id"], decision)
+    log.info("rollout %s: %s (%s)", doc["_id"], kind, reason)
+    return True
+
+
+def _apply(store: Store, rid: str, decision: dict[str, Any]) -> None:
+    """A claimed decision's change on the rollout (the same values however often it is applied)."""
+    change = {**decision.get("change", {}), "seq": decision["seq"], "updated_at": now()}
+    store.db[ROLLOUTS].update_one({"_id": rid, "seq": {"$lte": decision["seq"]}}, {"$set": change})
 
 
 def _publish_pending(settings: Settings, store: Store, rid: str) -> dict[str, Any]:
-    doc = store.get(ROLLOUTS, rid)
+    doc = load(store, rid)
     assert doc is not None
-    for i, d in enumerate(doc["decisions"]):
+    for d in doc["decisions"]:
         if not d["published"]:
             events.publish_raw(settings, topics.MODEL_EVENTS, doc["model_name"], d["event_json"].encode())
-            store.db[ROLLOUTS].update_one({"_id": rid}, {"$set": {f"decisions.{i}.published": True}})
+            store.db[ROLLOUT_DECISIONS].update_one({"_id": d["_id"]}, {"$set": {"published": True}})
             d["published"] = True
             _tag(settings, doc, d)
     return doc

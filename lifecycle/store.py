@@ -28,6 +28,7 @@ TRAINING_EVENT_CLAIMS = "training_event_claims"
 PIPELINE_EVENTS = "pipeline_events"
 #: Rollouts of challengers (lifecycle/rollout.py) and the feedback users give on answers.
 ROLLOUTS = "rollouts"
+ROLLOUT_DECISIONS = "rollout_decisions"
 FEEDBACK = "feedback"
 
 Doc = dict[str, Any]
@@ -45,6 +46,7 @@ _INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     ],
     ROLLOUTS: [([("model_name", ASCENDING), ("state", ASCENDING)], {"name": "by_model_state"})],
     FEEDBACK: [([("rollout", ASCENDING)], {"name": "by_rollout"})],
+    ROLLOUT_DECISIONS: [([("rollout", ASCENDING), ("seq", ASCENDING)], {"name": "by_rollout"})],
     JOBS: [([("status", ASCENDING)], {"name": "by_status"})],
 }
 

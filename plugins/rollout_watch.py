@@ -35,11 +35,12 @@ def outcome(doc: dict[str, Any] | None, stage: int) -> dict[str, Any] | None:
 
 
 def _read(rollout_id: str) -> dict[str, Any] | None:
+    from lifecycle import rollout
     from lifecycle.settings import load_settings
-    from lifecycle.store import ROLLOUTS, Store
+    from lifecycle.store import Store
 
     with Store.connect(load_settings()) as store:
-        return store.get(ROLLOUTS, rollout_id)
+        return rollout.load(store, rollout_id)
 
 
 class RolloutStageTrigger(BaseTrigger):

@@ -120,7 +120,7 @@ def test_a_disliked_challenger_is_rolled_back_and_a_gateway_restart_keeps_the_sp
         assert listed[0]["id"] == rid and listed[0]["state"] == "rolled_back"
         late = httpx.post(gateway_url(s) + f"/v1/rollouts/{s.model_name}/resume", timeout=30)
         assert late.status_code == 409 and "rolled_back" in late.text, late.text
-        doc = store.get(ROLLOUTS, rid)
+        doc = rollout.load(store, rid)
         assert doc is not None and "negative rate" in doc["decisions"][-1]["reason"], doc["decisions"][-1]
         assert [(e["type"], e["seq"]) for e in rollout_events(s, rid)] == [("RolloutStarted", 0),
                                                                             ("RolloutRolledBack", 1)]  # fmt: skip
@@ -172,8 +172,9 @@ def test_a_decision_is_made_once_when_two_deciders_race_and_a_repeated_event_is_
         for t in threads:
             t.join()
         assert sorted(results) == [False, False, False, True]
-        doc = store.get(ROLLOUTS, f"{name}:2")
+        doc = rollout.load(store, f"{name}:2")
         assert doc is not None and [d["type"] for d in doc["decisions"]] == ["RolloutStarted", "RolloutRolledBack"]
+        assert doc["state"] == "rolled_back" and doc["seq"] == 1
         assert all(d["published"] for d in doc["decisions"])
 
     loads: list[str] = []
