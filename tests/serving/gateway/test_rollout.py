@@ -100,6 +100,8 @@ def test_a_disliked_challenger_is_rolled_back_and_a_gateway_restart_keeps_the_sp
         pid = process.read_pid(s.run_dir / "gateway.pid")
         assert pid is not None
         os.killpg(pid, signal.SIGKILL)
+        gone = lambda: process.read_pid(s.run_dir / "gateway.pid") is None  # noqa: E731 - dead, not dying
+        assert process.wait_for(gone, timeout=30, interval=0.1) == "ok"
         start_serving(s, 2, str(tiny_llama_dir), threads=1, report=print)
         assert process.wait_for(lambda: ask(s, a_challenger_user).json()["model_version"] == "2", timeout=30) == "ok"
         assert {u: ask(s, u).headers["x-lifecycle-model-version"] for u in USERS} == expected
