@@ -76,14 +76,15 @@ def start(
 
 def get(store: Store, name: str, version: int | None = None) -> dict[str, Any]:
     """The rollout of ``version``, else the model's active one, else its latest."""
-    if version is not None:
-        doc = store.get(ROLLOUTS, f"{name}:{version}")
-    else:
-        doc = store.db[ROLLOUTS].find_one({"model_name": name, "state": {"$in": list(ACTIVE)}})
-        doc = doc or store.db[ROLLOUTS].find_one({"model_name": name}, sort=[("started_at", -1)])
+    rid: str | None = f"{name}:{version}"
+    if version is None:
+        found = store.db[ROLLOUTS].find_one({"model_name": name, "state": {"$in": list(ACTIVE)}}, {"_id": 1})
+        found = found or store.db[ROLLOUTS].find_one({"model_name": name}, {"_id": 1}, sort=[("started_at", -1)])
+        rid = found["_id"] if found else None
+    doc = load(store, rid) if rid else None
     if doc is None:
         raise RolloutError(f"{name} has no rollout" + (f" of version {version}" if version is not None else ""))
-    return load(store, doc["_id"]) or doc
+    return doc
 
 
 def load(store: Store, rid: str) -> dict[str, Any] | None:

@@ -22,12 +22,12 @@ def outcome(doc: dict[str, Any] | None, stage: int) -> dict[str, Any] | None:
     """What the record says of ``stage``: None while it is still to be decided (pure)."""
     if doc is None:
         return {"outcome": "missing", "reason": "no such rollout"}
-    last = (doc.get("decisions") or [{}])[-1]
+    decisions = doc.get("decisions") or [{}]
+    last = decisions[-1]
     if doc["stage"] > stage or doc["state"] in ("promoting", "promoted"):
-        nxt = next((d for d in doc.get("decisions", []) if d.get("seq", 0) > 0 and d["type"] != "RolloutStarted"
-                    and doc["stages"][stage]["kind"] == d["stage"] and d["share"] == doc["stages"][stage]["share"]),
-                   last)  # fmt: skip
-        return {"outcome": "passed", "reason": nxt.get("reason", ""), "state": doc["state"]}
+        # decision k moved the rollout into stage k (0 started it): stage + 1 is the one that left it
+        left = decisions[stage + 1] if stage + 1 < len(decisions) else last
+        return {"outcome": "passed", "reason": left.get("reason", ""), "state": doc["state"]}
     if doc["state"] in ("rolled_back", "aborted"):
         kind = "rolled_back" if doc["stage"] == stage else "not_reached"
         return {"outcome": kind, "reason": last.get("reason", ""), "state": doc["state"]}
