@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         description="Canary steps, percent of users answered by the challenger, comma-separated.",
     )
     rollout_shadow_share: float = Field(0.25, gt=0, le=1, description="Share of requests mirrored in a shadow stage.")
+    rollout_shadow_budget: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Share of a worker's engine time shadow requests may take while user requests run (0: idle only).",
+    )
     rollout_margin: float = Field(
         0.15, gt=0, lt=1, description="A bad-answer rate this far above the champion's rolls a challenger back."
     )

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clifecycle/v1/inference.proto\x12\x0clifecycle.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xc5\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.lifecycle.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\r\n\x05model\x18\t \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x8b\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.lifecycle.v1.Usage\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"\x14\n\x12ModelStatusRequest\"\xf7\x01\n\x13ModelStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x11\n\tmax_batch\x18\x06 \x01(\x05\x12\x0e\n\x06worker\x18\x07 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x08 \x01(\x05\x12\x18\n\x10max_tokens_limit\x18\t \x01(\x05\x12+\n\x06loaded\x18\n \x03(\x0b\x32\x1b.lifecycle.v1.LoadedVersion\x12\x0e\n\x06\x64igest\x18\x0b \x01(\t\"P\n\rLoadedVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0f\n\x07running\x18\x04 \x01(\x05\"@\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"I\n\x11LoadModelResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01\x32\x81\x02\n\x10InferenceService\x12K\n\x08Generate\x12\x1d.lifecycle.v1.GenerateRequest\x1a\x1e.lifecycle.v1.GenerateResponse0\x01\x12R\n\x0bModelStatus\x12 .lifecycle.v1.ModelStatusRequest\x1a!.lifecycle.v1.ModelStatusResponse\x12L\n\tLoadModel\x12\x1e.lifecycle.v1.LoadModelRequest\x1a\x1f.lifecycle.v1.LoadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clifecycle/v1/inference.proto\x12\x0clifecycle.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd9\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08messages\x18\x03 \x03(\x0b\x32\x19.lifecycle.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\r\n\x05model\x18\t \x01(\t\x12\x12\n\nbackground\x18\n \x01(\x08\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x8b\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.lifecycle.v1.Usage\x12\x0e\n\x06\x64igest\x18\x06 \x01(\t\"\x14\n\x12ModelStatusRequest\"\xf7\x01\n\x13ModelStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06queued\x18\x05 \x01(\x05\x12\x11\n\tmax_batch\x18\x06 \x01(\x05\x12\x0e\n\x06worker\x18\x07 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x08 \x01(\x05\x12\x18\n\x10max_tokens_limit\x18\t \x01(\x05\x12+\n\x06loaded\x18\n \x03(\x0b\x32\x1b.lifecycle.v1.LoadedVersion\x12\x0e\n\x06\x64igest\x18\x0b \x01(\t\"P\n\rLoadedVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0f\n\x07running\x18\x04 \x01(\x05\"@\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"I\n\x11LoadModelResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01\x32\x81\x02\n\x10InferenceService\x12K\n\x08Generate\x12\x1d.lifecycle.v1.GenerateRequest\x1a\x1e.lifecycle.v1.GenerateResponse0\x01\x12R\n\x0bModelStatus\x12 .lifecycle.v1.ModelStatusRequest\x1a!.lifecycle.v1.ModelStatusResponse\x12L\n\tLoadModel\x12\x1e.lifecycle.v1.LoadModelRequest\x1a\x1f.lifecycle.v1.LoadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=46
   _globals['_CHATMESSAGE']._serialized_end=90
   _globals['_GENERATEREQUEST']._serialized_start=93
-  _globals['_GENERATEREQUEST']._serialized_end=290
-  _globals['_USAGE']._serialized_start=292
-  _globals['_USAGE']._serialized_end=349
-  _globals['_GENERATERESPONSE']._serialized_start=352
-  _globals['_GENERATERESPONSE']._serialized_end=491
-  _globals['_MODELSTATUSREQUEST']._serialized_start=493
-  _globals['_MODELSTATUSREQUEST']._serialized_end=513
-  _globals['_MODELSTATUSRESPONSE']._serialized_start=516
-  _globals['_MODELSTATUSRESPONSE']._serialized_end=763
-  _globals['_LOADEDVERSION']._serialized_start=765
-  _globals['_LOADEDVERSION']._serialized_end=845
-  _globals['_LOADMODELREQUEST']._serialized_start=847
-  _globals['_LOADMODELREQUEST']._serialized_end=911
-  _globals['_LOADMODELRESPONSE']._serialized_start=913
-  _globals['_LOADMODELRESPONSE']._serialized_end=986
-  _globals['_INFERENCESERVICE']._serialized_start=989
-  _globals['_INFERENCESERVICE']._serialized_end=1246
+  _globals['_GENERATEREQUEST']._serialized_end=310
+  _globals['_USAGE']._serialized_start=312
+  _globals['_USAGE']._serialized_end=369
+  _globals['_GENERATERESPONSE']._serialized_start=372
+  _globals['_GENERATERESPONSE']._serialized_end=511
+  _globals['_MODELSTATUSREQUEST']._serialized_start=513
+  _globals['_MODELSTATUSREQUEST']._serialized_end=533
+  _globals['_MODELSTATUSRESPONSE']._serialized_start=536
+  _globals['_MODELSTATUSRESPONSE']._serialized_end=783
+  _globals['_LOADEDVERSION']._serialized_start=785
+  _globals['_LOADEDVERSION']._serialized_end=865
+  _globals['_LOADMODELREQUEST']._serialized_start=867
+  _globals['_LOADMODELREQUEST']._serialized_end=931
+  _globals['_LOADMODELRESPONSE']._serialized_start=933
+  _globals['_LOADMODELRESPONSE']._serialized_end=1006
+  _globals['_INFERENCESERVICE']._serialized_start=1009
+  _globals['_INFERENCESERVICE']._serialized_end=1266
 # @@protoc_insertion_point(module_scope)

@@ -109,10 +109,13 @@ class Completions:
             plan = Plan(plan.rollout, "champion", req.model)  # the challenger's failure is on record
         async for resp in self._one(req, {**common, "_id": response_id}, plan, stream):
             yield resp
-        if plan is not None and plan.shadow and len(self._shadows) < MAX_SHADOWS:
-            task = asyncio.create_task(self._shadow(req, plan, common, response_id))
-            self._shadows.add(task)
-            task.add_done_callback(self._shadows.discard)
+        if plan is not None and plan.shadow:
+            mirrored = len(self._shadows) < MAX_SHADOWS
+            self.metrics.shadows.labels("mirrored" if mirrored else "skipped").inc()
+            if mirrored:
+                task = asyncio.create_task(self._shadow(req, plan, common, response_id))
+                self._shadows.add(task)
+                task.add_done_callback(self._shadows.discard)
 
     async def _one(
         self, req: inference_pb2.GenerateRequest, record: dict[str, Any], plan: Plan | None, stream: bool
@@ -161,7 +164,7 @@ class Completions:
         """The same request, answered by the challenger for the record only (nobody sees it)."""
         mirror = inference_pb2.GenerateRequest()
         mirror.CopyFrom(req)
-        mirror.model, mirror.request_id = plan.shadow or "", uuid.uuid4().hex
+        mirror.model, mirror.request_id, mirror.background = plan.shadow or "", uuid.uuid4().hex, True
         shadow = Plan(plan.rollout, "shadow", mirror.model)
         with contextlib.suppress(PoolError):
             async for _ in self._one(mirror, {**common, "_id": f"{primary}:shadow", "shadow_of": primary}, shadow,

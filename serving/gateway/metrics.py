@@ -45,6 +45,12 @@ class Metrics:
         self.log_dropped = Counter(
             "lifecycle_inference_log_dropped", "Inference-log records dropped (buffer full)", registry=r
         )
+        self.shadows = Counter(
+            "lifecycle_gateway_shadow_requests",
+            "Requests of a shadow stage: mirrored, or skipped (8 mirrors already waiting for spare capacity)",
+            ["outcome"],
+            registry=r,
+        )
         self.log_written = Counter("lifecycle_inference_log_written", "Inference-log records written", registry=r)
 
     def observe_pool(self, pool: Any) -> None:

@@ -13,6 +13,11 @@ getting its own adapter. ``swap`` makes a slot current: requests submitted from 
 requests already bound to another slot finish on that one; a slot that is neither current nor busy
 is retired (``on_retired``).
 
+Background requests (shadow traffic) use spare capacity: they take rows from the top, never join a
+user request's pass (adding no rows or adapter to it) and run in passes of their own, freely while no
+user request waits or runs, else for at most ``background_share`` of the engine's time. A user request
+finding no free row takes a background row; that request resumes later after the tokens it had made.
+
 The engine runs in its own thread; results go to a per-request ``sink`` callable (called from that
 thread). It knows nothing of gRPC or HTTP.
 """
@@ -20,19 +25,20 @@ thread). It knows nothing of gRPC or HTTP.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from serving.worker import kv, lora
 from serving.worker.sampling import detokenize, sample
-from serving.worker.slots import Delta, EngineError, ModelSlot, QueueFullError, Request, SamplingParams, Sink
+from serving.worker.slots import Delta, EngineError, ModelSlot, QueueFullError, Request, SamplingParams, Sink, deliver
 from serving.worker.stops import find_stop, safe_end
+from serving.worker.threads import one_thread
 
 log = logging.getLogger(__name__)
 __all__ = [
@@ -61,14 +67,18 @@ class _Group:
         self.pos = [0] * rows  # tokens in each row's KV storage
         self.last = [0] * rows  # each row's latest token (the next step's input)
         self.waiting: collections.deque[Request] = collections.deque()
+        self.later: collections.deque[Request] = collections.deque()  # background requests
         self.device = param.device
         self.prefixes = kv.PrefixCache()
 
-    def running(self) -> int:
-        return sum(r is not None for r in self.rows)
+    def running(self, background: bool | None = None) -> int:
+        return sum(r is not None and background in (None, r.background) for r in self.rows)
 
-    def hi(self) -> int:
-        return max((i + 1 for i, r in enumerate(self.rows) if r is not None), default=0)
+    def lane(self, background: bool) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r is not None and r.background == background]
+
+    def users(self) -> bool:  # user (not background) requests waiting or running
+        return bool(self.waiting) or bool(self.lane(False))
 
 
 class Engine:
@@ -81,8 +91,10 @@ class Engine:
         max_tokens_limit: int = 1024,
         prefill_tokens: int = 2048,
         threads: int = 0,
+        background_share: float = 0.02,
     ) -> None:
         self.max_batch = max_batch
+        self.background_share = background_share  # engine time background passes may take beside users
         self.threads = threads  # torch threads of the engine thread (0: as the process has them)
         self.max_queue = max_queue
         self.max_tokens_limit = max_tokens_limit
@@ -97,6 +109,9 @@ class Engine:
         self.on_retired: Callable[[ModelSlot], None] = lambda slot: None
         self.steps = 0
         self.prefix_tokens = 0  # prompt tokens not prefilled: their keys/values came from the prefix cache
+        self.background_passes = 0
+        self.preempted = 0  # background requests that gave their row to a user request
+        self._credit = 0.0  # seconds of background work allowed now (<= 0)
 
     # -- public API (any thread) ------------------------------------------------------------
     def swap(self, slot: ModelSlot) -> ModelSlot | None:
@@ -115,8 +130,9 @@ class Engine:
         sink: Sink = lambda d: None,
         request_id: str = "",
         slot: ModelSlot | None = None,
+        background: bool = False,
     ) -> Request:
-        """Queue a request for ``slot`` (default: the current one)."""
+        """Queue a request for ``slot`` (default: the current one); ``background``: spare capacity only."""
         params = params or SamplingParams()
         slot = slot or self.current
         if slot is None:
@@ -138,14 +154,14 @@ class Engine:
         if params.temperature > 0:
             gen = torch.Generator(device="cpu")
             gen.manual_seed(params.seed if params.seed is not None else torch.seed())
-        req = Request(request_id or f"req-{next(self._ids)}", ids, params, sink, slot, gen)
+        req = Request(request_id or f"req-{next(self._ids)}", ids, params, sink, slot, gen, background=background)
         with self._cv:
             if self.queued() >= self.max_queue:
                 raise QueueFullError(f"queue is full ({self.max_queue} waiting)")
             group = self._groups.get(id(slot.model))
             if group is None:
                 group = self._groups[id(slot.model)] = _Group(slot.model, self.max_batch)
-            group.waiting.append(req)
+            (group.later if background else group.waiting).append(req)
             self._busy[slot] = self._busy.get(slot, 0) + 1
             self._cv.notify_all()
         return req
@@ -157,7 +173,7 @@ class Engine:
             self._cv.notify_all()
 
     def queued(self) -> int:
-        return sum(len(g.waiting) for g in list(self._groups.values()))
+        return sum(len(g.waiting) + len(g.later) for g in list(self._groups.values()))
 
     def running(self) -> int:
         return sum(g.running() for g in list(self._groups.values()))
@@ -197,10 +213,12 @@ class Engine:
         """One iteration: admit waiting requests into free rows, then decode one token for each row."""
         with torch.inference_mode():
             for key, group in list(self._groups.items()):
-                self._admit(group)
-                if group.running():
-                    self._decode(group)
-                if not group.running() and not group.waiting:
+                t0 = time.perf_counter()
+                self._admit(group, False)
+                if group.running(False):
+                    self._decode(group, False)
+                self._background(group, time.perf_counter() - t0)
+                if not group.running() and not group.waiting and not group.later:
                     group.store.release()
                     if self.current is None or id(self.current.model) != key:
                         with self._cv:
@@ -228,34 +246,64 @@ class Engine:
             if lora_set is not None:
                 lora_set.plan = None
 
-    def _admit(self, group: _Group) -> None:
-        free = [i for i, r in enumerate(group.rows) if r is None][: max(self.max_batch - self.running(), 0)]
+    def _background(self, group: _Group, spent: float) -> None:
+        """One background pass (admit or decode) if the background lane has work and the time for it."""
+        users = group.users()
+        if users:  # credit grows with the users' time up to 0; a pass runs at 0 and is debited its time
+            self._credit = min(self._credit + self.background_share * spent, 0.0)
+        if not (group.later or group.lane(True)) or (users and (self.background_share <= 0 or self._credit < 0)):
+            return
+        t0 = time.perf_counter()
+        if not self._admit(group, True, most=1 if users else self.max_batch) and group.running(True):
+            self._decode(group, True)
+        if users:
+            self._credit -= time.perf_counter() - t0
+        self.background_passes += 1
+
+    def _preempt(self, group: _Group, n: int) -> None:
+        """Give the rows of ``n`` background requests to users; they resume later from what they made."""
+        for row in group.lane(True)[::-1][:n]:
+            req, group.rows[row], self.preempted = group.rows[row], None, self.preempted + 1
+            with self._cv:
+                group.later.appendleft(req)  # type: ignore[arg-type]
+
+    def _admit(self, group: _Group, background: bool, most: int = 0) -> bool:
+        queue = group.later if background else group.waiting
+        room = self.max_batch - self.running()
+        if background:
+            room = min(room, max(1, self.max_batch // 4) - group.running(True), most)
+        elif queue and len(queue) > room and group.running(True):
+            self._preempt(group, len(queue) - room)
+            room = self.max_batch - self.running()
+        free = [i for i, r in enumerate(group.rows) if r is None]
+        free = (free[::-1] if background else free)[: max(room, 0)]  # background rows from the top
         new: list[Request] = []
         tokens = 0
         with self._cv:
-            while group.waiting and len(new) < len(free):
-                req = group.waiting[0]
+            while queue and len(new) < len(free):
+                req = queue[0]
                 if new and tokens + len(req.prompt_ids) > self.prefill_tokens:
                     break
-                group.waiting.popleft()
+                queue.popleft()
                 if req.cancelled:
                     self._busy[req.slot] -= 1
                     continue
                 new.append(req)
                 tokens += len(req.prompt_ids)
         if not new:
-            return
+            return False
         store = group.store
+        context = [r.prompt_ids + r.out_ids for r in new]  # a preempted request resumes after its tokens
         store.ensure(max(min(len(r.prompt_ids) + r.params.max_tokens, r.slot.context_length) for r in new))
         for req, row in zip(new, free, strict=False):
             req.row = row
             group.rows[row] = req
         # A prompt that begins like an earlier one starts from that prefix's keys and values.
-        cached = [group.prefixes.restore(store, r.row, r.slot.adapter, r.prompt_ids) for r in new]
+        cached = [group.prefixes.restore(store, r.row, r.slot.adapter, c) for r, c in zip(new, context, strict=True)]
         self.prefix_tokens += sum(cached)
-        lengths = [len(r.prompt_ids) - p for r, p in zip(new, cached, strict=True)]
+        lengths = [len(c) - p for c, p in zip(context, cached, strict=True)]
         dev = group.device
-        ids = torch.tensor([t for r, p in zip(new, cached, strict=True) for t in r.prompt_ids[p:]], device=dev)
+        ids = torch.tensor([t for c, p in zip(context, cached, strict=True) for t in c[p:]], device=dev)
         cols = torch.cat([torch.arange(p, p + n) for p, n in zip(cached, lengths, strict=True)]).to(dev)
         rows = torch.tensor([r.row for r, n in zip(new, lengths, strict=True) for _ in range(n)], device=dev)
         last = torch.tensor(lengths).cumsum(0).sub(1).to(dev)
@@ -266,28 +314,37 @@ class Engine:
         for r in new:
             group.prefixes.save(store, r.row, r.slot.adapter, r.prompt_ids)
         chosen = sample(new, out.logits[0])
-        for req, tok in zip(new, chosen.tolist(), strict=True):
-            group.pos[req.row], group.last[req.row] = len(req.prompt_ids), tok
+        for req, c, tok in zip(new, context, chosen.tolist(), strict=True):
+            group.pos[req.row], group.last[req.row] = len(c), tok
         self._emit(group, new, chosen.tolist())
+        return True
 
-    def _decode(self, group: _Group) -> None:
-        hi = group.hi()
-        reqs = group.rows[:hi]
-        live = [i for i, r in enumerate(reqs) if r is not None]
-        pos = [group.pos[i] if r is not None else 0 for i, r in enumerate(reqs)]
-        ids = [group.last[i] if r is not None else 0 for i, r in enumerate(reqs)]
+    def _decode(self, group: _Group, background: bool) -> None:
+        """One token for each row of a lane, in one pass over the rows from its lowest to its highest.
+        A row of the other lane inside that range is computed, not advanced: its key and value go to
+        the column its own next step overwrites. Rows not advanced take the lane's adapter, so a lane
+        of one adapter keeps its single-adapter pass."""
+        lane = group.lane(background)
+        lo, hi = lane[0], lane[-1] + 1
+        reqs = group.rows[lo:hi]
+        live = [i - lo for i in lane]
+        pos = [group.pos[lo + i] if r is not None else 0 for i, r in enumerate(reqs)]
+        ids = [group.last[lo + i] if r is not None else 0 for i, r in enumerate(reqs)]
         width = max(pos) + 1
         group.store.ensure(width)
         dev = group.device
         pos_t = torch.tensor(pos, device=dev)
         mask = kv.decode_mask(pos_t, width, group.window)
-        ctx = kv.Pass(group.store, False, torch.arange(hi, device=dev), pos_t, mask, width, window=group.window)
-        adapters = [r.slot.adapter if r else None for r in reqs]
-        out = self._forward(group, torch.tensor(ids, device=dev)[:, None], pos_t[:, None], ctx, adapters, [1] * hi)
+        rows = torch.arange(lo, hi, device=dev)
+        ctx = kv.Pass(group.store, False, rows, pos_t, mask, width, window=group.window, lo=lo)
+        running = [r for r in reqs if r is not None and r.background == background]
+        first = running[0].slot.adapter
+        adapters = [r.slot.adapter if r is not None and r.background == background else first for r in reqs]
+        tokens = torch.tensor(ids, device=dev)[:, None]
+        out = self._forward(group, tokens, pos_t[:, None], ctx, adapters, [1] * len(reqs))
         logits = out.logits[:, -1]
-        if len(live) < hi:
+        if len(live) < len(reqs):
             logits = logits[torch.tensor(live, device=dev)]
-        running = [r for r in reqs if r is not None]
         chosen = sample(running, logits).tolist()
         for req, tok in zip(running, chosen, strict=True):
             group.pos[req.row] += 1
@@ -322,7 +379,7 @@ class Engine:
                 r.done = True
                 delta.prompt_tokens, delta.completion_tokens = len(r.prompt_ids), len(r.out_ids)
             if delta.text or finish:
-                _deliver(r, delta)
+                deliver(r, delta)
             if finish or r.cancelled:
                 self._free(group, r)
 
@@ -335,33 +392,9 @@ class Engine:
     def _fail_all(self, error: str) -> None:
         for group in list(self._groups.values()):
             with self._cv:
-                failed = [*group.waiting, *(r for r in group.rows if r is not None)]
+                failed = [*group.waiting, *group.later, *(r for r in group.rows if r is not None)]
                 group.waiting.clear()
+                group.later.clear()
             for r in failed:
-                _deliver(r, Delta("", "error", error=error, model=r.slot.name, version=r.slot.version))
+                deliver(r, Delta("", "error", error=error, model=r.slot.name, version=r.slot.version))
                 self._free(group, r)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run this thread's torch work inside on one OpenMP thread (the count before is restored after).
-    For every thread other than the engine's that touches tensors (loading, attaching, warming): GNU
-    OpenMP keeps a team of workers for each thread that ran a parallel region, and once its workers
-    outnumber the cores it stops spinning and parks them between regions, so a loader thread's idle
-    team made every decode step's matmuls wait on futexes (measured on 2 cores: a decode step 35 %
-    slower in the engine thread after a 2-thread load elsewhere; a single stream 13.7 tokens/s
-    against 22 without)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _deliver(req: Request, delta: Delta) -> None:
-    try:
-        req.sink(delta)
-    except Exception:
-        log.exception("sink of %s failed", req.id)
-        req.cancelled = True

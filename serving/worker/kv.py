@@ -19,7 +19,7 @@ Two kinds of forward pass use it:
 * **prefill**: the new prompts packed into one sequence (batch 1) for the weights, each attending only
   to itself (one causal SDPA call per prompt length, prompts of a length batched), their keys and
   values scattered into their rows at columns ``0..len-1``;
-* **decode**: one token per row for rows ``0..hi-1`` (free rows in between get a dummy token that
+* **decode**: one token per row for rows ``lo..hi-1`` (free rows in between get a dummy token that
   only sees itself), written at each row's position, attending to columns ``0..pos``.
 """
 
@@ -41,13 +41,14 @@ class Pass:
 
     store: KVStore
     prefill: bool
-    rows: torch.Tensor  # prefill: the row of each packed token; decode: 0..hi-1
+    rows: torch.Tensor  # prefill: the row of each packed token; decode: lo..lo+hi-1
     cols: torch.Tensor  # the column each token's key/value is written to
     mask: torch.Tensor | None  # decode: [hi, 1, 1, width] bool, True = attend
     width: int = 0  # decode: columns attended (longest sequence + 1)
     segments: list[Segment] | None = None  # prefill: the packed prompts grouped by shape
     window: int | None = None
     bias: torch.Tensor | None = None  # decode on CPU: ``mask`` as 0 / -inf, made by the first layer
+    lo: int = 0  # decode: the first row (rows are lo..lo+hi-1)
 
 
 @dataclass
@@ -224,8 +225,8 @@ def attention(
     # decode: key [hi, kv_heads, 1, dim]
     k_store[ctx.rows, :, ctx.cols] = key[:, :, 0]
     v_store[ctx.rows, :, ctx.cols] = value[:, :, 0]
-    hi = query.shape[0]
-    keys, values = k_store[:hi, :, : ctx.width], v_store[:hi, :, : ctx.width]
+    lo, hi = ctx.lo, ctx.lo + query.shape[0]
+    keys, values = k_store[lo:hi, :, : ctx.width], v_store[lo:hi, :, : ctx.width]
     if query.device.type == "cpu" and ctx.mask is not None and not kwargs.get("s_aux"):
         return _decode_cpu(query, keys, values, ctx, kwargs.get("scaling")), None
     return sdpa_attention_forward(module, query, keys, values, ctx.mask, **kwargs)

@@ -3,12 +3,15 @@ parameters and the deltas their sinks receive. Imported through ``serving.worker
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class EngineError(ValueError):
@@ -92,6 +95,15 @@ class Request:
     cancelled: bool = False
     done: bool = False
     row: int = -1
+    background: bool = False  # spare capacity only (shadow traffic)
     submitted: float = field(default_factory=time.monotonic)
     _prefix: int = 0  # incremental detokenization: tokens [_prefix, _read) were decoded last time
     _read: int = 0
+
+
+def deliver(req: Request, delta: Delta) -> None:
+    try:
+        req.sink(delta)
+    except Exception:
+        log.exception("sink of %s failed", req.id)
+        req.cancelled = True

@@ -109,6 +109,64 @@ def test_a_cancelled_request_leaves_the_batch_at_the_next_step(smol: Any) -> Non
     assert b["done"].completion_tokens == 50
 
 
+def chat(q: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": q}]
+
+
+def test_background_requests_wait_for_spare_capacity_outside_user_passes(smol: Any) -> None:
+    model, tok = smol
+    eng = Engine(max_batch=4, background_share=0.0)  # no engine time for background work beside users
+    eng.swap(ModelSlot("m", "1", model, tok))
+    passes: list[tuple[bool, set[int]]] = []
+    forward = eng._forward
+
+    def spy(group: Any, ids: Any, pos: Any, ctx: Any, *args: Any, **kw: Any) -> Any:
+        passes.append((ctx.prefill, set(ctx.rows.tolist())))
+        return forward(group, ids, pos, ctx, *args, **kw)
+
+    eng._forward = spy  # type: ignore[method-assign]
+    user = collect(eng, messages=chat(QUESTIONS[0]), params=SamplingParams(max_tokens=12))
+    shadow = collect(eng, messages=chat(QUESTIONS[2]), params=SamplingParams(max_tokens=16), background=True)
+    for _ in range(5):
+        eng.step()
+    assert shadow["deltas"] == [] and eng.background_passes == 0
+    assert passes and all(rows == {0} for _, rows in passes)  # the user's row alone, in every pass
+    run(eng)  # the user finishes first; then the background request runs freely, in the top row
+    assert user["done"].completion_tokens <= 12 and user["text"] == hf_greedy(model, tok, QUESTIONS[0], 12)
+    assert shadow["text"] == hf_greedy(model, tok, QUESTIONS[2], 16)
+    assert {3} in [rows for prefill, rows in passes if not prefill] and eng.background_passes > 0
+
+    eng.background_share = 0.5  # now half the engine's time: it advances beside a user, in passes of its own
+    passes.clear()
+    user = collect(eng, messages=chat(QUESTIONS[1]), params=SamplingParams(max_tokens=20))
+    shadow = collect(eng, messages=chat(QUESTIONS[3]), params=SamplingParams(max_tokens=20), background=True)
+    for _ in range(8):
+        eng.step()
+    assert shadow["deltas"] and "done" not in user
+    assert all(rows == {0} or rows == {3} for _, rows in passes)
+    run(eng)
+    assert shadow["text"] == hf_greedy(model, tok, QUESTIONS[3], 20)
+
+
+def test_a_user_request_takes_a_background_row_and_the_background_request_resumes_where_it_was(smol: Any) -> None:
+    model, tok = smol
+    eng = Engine(max_batch=4, background_share=0.0)
+    eng.swap(ModelSlot("m", "1", model, tok))
+    shadow = collect(eng, messages=chat(QUESTIONS[2]), params=SamplingParams(max_tokens=24), background=True)
+    for _ in range(6):
+        eng.step()
+    made = len(shadow["req"].out_ids)
+    assert made >= 4
+    users = [collect(eng, messages=chat(q), params=SamplingParams(max_tokens=10)) for q in QUESTIONS]
+    eng.step()  # four users, four rows: the background request gives its row up
+    assert eng.preempted == 1 and eng.running() == 4 and len(shadow["req"].out_ids) == made
+    run(eng)
+    for q, u in zip(QUESTIONS, users, strict=True):
+        assert u["text"] == hf_greedy(model, tok, q, 10), q
+    assert shadow["text"] == hf_greedy(model, tok, QUESTIONS[2], 24)
+    assert shadow["done"].completion_tokens == len(shadow["req"].out_ids) > made
+
+
 def test_seeded_sampling_repeats_and_differs_from_greedy(smol: Any) -> None:
     model, tok = smol
     eng = Engine()
