@@ -18,7 +18,7 @@ def serve(
     workers: Annotated[
         int, typer.Option(help="gRPC inference workers (default LIFECYCLE_WORKERS; 0: one per GPU, else per 16 cores).")
     ] = 0,
-    model_path: Annotated[str, typer.Option(help="Serve a local HF folder instead of the champion.")] = "",
+    model_path: Annotated[str, typer.Option(help="Serve a local HF folder while the registry has no champion.")] = "",
     detach: Annotated[bool, typer.Option(help="Leave the gateway and workers running in the background.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop a detached gateway and its workers.")] = False,
 ) -> None:

@@ -109,7 +109,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         submit = functools.partial(engine.submit, prompt=request.prompt if not messages else None,
                                    messages=messages or None, params=params, sink=sink,
-                                   request_id=request.request_id, slot=slot)  # fmt: skip
+                                   request_id=request.request_id, slot=slot,
+                                   background=request.background)  # fmt: skip
         # Templating and tokenizing run off the event loop: a long prompt must not hold up health checks
         # and the other streams. A caller that goes away meanwhile has its request cancelled once queued.
         pending = loop.run_in_executor(None, submit)
@@ -190,6 +191,16 @@ def create_server(
     return server, bound
 
 
+def first_slot(settings: Settings, resident: Resident, model_path: str, follow: bool) -> ModelSlot:
+    """What a worker serves first: the registry's champion. A local folder (``--model-path``) instead
+    when the worker does not follow the registry (no events), and while the registry has no champion
+    when it does: a worker started again in the middle of a rollout serves what the registry says."""
+    name = settings.model_name
+    if model_path and (not follow or loader.resolve_version(settings, name, "champion") is None):
+        return resident.load(name, "champion", model_path)
+    return resident.load(name, "champion")
+
+
 async def serve(
     settings: Settings,
     port: int,
@@ -206,7 +217,8 @@ async def serve(
     from serving.worker.job_consumer import JobConsumer
     from serving.worker.model_events import ModelEventConsumer
 
-    engine = Engine(max_batch=max_batch, max_queue=256, threads=threads or torch.get_num_threads())
+    engine = Engine(max_batch=max_batch, max_queue=256, threads=threads or torch.get_num_threads(),
+                    background_share=settings.rollout_shadow_budget)  # fmt: skip
     resident = Resident(settings, engine, settings.resident_versions)
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)
@@ -221,7 +233,7 @@ async def serve(
     if watcher:
         await asyncio.to_thread(watcher.start)  # subscribed before the champion is read: no promotion missed
     try:
-        switch(await asyncio.to_thread(resident.load, settings.model_name, "champion", model_path))
+        switch(await asyncio.to_thread(first_slot, settings, resident, model_path, events))
     except loader.LoadError as exc:
         log.warning("%s: not serving yet: %s (waiting for a promotion)", name, exc)
     engine.start()
@@ -257,7 +269,11 @@ def main(argv: list[str] | None = None) -> Any:
     p = argparse.ArgumentParser(prog="python -m serving.worker", description="gRPC inference worker")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--name", default="")
-    p.add_argument("--model-path", default="", help="serve a local HF folder instead of the champion")
+    p.add_argument(
+        "--model-path",
+        default="",
+        help="serve a local HF folder while the registry has no champion (always with --no-events)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--no-events", action="store_true", help="no Kafka (no hot swap, no jobs)")
