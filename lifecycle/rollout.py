@@ -50,7 +50,8 @@ def stages(settings: Settings, policy: str) -> list[dict[str, Any]]:
 
 
 def policy_of(settings: Settings) -> Policy:
-    return Policy(margin=settings.rollout_margin, min_requests=settings.rollout_min_requests)
+    n = settings.rollout_min_requests  # per stage (challenger) and for a baseline (champion)
+    return Policy(margin=settings.rollout_margin, min_requests=n, baseline=n)
 
 
 def start(
@@ -113,9 +114,10 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
             "decisions": decisions}  # fmt: skip
 
 
-def evidence(store: Store, doc: dict[str, Any]) -> tuple[Arm, Arm, int]:
+def evidence(store: Store, doc: dict[str, Any], baseline: int = 20) -> tuple[Arm, Arm, int]:
     """(challenger, champion, challenger answers since the stage began) from the inference log and the
-    feedback on it. Shadow answers count for the challenger (all but feedback, which they cannot get)."""
+    feedback on it. Shadow answers count for the challenger (all but feedback, which they cannot get).
+    With fewer than ``baseline`` champion answers in the rollout, its answers before the rollout count too."""
     arms = {"challenger": Arm(), "champion": Arm()}
     answers: dict[str, str] = {}
     shadows: list[tuple[str, str]] = []
@@ -124,15 +126,7 @@ def evidence(store: Store, doc: dict[str, Any]) -> tuple[Arm, Arm, int]:
               "output": 1, "shadow_of": 1}  # fmt: skip
     since = _aware(doc["stage_started_at"])
     for rec in store.db[INFERENCE_LOG].find({"rollout": doc["_id"]}, fields):
-        arm = arms["champion" if rec.get("arm") == "champion" else "challenger"]
-        arm.requests += 1
-        finish, tokens = rec.get("finish_reason", ""), int(rec.get("completion_tokens") or 0)
-        if finish == "error":
-            arm.error += 1
-        elif finish != "cancelled":
-            arm.empty += tokens == 0
-            arm.truncated += finish == "length"
-            arm.latency_ms.append(float(rec.get("latency_ms") or 0) / max(1, tokens))
+        _count(arms["champion" if rec.get("arm") == "champion" else "challenger"], rec)
         if rec.get("arm") != "champion" and _aware(rec["created_at"]) >= since:
             stage_n += 1
         if rec.get("arm") == "champion" and "output" in rec:
@@ -142,12 +136,28 @@ def evidence(store: Store, doc: dict[str, Any]) -> tuple[Arm, Arm, int]:
     for primary, text in shadows:
         if primary in answers:
             arms["challenger"].agreement.append(token_f1(answers[primary], text))
+    if arms["champion"].requests < baseline:  # few in the rollout (a 100 % stage first): its answers before it too
+        query = {"model": doc["model_name"], "version": str(doc["champion"]), "rollout": {"$exists": False},
+                 "created_at": {"$lt": doc["started_at"]}}  # fmt: skip
+        for rec in store.db[INFERENCE_LOG].find(query, fields).sort("created_at", -1).limit(baseline * 10):
+            _count(arms["champion"], rec)
     for fb in store.db[FEEDBACK].find({"rollout": doc["_id"]}, {"arm": 1, "rating": 1}):
         arm = arms["champion" if fb.get("arm") == "champion" else "challenger"]
         arm.rated += 1
         arm.negative += fb.get("rating", 0) < 0
         arm.positive += fb.get("rating", 0) > 0
     return arms["challenger"], arms["champion"], stage_n
+
+
+def _count(arm: Arm, rec: dict[str, Any]) -> None:
+    arm.requests += 1
+    finish, tokens = rec.get("finish_reason", ""), int(rec.get("completion_tokens") or 0)
+    if finish == "error":
+        arm.error += 1
+    elif finish != "cancelled":
+        arm.empty += tokens == 0
+        arm.truncated += finish == "length"
+        arm.latency_ms.append(float(rec.get("latency_ms") or 0) / max(1, tokens))
 
 
 def tick(settings: Settings, store: Store) -> list[str]:
@@ -161,8 +171,9 @@ def tick(settings: Settings, store: Store) -> list[str]:
             _finish_promotion(settings, store, doc)
             out.append(f"{doc['_id']}: promoted")
             continue
-        challenger, champion, stage_n = evidence(store, doc)
-        verdict = decide(challenger, champion, stage_n, policy_of(settings))
+        policy = policy_of(settings)
+        challenger, champion, stage_n = evidence(store, doc, policy.baseline)
+        verdict = decide(challenger, champion, stage_n, policy)
         seen = {"challenger": challenger.summary(), "champion": champion.summary(), "tests": verdict.tests}
         store.update(ROLLOUTS, doc["_id"], {"evidence": seen, "verdict": verdict.reason})
         if verdict.action == "rollback":

@@ -8,6 +8,10 @@ added so that a champion lucky early on does not make an equal challenger look w
 
     H0: p_challenger = p0 = max(champion rate + its standard error, floor)    H1: p_challenger = p0 + margin
 
+A signal other than errors is tested once the champion has ``baseline`` answers that show it: how
+often answers are cut off or empty depends on the traffic (its max_tokens, its prompts), so without
+the champion's rate on it there is nothing to compare with (errors are compared with the floor).
+
 The log likelihood ratio of the challenger's counts is recomputed from them on every look. Crossing
 ``log((1 - beta) / (alpha / k))`` (k tested signals, Bonferroni) rolls back: under H0 the likelihood
 ratio is a martingale, so by Ville's inequality a challenger no worse than its champion is rolled back
@@ -72,6 +76,7 @@ class Policy:
     max_error_increase: float = 0.20  # guard rail: challenger error rate above the champion's + this
     max_latency_ratio: float = 1.5  # guard rail: p50 ms per token above the champion's x this
     guard_min: int = 10  # challenger answers before a guard rail may fire
+    baseline: int = 20  # champion answers a signal other than errors needs before it is tested
 
 
 @dataclass
@@ -106,14 +111,19 @@ def decide(challenger: Arm, champion: Arm, stage_requests: int, policy: Policy =
         if b50 > 0 and c50 > b50 * p.max_latency_ratio:
             return Verdict("rollback", f"guard rail: {c50:.1f} ms per token vs champion {b50:.1f} "
                                        f"(bound x{p.max_latency_ratio})")  # fmt: skip
-    tested = []
+    tested, untested = [], []
     for signal in SIGNALS:
         bad_b, n_b = champion.count(signal)
         bad_c, n_c = challenger.count(signal)
         rate_b = _rate(bad_b, n_b)
         p0 = max(p.floor, rate_b + (math.sqrt(rate_b * (1 - rate_b) / n_b) if n_b else 0.0))
         p1 = p0 + p.margin
-        if p1 >= 1 or (signal == "negative" and not (n_b or n_c)):  # cannot tell them apart / nobody rates
+        if signal == "negative" and not (n_b or n_c):  # nobody rates
+            continue
+        if signal != "error" and n_b < p.baseline:
+            untested.append(signal)
+            continue
+        if p1 >= 1:  # cannot tell them apart
             continue
         tested.append(signal)
         tests[signal] = {"challenger": _rate(bad_c, n_c), "champion": _rate(bad_b, n_b), "n": n_c,
@@ -132,7 +142,8 @@ def decide(challenger: Arm, champion: Arm, stage_requests: int, policy: Policy =
     waiting = [s for s in tested if tests[s]["llr"] > lower]
     if waiting:
         return Verdict("continue", "not yet shown no worse on " + ", ".join(waiting), tests)
-    return Verdict("step", "no worse than the champion on " + ", ".join(tested) + " (SPRT)", tests)
+    unknown = f"; untested: {', '.join(untested)} (champion answers < {p.baseline})" if untested else ""
+    return Verdict("step", "no worse than the champion on " + ", ".join(tested) + " (SPRT)" + unknown, tests)
 
 
 def token_f1(a: str, b: str) -> float:

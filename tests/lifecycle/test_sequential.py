@@ -69,3 +69,14 @@ def test_agreement_is_word_f1() -> None:
     assert token_f1("Paris is the capital", "the capital is Paris") == 1.0
     assert token_f1("", "") == 1.0 and token_f1("a b", "c d") == 0.0
     assert abs(token_f1("a b c d", "a b") - 2 / 3) < 1e-9
+
+
+def test_a_signal_the_traffic_shapes_waits_for_the_champions_baseline() -> None:
+    # Every answer cut off by max_tokens: normal for this traffic, unknown until the champion shows it.
+    cut = Arm(requests=150, truncated=150)
+    few = decide(cut, Arm(requests=5, truncated=5), stage_requests=150)
+    assert few.action == "step" and "untested: empty, truncated" in few.reason, few.reason
+    assert decide(cut, Arm(requests=40, truncated=40), stage_requests=150).action == "step"
+    assert decide(cut, Arm(requests=40), stage_requests=150).action == "rollback"
+    errors = decide(Arm(requests=150, error=40), Arm(), stage_requests=150)  # errors: against the floor
+    assert errors.action == "rollback" and "error" in errors.reason
