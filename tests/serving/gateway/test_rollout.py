@@ -1,7 +1,8 @@
 """Rollouts end to end on the real stack and serving tier: a version that passes the gate under the
 canary policy becomes challenger and answers a sticky share of users; every answer says which version
 gave it; users' feedback rolls back a bad challenger (the split surviving a gateway kill -9 on the
-way) and promotes a good one; decisions are made once and events applied once."""
+way) and promotes a good one (the split surviving a worker kill -9); a shadow stage mirrors answers to
+the challenger for the record only; decisions are made once and events applied once."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from lifecycle import events, registry, rollout, topics
 from lifecycle.settings import Settings
 from lifecycle.stack import process
 from lifecycle.stack.serving import gateway_url, start_serving
-from lifecycle.store import ROLLOUTS, Store
+from lifecycle.store import INFERENCE_LOG, ROLLOUTS, Store
 from lifecycle.v1 import events_pb2
 from serving.gateway.rollouts import bucket
 from serving.worker.model_events import ModelEventConsumer
@@ -29,7 +30,8 @@ from training.promote import promote
 
 pytestmark = pytest.mark.stack
 ROLLOUT_ENV = {"LIFECYCLE_ROLLOUT_POLICY": "canary", "LIFECYCLE_ROLLOUT_STEPS": "50,100",
-               "LIFECYCLE_ROLLOUT_MIN_REQUESTS": "4", "LIFECYCLE_ROLLOUT_MARGIN": "0.5"}  # fmt: skip
+               "LIFECYCLE_ROLLOUT_MIN_REQUESTS": "4", "LIFECYCLE_ROLLOUT_MARGIN": "0.5",
+               "LIFECYCLE_ROLLOUT_SHADOW_SHARE": "1"}  # fmt: skip
 USERS = [f"user-{i}" for i in range(16)]
 
 
@@ -97,6 +99,10 @@ def test_a_disliked_challenger_is_rolled_back_and_a_gateway_restart_keeps_the_sp
             )
 
         # kill -9 of the gateway mid-rollout: the one started after it routes the same users the same way.
+        # (Its inference log is written in batches: wait until these answers are in, as feedback needs them.)
+        ids = [r.json()["id"] for r in answers.values()]
+        logged = lambda: store.db[INFERENCE_LOG].count_documents({"_id": {"$in": ids}}) == len(ids)  # noqa: E731
+        assert process.wait_for(logged, timeout=30, interval=0.2) == "ok"
         pid = process.read_pid(s.run_dir / "gateway.pid")
         assert pid is not None
         os.killpg(pid, signal.SIGKILL)
@@ -141,6 +147,49 @@ def test_a_liked_challenger_steps_up_and_is_promoted(
         assert res.alias == "challenger", res.reason
         rid = f"{s.model_name}:3"
         codes: list[int] = []
+
+        # kill -9 of a worker mid-rollout, users asking all along: no failed request, no decision, and
+        # the worker started after it answers each user with the version the rollout says.
+        rollout.control(s, store, s.model_name, "pause")
+        expected = {u: "3" if bucket(rid, u) < 0.5 else "1" for u in USERS}
+        challenger_user = next(u for u in USERS if expected[u] == "3")
+        assert process.wait_for(lambda: ask(s, challenger_user).json()["model_version"] == "3", timeout=30) == "ok"
+        seq = (rollout.load(store, rid) or {})["seq"]
+        stop = threading.Event()
+        during: list[tuple[str, str]] = []
+
+        failed: list[BaseException] = []
+
+        def keep_asking() -> None:
+            try:
+                while not stop.is_set():
+                    for u in USERS[:4]:
+                        during.append((u, ask(s, u).json()["model_version"]))  # ask() asserts the 200
+            except BaseException as exc:  # noqa: BLE001 - reported by the test thread below
+                failed.append(exc)
+
+        asker = threading.Thread(target=keep_asking)
+        asker.start()
+        try:
+            assert process.wait_for(lambda: len(during) >= 4, timeout=60, interval=0.1) == "ok"
+            pidfile = sorted(s.run_dir.glob("worker-*.pid"))[0]
+            pid = process.read_pid(pidfile)
+            assert pid is not None
+            os.killpg(pid, signal.SIGKILL)
+            assert process.wait_for(lambda: process.read_pid(pidfile) is None, timeout=30, interval=0.1) == "ok"
+            asked = len(during)
+            assert process.wait_for(lambda: len(during) >= asked + 8, timeout=60, interval=0.1) == "ok"
+            start_serving(s, 2, str(tiny_llama_dir), threads=1, report=print)
+            assert process.wait_for(lambda: served(s) == ["1", "1"], timeout=120, interval=0.2) == "ok"
+        finally:
+            stop.set()
+            asker.join()
+        assert not failed, failed
+        assert all(version == expected[u] for u, version in during), during
+        assert {u: ask(s, u).headers["x-lifecycle-model-version"] for u in USERS} == expected
+        after = rollout.load(store, rid) or {}
+        assert after["seq"] == seq and after["state"] == "running" and after["paused"] is True
+        rollout.control(s, store, s.model_name, "resume")
 
         def round_of_users() -> bool:
             for u in USERS:
@@ -188,3 +237,45 @@ def test_a_decision_is_made_once_when_two_deciders_race_and_a_repeated_event_is_
     for event in (first, first, stepped, first, stepped):
         follower.handle(events.encode(event))
     assert loads == ["2", "2"]  # the start and the step, each once
+
+
+def test_a_shadow_stage_answers_users_with_the_champion_and_records_the_challengers_answer(tier: Settings) -> None:
+    s = tier
+    with Store.connect(s) as store:
+        mc = registry.client(s.mlflow_tracking_uri)
+        champion = int(registry.version_by_alias(mc, s.model_name, "champion").version)
+        doc = rollout.start(s, store, s.model_name, 1, champion, "shadow", reason="test: shadow")
+        rollout.control(s, store, s.model_name, "pause")  # mirror, never step
+        rid = doc["_id"]
+        log = store.db[INFERENCE_LOG]
+
+        def mirrored(answer: httpx.Response) -> dict[str, Any] | None:
+            return log.find_one({"shadow_of": answer.json()["id"]})
+
+        early: list[httpx.Response] = []
+
+        def seen() -> bool:  # the gateway follows the record within a second; the log is written in batches
+            early.append(ask(s, USERS[0]))
+            return any(mirrored(a) for a in early)
+
+        assert process.wait_for(seen, timeout=60, interval=0.5) == "ok"
+        answers = [ask(s, u) for u in USERS[:8]]
+        assert {a.json()["model_version"] for a in answers} == {str(champion)}  # users never see the challenger
+        assert process.wait_for(lambda: all(mirrored(a) for a in answers), timeout=120, interval=0.3) == "ok"
+        for a in answers:
+            shadow = mirrored(a)
+            assert shadow is not None
+            assert (shadow["_id"], shadow["version"], shadow["arm"], shadow["rollout"]) == (
+                f"{a.json()['id']}:shadow",
+                "1",
+                "shadow",
+                rid,
+            )
+            assert shadow["finish_reason"] in ("stop", "length") and shadow["completion_tokens"] >= 1
+            user = log.find_one({"_id": a.json()["id"]})
+            assert user is not None and user["arm"] == "champion" and user["version"] == str(champion)
+        metrics = httpx.get(gateway_url(s) + "/metrics", timeout=10).text
+        assert 'lifecycle_gateway_shadow_requests_total{outcome="mirrored"}' in metrics
+        rollout.control(s, store, s.model_name, "abort")
+        assert state(s, store, rid) == "aborted"
+        assert registry.version_by_alias(mc, s.model_name, "champion").version == str(champion)
