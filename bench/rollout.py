@@ -1,6 +1,7 @@
 """Rollouts decided by live evidence, with scripted users, against the running local stack.
 
-    .venv/bin/python bench/rollout.py [--users 200] [--concurrency 8] [--repeats 2] [--shadow-requests 200]
+    .venv/bin/python bench/rollout.py [--users 200] [--concurrency 8] [--repeats 2] [--shadow-requests 400]
+        [--shadow-only]
 
 Builds three LoRA adapters of the base model (SmolLM2-135M) whose behaviour is known: each adds
 ``s * (a . h)`` to the logit of one junk token (a random direction ``a`` of the last hidden state), so
@@ -15,13 +16,18 @@ that writes the adapter stands in for the trainer), ``lifecycle serve`` starts, 
 Reported per scenario: requests until the rollout's decision, share of users who got a challenger
 answer, failed requests. Then shadow's cost: p99 latency of user requests at concurrency 8 with no
 rollout and with a (paused) shadow rollout mirroring ``LIFECYCLE_ROLLOUT_SHADOW_SHARE`` of them, in
-alternating blocks of the same run.
+alternating blocks of the same run, each shadow block measured once its rollout has settled (the
+challenger loaded, the first decision look made, 16 requests of warm-up). After each shadow block
+the bench waits until every mirrored request has been answered (the backlog a saturated worker left
+for its idle time), so the next plain block does not pay for it; it reports how many mirrored
+answers came back during the block itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import datetime as dt
 import json
 import os
 import random
@@ -175,6 +181,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=3000, help="requests at most per scenario")
     p.add_argument("--shadow-requests", type=int, default=400, help="user requests per shadow share, half mirrored")
     p.add_argument("--shadow-shares", default="0.25,0.05", help="mirrored shares to price, comma-separated")
+    p.add_argument("--shadow-only", action="store_true", help="only shadow's cost (no canary scenarios)")
     p.add_argument("--scales", default="", help="champion,bad junk scales (skip the calibration, e.g. 3.0,4.12)")
     args = p.parse_args()
     os.environ.update({"LIFECYCLE_GATEWAY_PORT": "18600", "LIFECYCLE_WORKER_PORT": "18651",
@@ -206,7 +213,9 @@ def main() -> None:
 
     mc = registry.client(s.mlflow_tracking_uri)
     versions: dict[str, list[int]] = {}
-    order = ["champion", *["bad"] * args.repeats, "good", *["shadow"] * (2 * len(args.shadow_shares.split(",")))]
+    canary = [] if args.shadow_only else ["bad"] * args.repeats + ["good"]
+    shares = [float(x) for x in args.shadow_shares.split(",") if x]  # none: no shadow blocks
+    order = ["champion", *canary, *["shadow"] * (2 * len(shares))]
     with Store.connect(s) as store:
         for i, label in enumerate(order):
             folder = tmp / f"{label}{i}"
@@ -236,7 +245,7 @@ def main() -> None:
         url = gateway_url(s)
         try:
             results = []
-            for n, version in enumerate([*versions["bad"], *versions["good"]]):
+            for n, version in enumerate([*versions.get("bad", []), *versions.get("good", [])]):
                 label = "good" if version in versions["good"] else "bad"
                 doc = rollout.start(s, store, s.model_name, version, champion, "canary")
                 rid = doc["_id"]
@@ -264,10 +273,12 @@ def main() -> None:
                 print(json.dumps(results[-1]))
             shadows = {}
             pool = list(versions["shadow"])
-            for share in [float(x) for x in args.shadow_shares.split(",")]:
+            for share in shares:
                 picked = [pool.pop(0), pool.pop(0)]
                 cfg = s.model_copy(update={"rollout_shadow_share": share})
-                shadows[share] = shadow_cost(cfg, store, url, picked, versions["good"][0], args)
+                now_champion = registry.version_by_alias(mc, s.model_name, registry.CHAMPION)
+                shadows[share] = shadow_cost(cfg, store, url, picked, int(now_champion.version), args)
+                print(shadow_line(share, shadows[share]), flush=True)  # as it comes: a long run may be cut
         finally:
             stop_serving(s, report=lambda m: None)
     print(
@@ -278,9 +289,14 @@ def main() -> None:
               f"{r['users_seen']} ({r['exposed_share']:.1%}) | {r['challenger_bad']:.1%} of "
               f"{r['challenger_answers']} | {r['champion_bad']:.1%} | {r['failed']}")  # fmt: skip
     for share, sh in shadows.items():
-        print(f"shadow {share:.0%}: p99 {sh['p99_shadow']:.3f}s vs {sh['p99_plain']:.3f}s without -> "
-              f"{sh['p99_shadow'] / sh['p99_plain']:.3f}x; p50 {sh['p50_shadow']:.3f} vs {sh['p50_plain']:.3f}; "
-              f"mirrored {sh['mirrored']} of {2 * sh['per_block']}")  # fmt: skip
+        print(shadow_line(share, sh))
+
+
+def shadow_line(share: float, sh: dict[str, Any]) -> str:
+    return (f"shadow {share:.0%}: p99 {sh['p99_shadow']:.3f}s vs {sh['p99_plain']:.3f}s without -> "
+            f"{sh['p99_shadow'] / sh['p99_plain']:.3f}x; p50 {sh['p50_shadow']:.3f} vs {sh['p50_plain']:.3f}; "
+            f"mirrored {sh['sent']} of {2 * sh['per_block']} ({sh['skipped']} skipped: 8 already waiting), "
+            f"{sh['in_block']} answered during the shadow blocks, {sh['answered']} in all")  # fmt: skip
 
 
 def shadow_cost(s: Any, store: Any, url: str, shadows: list[int], champion: int, args: Any) -> dict[str, Any]:
@@ -289,7 +305,7 @@ def shadow_cost(s: Any, store: Any, url: str, shadows: list[int], champion: int,
     import httpx
 
     from lifecycle import rollout
-    from lifecycle.store import INFERENCE_LOG
+    from lifecycle.store import INFERENCE_LOG, ROLLOUTS
 
     lat: dict[bool, list[float]] = {False: [], True: []}
     rng = random.Random(99)
@@ -306,17 +322,37 @@ def shadow_cost(s: Any, store: Any, url: str, shadows: list[int], champion: int,
         with httpx.Client() as client, cf.ThreadPoolExecutor(8) as pool:
             return list(pool.map(lambda _: one(client), range(n)))
 
+    def counted(outcome: str) -> int:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        pattern = f'lifecycle_gateway_shadow_requests_total{{outcome="{outcome}"}} '
+        return sum(int(float(line.split()[-1])) for line in text.splitlines() if line.startswith(pattern))
+
     measure(16)  # warm
-    mirrored = 0
+    sent = skipped = answered = in_block = 0
     for version in shadows:
         lat[False] += measure(block)
         doc = rollout.start(s, store, s.model_name, version, champion, "shadow", reason="bench: shadow cost")
         rollout.control(s, store, s.model_name, "pause", version)  # mirror, never step
-        time.sleep(2.5)  # the gateway reads the rollout record every second (a bench, not a test)
+        # Settled first: the challenger loaded on the worker and the first decision look made (one-off
+        # costs of a rollout's start, not the cost of shadowing), then a warm-up not counted.
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "model": f"{s.model_name}@{version}"}
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=120).raise_for_status()
+        t = time.monotonic()
+        while "evidence" not in (store.get(ROLLOUTS, doc["_id"]) or {}) and time.monotonic() - t < 120:
+            time.sleep(0.5)
+        measure(16)
+        before = counted("mirrored"), counted("skipped")
         lat[True] += measure(block)
+        end = dt.datetime.now(dt.UTC)
         rollout.control(s, store, s.model_name, "abort", version)
-        time.sleep(2.5)
-        mirrored += store.db[INFERENCE_LOG].count_documents({"rollout": doc["_id"], "arm": "shadow"})
+        sent += counted("mirrored") - before[0]
+        skipped += counted("skipped") - before[1]
+        shadow = {"rollout": doc["_id"], "arm": "shadow"}
+        t = time.monotonic()  # the backlog drains while idle; the next plain block must not pay for it
+        while store.db[INFERENCE_LOG].count_documents(shadow) < sent - answered and time.monotonic() - t < 900:
+            time.sleep(2)
+        answered += store.db[INFERENCE_LOG].count_documents(shadow)
+        in_block += store.db[INFERENCE_LOG].count_documents({**shadow, "created_at": {"$lte": end}})
 
     def q(xs: list[float], f: float) -> float:
         xs = sorted(xs)
@@ -324,7 +360,8 @@ def shadow_cost(s: Any, store: Any, url: str, shadows: list[int], champion: int,
 
     return {"p99_plain": q(lat[False], 0.99), "p99_shadow": q(lat[True], 0.99),
             "p50_plain": statistics.median(lat[False]), "p50_shadow": statistics.median(lat[True]),
-            "mirrored": mirrored, "per_block": block}  # fmt: skip
+            "sent": sent, "skipped": skipped, "answered": answered, "in_block": in_block,
+            "per_block": block}  # fmt: skip
 
 
 if __name__ == "__main__":

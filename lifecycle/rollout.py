@@ -160,10 +160,14 @@ def _count(arm: Arm, rec: dict[str, Any]) -> None:
         arm.latency_ms.append(float(rec.get("latency_ms") or 0) / max(1, tokens))
 
 
-def tick(settings: Settings, store: Store) -> list[str]:
-    """Look at every active rollout once and apply what the evidence decides; returns what was decided."""
+def tick(settings: Settings, store: Store, models: list[str] | None = None) -> list[str]:
+    """Look at every active rollout (of ``models``) once and apply what the evidence decides; returns
+    what was decided."""
     out = []
-    for found in list(store.db[ROLLOUTS].find({"state": {"$in": list(ACTIVE)}}, {"_id": 1})):
+    query: dict[str, Any] = {"state": {"$in": list(ACTIVE)}}
+    if models is not None:
+        query["model_name"] = {"$in": models}
+    for found in list(store.db[ROLLOUTS].find(query, {"_id": 1})):
         doc = _publish_pending(settings, store, found["_id"])
         if doc["state"] not in ACTIVE:  # a decision a crash left unapplied ended it
             continue

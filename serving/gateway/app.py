@@ -37,6 +37,7 @@ def create_app(
     rollouts = Rollouts(settings) if log_inference else None  # rollouts decide on the inference log's records
     if rollouts is not None:
         rollouts.served = lambda model: {w.version for w in pool.workers if w.up and w.model == model}
+        rollouts.models = lambda: sorted({w.model for w in pool.workers if w.up and w.model})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -121,7 +121,7 @@ def test_a_disliked_challenger_is_rolled_back_and_a_gateway_restart_keeps_the_sp
         for r in answers.values():
             receipt = rate(s, r, -1 if r.json()["model_version"] == "2" else 1)
             assert receipt["version"] == r.json()["model_version"]
-        assert process.wait_for(lambda: state(s, store, rid) == "rolled_back", timeout=60, interval=0.3) == "ok"
+        assert process.wait_for(lambda: state(s, store, rid) == "rolled_back", timeout=180, interval=0.3) == "ok"
         assert process.wait_for(lambda: ask(s, a_challenger_user).json()["model_version"] == "1", timeout=30) == "ok"
         assert {ask(s, u).json()["model_version"] for u in USERS} == {"1"}
         listed = httpx.get(gateway_url(s) + "/v1/rollouts", params={"model": s.model_name}, timeout=30).json()["data"]
@@ -198,7 +198,7 @@ def test_a_liked_challenger_steps_up_and_is_promoted(
                 rate(s, r, 1)
             return state(s, store, rid) == "promoted"
 
-        assert process.wait_for(round_of_users, timeout=180, interval=0.1) == "ok"
+        assert process.wait_for(round_of_users, timeout=300, interval=0.1) == "ok"
         assert process.wait_for(lambda: served(s) == ["3", "3"], timeout=120, interval=0.2) == "ok"
         assert {ask(s, u).json()["model_version"] for u in USERS} == {"3"}
         assert set(codes) == {200}
