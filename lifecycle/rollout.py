@@ -114,7 +114,7 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
             "decisions": decisions}  # fmt: skip
 
 
-def evidence(store: Store, doc: dict[str, Any], baseline: int = 20) -> tuple[Arm, Arm, int]:
+def evidence(store: Store, doc: dict[str, Any], baseline: int) -> tuple[Arm, Arm, int]:
     """(challenger, champion, challenger answers since the stage began) from the inference log and the
     feedback on it. Shadow answers count for the challenger (all but feedback, which they cannot get).
     With fewer than ``baseline`` champion answers in the rollout, its answers before the rollout count too."""
@@ -164,6 +164,7 @@ def tick(settings: Settings, store: Store, models: list[str] | None = None) -> l
     """Look at every active rollout (of ``models``) once and apply what the evidence decides; returns
     what was decided."""
     out = []
+    policy = policy_of(settings)
     query: dict[str, Any] = {"state": {"$in": list(ACTIVE)}}
     if models is not None:
         query["model_name"] = {"$in": models}
@@ -175,7 +176,6 @@ def tick(settings: Settings, store: Store, models: list[str] | None = None) -> l
             _finish_promotion(settings, store, doc)
             out.append(f"{doc['_id']}: promoted")
             continue
-        policy = policy_of(settings)
         challenger, champion, stage_n = evidence(store, doc, policy.baseline)
         verdict = decide(challenger, champion, stage_n, policy)
         seen = {"challenger": challenger.summary(), "champion": champion.summary(), "tests": verdict.tests}

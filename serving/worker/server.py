@@ -196,9 +196,10 @@ def first_slot(settings: Settings, resident: Resident, model_path: str, follow: 
     when the worker does not follow the registry (no events), and while the registry has no champion
     when it does: a worker started again in the middle of a rollout serves what the registry says."""
     name = settings.model_name
-    if model_path and (not follow or loader.resolve_version(settings, name, "champion") is None):
-        return resident.load(name, "champion", model_path)
-    return resident.load(name, "champion")
+    if not model_path:
+        return resident.load(name, "champion")
+    number = loader.resolve_version(settings, name, "champion") if follow else None  # resolved once
+    return resident.load(name, number) if number else resident.load(name, "champion", model_path)
 
 
 async def serve(
