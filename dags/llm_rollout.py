@@ -9,6 +9,7 @@ The gateway decides; this DAG shows where the rollout is and waits for it.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, task
@@ -61,7 +62,14 @@ def llm_rollout() -> None:
             raise AirflowFailException(f"{doc['_id']} {doc['state']}: {last['reason']}")
         return str(doc["state"])
 
-    stages = RolloutStageSensor.partial(task_id="stage", retries=0).expand_kwargs(plan())
+    # Retries: Airflow 3.3's scheduler fails a deferred task whose trigger fires before it has handled the
+    # worker's exit from defer() and the task is already queued again ("reported that the task instance
+    # finished with state success, but ... queued"; apache/airflow#67287, only the scheduled case is
+    # fixed). A retry re-reads the record and ends at once; a rollback raises AirflowFailException,
+    # which is never retried.
+    stages = RolloutStageSensor.partial(task_id="stage", retries=2, retry_delay=timedelta(seconds=3)).expand_kwargs(
+        plan()
+    )
     stages >> outcome()
 
 
