@@ -294,7 +294,8 @@ def main() -> None:
 
 def shadow_line(share: float, sh: dict[str, Any]) -> str:
     return (f"shadow {share:.0%}: p99 {sh['p99_shadow']:.3f}s vs {sh['p99_plain']:.3f}s without -> "
-            f"{sh['p99_shadow'] / sh['p99_plain']:.3f}x; p50 {sh['p50_shadow']:.3f} vs {sh['p50_plain']:.3f}; "
+            f"{sh['p99_shadow'] / sh['p99_plain']:.3f}x (two plain blocks differ by {sh['noise']:.3f}x); "
+            f"p50 {sh['p50_shadow']:.3f} vs {sh['p50_plain']:.3f}; "
             f"mirrored {sh['sent']} of {2 * sh['per_block']} ({sh['skipped']} skipped: 8 already waiting), "
             f"{sh['in_block']} answered during the shadow blocks, {sh['answered']} in all")  # fmt: skip
 
@@ -329,8 +330,10 @@ def shadow_cost(s: Any, store: Any, url: str, shadows: list[int], champion: int,
 
     measure(16)  # warm
     sent = skipped = answered = in_block = 0
+    plain: list[list[float]] = []
     for version in shadows:
-        lat[False] += measure(block)
+        plain.append(measure(block))
+        lat[False] += plain[-1]
         doc = rollout.start(s, store, s.model_name, version, champion, "shadow", reason="bench: shadow cost")
         rollout.control(s, store, s.model_name, "pause", version)  # mirror, never step
         # Settled first: the challenger loaded on the worker and the first decision look made (one-off
@@ -358,7 +361,8 @@ def shadow_cost(s: Any, store: Any, url: str, shadows: list[int], champion: int,
         xs = sorted(xs)
         return xs[min(len(xs) - 1, int(len(xs) * f))]
 
-    return {"p99_plain": q(lat[False], 0.99), "p99_shadow": q(lat[True], 0.99),
+    noise = q(plain[1], 0.99) / q(plain[0], 0.99) if len(plain) > 1 else float("nan")  # plain vs plain
+    return {"p99_plain": q(lat[False], 0.99), "p99_shadow": q(lat[True], 0.99), "noise": noise,
             "p50_plain": statistics.median(lat[False]), "p50_shadow": statistics.median(lat[True]),
             "sent": sent, "skipped": skipped, "answered": answered, "in_block": in_block,
             "per_block": block}  # fmt: skip

@@ -4,8 +4,9 @@ One Mongo document per rollout (``rollouts``, id ``<model>:<version>``) is the t
 follows: the stages (``shadow`` — answers mirrored, nobody sees them — then ``canary`` shares of
 users), the stage in force, the state (running, promoting, then promoted / rolled_back /
 aborted) and every decision with its evidence. The gateway routes by it and records each answer with
-its arm in the inference log; ``tick`` reads that evidence (and the feedback on it), asks
-``lifecycle.sequential.decide`` and applies the verdict.
+its arm and stage in the inference log, counting it in the rollout's tallies (``lifecycle/tally.py``);
+``tick`` reads those counts (and the feedback's), asks ``lifecycle.sequential.decide`` and applies
+the verdict.
 
 A decision is claimed by inserting it into ``rollout_decisions`` under ``<rollout>:<seq>``: of two
 gateways (or a gateway and a CLI) deciding at once, exactly one insert succeeds (a unique ``_id`` is
@@ -22,14 +23,13 @@ takes ``challenger`` off the version.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import Any
 
-from lifecycle import events, topics
-from lifecycle.sequential import Arm, Policy, decide, token_f1
+from lifecycle import events, tally, topics
+from lifecycle.sequential import Arm, Policy, decide
 from lifecycle.settings import Settings
-from lifecycle.store import FEEDBACK, INFERENCE_LOG, MODEL_CONFIGS, ROLLOUT_DECISIONS, ROLLOUTS, Store, now
+from lifecycle.store import MODEL_CONFIGS, ROLLOUT_DECISIONS, ROLLOUTS, TALLIES, Store, now
 from lifecycle.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -115,49 +115,14 @@ def view(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def evidence(store: Store, doc: dict[str, Any], baseline: int) -> tuple[Arm, Arm, int]:
-    """(challenger, champion, challenger answers since the stage began) from the inference log and the
-    feedback on it. Shadow answers count for the challenger (all but feedback, which they cannot get).
-    With fewer than ``baseline`` champion answers in the rollout, its answers before the rollout count too."""
-    arms = {"challenger": Arm(), "champion": Arm()}
-    answers: dict[str, str] = {}
-    shadows: list[tuple[str, str]] = []
-    stage_n = 0
-    fields = {"arm": 1, "finish_reason": 1, "completion_tokens": 1, "latency_ms": 1, "created_at": 1,
-              "output": 1, "shadow_of": 1}  # fmt: skip
-    since = _aware(doc["stage_started_at"])
-    for rec in store.db[INFERENCE_LOG].find({"rollout": doc["_id"]}, fields):
-        _count(arms["champion" if rec.get("arm") == "champion" else "challenger"], rec)
-        if rec.get("arm") != "champion" and _aware(rec["created_at"]) >= since:
-            stage_n += 1
-        if rec.get("arm") == "champion" and "output" in rec:
-            answers[rec["_id"]] = rec["output"]
-        if rec.get("arm") == "shadow" and rec.get("shadow_of") and "output" in rec:
-            shadows.append((rec["shadow_of"], rec["output"]))
-    for primary, text in shadows:
-        if primary in answers:
-            arms["challenger"].agreement.append(token_f1(answers[primary], text))
-    if arms["champion"].requests < baseline:  # few in the rollout (a 100 % stage first): its answers before it too
-        query = {"model": doc["model_name"], "version": str(doc["champion"]), "rollout": {"$exists": False},
-                 "created_at": {"$lt": doc["started_at"]}}  # fmt: skip
-        for rec in store.db[INFERENCE_LOG].find(query, fields).sort("created_at", -1).limit(baseline * 10):
-            _count(arms["champion"], rec)
-    for fb in store.db[FEEDBACK].find({"rollout": doc["_id"]}, {"arm": 1, "rating": 1}):
-        arm = arms["champion" if fb.get("arm") == "champion" else "challenger"]
-        arm.rated += 1
-        arm.negative += fb.get("rating", 0) < 0
-        arm.positive += fb.get("rating", 0) > 0
-    return arms["challenger"], arms["champion"], stage_n
-
-
-def _count(arm: Arm, rec: dict[str, Any]) -> None:
-    arm.requests += 1
-    finish, tokens = rec.get("finish_reason", ""), int(rec.get("completion_tokens") or 0)
-    if finish == "error":
-        arm.error += 1
-    elif finish != "cancelled":
-        arm.empty += tokens == 0
-        arm.truncated += finish == "length"
-        arm.latency_ms.append(float(rec.get("latency_ms") or 0) / max(1, tokens))
+    """(challenger, champion, challenger answers since the stage began) from the rollout's tallies
+    (``lifecycle/tally.py``: the answers and the feedback on them, counted as they were written).
+    With fewer than ``baseline`` champion answers in the rollout, its answers outside rollouts count too."""
+    challenger, champion, stage_n = tally.arms(store.get(TALLIES, doc["_id"]), int(doc["stage"]))
+    if champion.requests < baseline:  # few in the rollout (a 100 % stage first): its answers before it too
+        history = store.get(TALLIES, tally.version_key(doc["model_name"], doc["champion"])) or {}
+        tally.add(champion, history.get("all") or {})
+    return challenger, champion, stage_n
 
 
 def tick(settings: Settings, store: Store, models: list[str] | None = None) -> list[str]:
@@ -330,7 +295,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)

@@ -30,6 +30,18 @@ from typing import Literal
 #: Binary signals, each a count of bad answers out of a count of answers that could show it. An answer
 #: cut off by max_tokens counts: a degenerate model rarely stops on its own (the stop-reason mix).
 SIGNALS = ("error", "empty", "truncated", "negative")
+LATENCY_BASE = 1.05  # latency is kept as a histogram of ms per token in bins 5 % wide
+
+
+def latency_bin(ms_per_token: float) -> int:
+    return math.floor(math.log(max(ms_per_token, 1e-3)) / math.log(LATENCY_BASE))
+
+
+def histogram(ms_per_token: list[float]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for ms in ms_per_token:
+        out[latency_bin(ms)] = out.get(latency_bin(ms), 0) + 1
+    return out
 
 
 @dataclass
@@ -43,8 +55,9 @@ class Arm:
     rated: int = 0  # answers with feedback
     negative: int = 0  # feedback rating < 0
     positive: int = 0
-    latency_ms: list[float] = field(default_factory=list)  # per completed answer, per output token
-    agreement: list[float] = field(default_factory=list)  # shadow answers: token F1 with the champion's
+    latency: dict[int, int] = field(default_factory=dict)  # ms per output token of completed answers: bin -> count
+    agreement_sum: float = 0.0  # shadow answers: token F1 with the champion's, summed
+    agreement_n: int = 0
 
     def count(self, signal: str) -> tuple[int, int]:
         """(bad, out of) for a signal."""
@@ -54,15 +67,26 @@ class Arm:
             return getattr(self, signal), self.requests - self.error
         return self.error, self.requests
 
+    def timed(self) -> int:
+        return sum(self.latency.values())
+
+    def latency_q(self, q: float) -> float:
+        """The ``q`` quantile of ms per output token (the middle of its 5 % bin)."""
+        rank, seen = int(self.timed() * q), 0
+        for b in sorted(self.latency):
+            seen += self.latency[b]
+            if seen > rank:
+                return float(LATENCY_BASE ** (b + 0.5))
+        return 0.0
+
     def summary(self) -> dict[str, float]:
-        lat = sorted(self.latency_ms)
         out: dict[str, float] = {k: getattr(self, k) for k in ("requests", "error", "empty", "truncated", "rated",
                                                                  "negative", "positive")}  # fmt: skip
-        if lat:
-            out["ms_per_token_p50"] = round(lat[len(lat) // 2], 2)
-            out["ms_per_token_p95"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 2)
-        if self.agreement:
-            out["agreement"] = round(sum(self.agreement) / len(self.agreement), 4)
+        if self.latency:
+            out["ms_per_token_p50"] = round(self.latency_q(0.5), 2)
+            out["ms_per_token_p95"] = round(self.latency_q(0.95), 2)
+        if self.agreement_n:
+            out["agreement"] = round(self.agreement_sum / self.agreement_n, 4)
         return out
 
 
@@ -105,9 +129,8 @@ def decide(challenger: Arm, champion: Arm, stage_requests: int, policy: Policy =
         if ce > be + p.max_error_increase:
             return Verdict("rollback", f"guard rail: error rate {ce:.1%} vs champion {be:.1%} "
                                        f"(bound +{p.max_error_increase:.0%})")  # fmt: skip
-    if len(challenger.latency_ms) >= p.guard_min and len(champion.latency_ms) >= p.guard_min:
-        cl, bl = sorted(challenger.latency_ms), sorted(champion.latency_ms)
-        c50, b50 = cl[len(cl) // 2], bl[len(bl) // 2]
+    if challenger.timed() >= p.guard_min and champion.timed() >= p.guard_min:
+        c50, b50 = challenger.latency_q(0.5), champion.latency_q(0.5)
         if b50 > 0 and c50 > b50 * p.max_latency_ratio:
             return Verdict("rollback", f"guard rail: {c50:.1f} ms per token vs champion {b50:.1f} "
                                        f"(bound x{p.max_latency_ratio})")  # fmt: skip

@@ -30,6 +30,8 @@ PIPELINE_EVENTS = "pipeline_events"
 ROLLOUTS = "rollouts"
 ROLLOUT_DECISIONS = "rollout_decisions"
 FEEDBACK = "feedback"
+#: Running counts of each rollout's evidence, by stage and arm (lifecycle/tally.py).
+TALLIES = "rollout_tallies"
 
 Doc = dict[str, Any]
 

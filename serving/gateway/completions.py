@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from lifecycle.names import split_model_ref
+from lifecycle.sequential import token_f1
 from lifecycle.v1 import inference_pb2
 from serving.gateway.errors import APIError, from_pool, unavailable
 from serving.gateway.inference_log import InferenceLog
@@ -107,19 +108,22 @@ class Completions:
                 if started:
                     raise
             plan = Plan(plan.rollout, "champion", req.model)  # the challenger's failure is on record
+        answer: list[str] = []
         async for resp in self._one(req, {**common, "_id": response_id}, plan, stream):
+            answer.append(resp.text)
             yield resp
         if plan is not None and plan.shadow:
             mirrored = len(self._shadows) < MAX_SHADOWS
             self.metrics.shadows.labels("mirrored" if mirrored else "skipped").inc()
             if mirrored:
-                task = asyncio.create_task(self._shadow(req, plan, common, response_id))
+                task = asyncio.create_task(self._shadow(req, plan, common, response_id, "".join(answer)))
                 self._shadows.add(task)
                 task.add_done_callback(self._shadows.discard)
 
     async def _one(
-        self, req: inference_pb2.GenerateRequest, record: dict[str, Any], plan: Plan | None, stream: bool
-    ) -> Responses:
+        self, req: inference_pb2.GenerateRequest, record: dict[str, Any], plan: Plan | None, stream: bool,
+        compare: str | None = None,
+    ) -> Responses:  # fmt: skip
         t0 = time.monotonic()
         text: list[str] = []
         worker, last, failed = "", None, ""
@@ -155,27 +159,30 @@ class Completions:
                      "output": "".join(text), "finish_reason": finish, "error": failed or None,
                      "latency_ms": round((time.monotonic() - t0) * 1000, 1),
                      "prompt_tokens": used.prompt_tokens, "completion_tokens": used.completion_tokens,
-                     **({"rollout": plan.rollout, "arm": plan.arm} if plan else {})}
+                     **(plan.fields() if plan else {}),
+                     **({"agreement": round(token_f1(compare, "".join(text)), 4)} if compare is not None and last
+                        else {})}
                 )  # fmt: skip
 
     async def _shadow(
-        self, req: inference_pb2.GenerateRequest, plan: Plan, common: dict[str, Any], primary: str
+        self, req: inference_pb2.GenerateRequest, plan: Plan, common: dict[str, Any], primary: str, answer: str
     ) -> None:
-        """The same request, answered by the challenger for the record only (nobody sees it)."""
+        """The same request, answered by the challenger for the record only (nobody sees it), with its
+        agreement with the champion's ``answer``."""
         mirror = inference_pb2.GenerateRequest()
         mirror.CopyFrom(req)
         mirror.model, mirror.request_id, mirror.background = plan.shadow or "", uuid.uuid4().hex, True
-        shadow = Plan(plan.rollout, "shadow", mirror.model)
+        shadow = Plan(plan.rollout, "shadow", mirror.model, stage=plan.stage)
         with contextlib.suppress(PoolError):
             async for _ in self._one(mirror, {**common, "_id": f"{primary}:shadow", "shadow_of": primary}, shadow,
-                                     stream=False):  # fmt: skip
+                                     stream=False, compare=answer):  # fmt: skip
                 pass
 
     def _remember(self, response_id: str, key_id: str, last: inference_pb2.GenerateResponse, plan: Plan | None) -> None:
         """Recent answers by id, so feedback right after one needs no Mongo lookup (the log is written later)."""
         self.recent[response_id] = {"model": last.model, "version": last.version, "digest": last.digest,
                                     "api_key_id": key_id,
-                                    **({"rollout": plan.rollout, "arm": plan.arm} if plan else {})}  # fmt: skip
+                                    **(plan.fields() if plan else {})}  # fmt: skip
         while len(self.recent) > RECENT_ANSWERS:
             self.recent.popitem(last=False)
 

@@ -1,8 +1,10 @@
 """Every request and response to Mongo ``inference_log``, off the request path: a bounded buffer that a
 thread drains in batches. When the buffer is full a record is dropped and counted (``/metrics``);
-a slow or down Mongo never slows a request. Records older than ``LIFECYCLE_INFERENCE_LOG_DAYS`` are
-deleted by the same thread (a sweep rather than a TTL index: FerretDB 1.x does not expire documents);
-with ``LIFECYCLE_INFERENCE_LOG_CONTENT=metadata`` no prompt or answer is stored, only their sha256."""
+a slow or down Mongo never slows a request. Each batch's records are counted into the evidence
+tallies of their rollout or version (``lifecycle/tally.py``) after they are written. Records older
+than ``LIFECYCLE_INFERENCE_LOG_DAYS`` are deleted by the same thread (a sweep rather than a TTL index:
+FerretDB 1.x does not expire documents); with ``LIFECYCLE_INFERENCE_LOG_CONTENT=metadata`` no
+prompt or answer is stored, only their sha256."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import time
 import uuid
 from typing import Any
 
+from lifecycle import tally
 from lifecycle.background import Background
 from lifecycle.settings import Settings
-from lifecycle.store import INFERENCE_LOG, Store, now
+from lifecycle.store import INFERENCE_LOG, TALLIES, Store, now
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 3600.0  # between deletions of expired records (the first at start)
@@ -72,6 +75,8 @@ class InferenceLog:
                 store = store or Store.connect(self.settings)
                 store.db[INFERENCE_LOG].insert_many(docs, ordered=False)
                 self.metrics.log_written.inc(len(docs))
+                for key, inc in tally.increments(docs).items():  # after the records: lost together, if lost
+                    store.db[TALLIES].update_one({"_id": key}, {"$inc": inc}, upsert=True)
             except Exception as exc:  # noqa: BLE001 - logging must never take the gateway down
                 log.warning("inference log: %d records lost: %s", len(docs), exc)
                 self.metrics.log_dropped.inc(len(docs))

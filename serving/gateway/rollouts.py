@@ -3,10 +3,8 @@ requests are mirrored to the challenger, and the controller's ``tick``, all from
 documents in Mongo, read by a thread every ``interval`` — never on the request path. A gateway that
 restarts reads the same documents and routes as before (the stage in force, the same users). The
 evidence is looked at for the models this gateway's workers serve only, every ``DECIDE_MIN_S`` at
-most and never more than 1/``DECIDE_COST`` of the time: each look reads the rollout's inference-log
-records, and a MongoDB-protocol server without index pushdown (FerretDB's SQLite backend) scans the
-whole log for it (1.5 s of its CPU at 15,000 records, measured): on a small machine, CPU
-the workers lose.
+most and never more than 1/``DECIDE_COST`` of the time (a look reads the rollout's tallies, one
+document by id: cheap, but every gateway looks).
 
 A user is assigned by a hash of the rollout id and the user (the ``user`` field, else the API key,
 else the client address) into [0, 1): answered by the challenger while below the stage's share, so
@@ -43,6 +41,7 @@ class Route:
     version: int
     stage: str  # shadow | canary | promoted (answered by the new champion until every worker serves it)
     share: float
+    step: int = 0  # the stage's index: answers are counted by it
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,11 @@ class Plan:
     arm: str
     model: str
     shadow: str | None = None
+    stage: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        """What an inference-log record of the request says of its rollout."""
+        return {"rollout": self.rollout, "arm": self.arm, "stage": self.stage}
 
 
 def bucket(*parts: str) -> float:
@@ -79,14 +83,15 @@ class Rollouts:
         route = self.routes.get(name)
         if route is None or ref:
             return None
-        challenger = f"{name}@{route.version}"
+        challenger, n = f"{name}@{route.version}", route.step
         if route.stage == "promoted":
-            return Plan(route.rollout, "challenger", challenger) if self.served(name) - {str(route.version)} else None
+            served = self.served(name) - {str(route.version)}
+            return Plan(route.rollout, "challenger", challenger, stage=n) if served else None
         if route.stage == "canary" and bucket(route.rollout, user) < route.share:
-            return Plan(route.rollout, "challenger", challenger)
+            return Plan(route.rollout, "challenger", challenger, stage=n)
         if route.stage == "shadow" and bucket(route.rollout, "shadow", request_id) < route.share:
-            return Plan(route.rollout, "champion", name, shadow=challenger)
-        return Plan(route.rollout, "champion", name)
+            return Plan(route.rollout, "champion", name, shadow=challenger, stage=n)
+        return Plan(route.rollout, "champion", name, stage=n)
 
     def _run(self) -> None:
         store: Store | None = None
@@ -122,5 +127,6 @@ class Rollouts:
             else:
                 current = doc["stages"][doc["stage"]]
                 stage, share = current["kind"], float(current["share"])
-            routes[doc["model_name"]] = Route(doc["_id"], doc["model_name"], int(doc["version"]), stage, share)
+            routes[doc["model_name"]] = Route(doc["_id"], doc["model_name"], int(doc["version"]), stage, share,
+                                              int(doc["stage"]))  # fmt: skip
         return routes

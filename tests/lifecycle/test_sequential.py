@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from lifecycle.sequential import Arm, Policy, decide, token_f1
+from lifecycle.sequential import Arm, Policy, decide, histogram, token_f1
 
 
 def simulate(p_bad_challenger: float, p_bad_champion: float, share: float, seed: int, requests: int = 400
@@ -50,16 +50,16 @@ def test_a_stage_waits_for_its_minimum_and_an_unrated_signal_waits_for_feedback(
 
 
 def test_guard_rails_roll_back_at_once() -> None:
-    champion = Arm(requests=200, latency_ms=[10.0] * 200)
-    errors = decide(Arm(requests=10, error=4, latency_ms=[10.0] * 6), champion, 10)
+    champion = Arm(requests=200, latency=histogram([10.0] * 200))
+    errors = decide(Arm(requests=10, error=4, latency=histogram([10.0] * 6)), champion, 10)
     assert errors.action == "rollback" and "error rate" in errors.reason
-    slow = decide(Arm(requests=12, latency_ms=[16.0] * 12), champion, 12)
+    slow = decide(Arm(requests=12, latency=histogram([16.0] * 12)), champion, 12)
     assert slow.action == "rollback" and "ms per token" in slow.reason
-    assert decide(Arm(requests=12, latency_ms=[14.0] * 12), champion, 12).action == "continue"
+    assert decide(Arm(requests=12, latency=histogram([14.0] * 12)), champion, 12).action == "continue"
 
 
 def test_a_champion_that_is_always_bad_on_a_signal_leaves_that_signal_untested() -> None:
-    champion = Arm(requests=100, empty=95, latency_ms=[1.0] * 5)
+    champion = Arm(requests=100, empty=95, latency=histogram([1.0] * 5))
     verdict = decide(Arm(requests=30, empty=30), champion, 30, Policy(min_requests=1))
     assert "empty" not in verdict.tests and "negative" not in verdict.tests  # nobody rates: not a signal here
     assert verdict.action == "step", verdict

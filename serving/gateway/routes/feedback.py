@@ -11,7 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pymongo.errors import PyMongoError
 
-from lifecycle.store import FEEDBACK, INFERENCE_LOG, now
+from lifecycle import tally
+from lifecycle.store import FEEDBACK, INFERENCE_LOG, TALLIES, now
 from serving.gateway.body import body_doc, json_body
 from serving.gateway.errors import APIError, unavailable
 from serving.gateway.protocol import FeedbackReceipt, FeedbackRequest
@@ -19,7 +20,7 @@ from serving.gateway.routes.deps import ERRORS, CompletionsDep, KeyId
 from serving.gateway.security import authorize
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=ERRORS)
-_FIELDS = ("model", "version", "digest", "rollout", "arm", "api_key_id")
+_FIELDS = ("model", "version", "digest", "rollout", "arm", "stage", "api_key_id")
 
 
 @router.post("/feedback", response_model=FeedbackReceipt, openapi_extra=body_doc(FeedbackRequest))
@@ -43,7 +44,14 @@ async def feedback(
             return None
         doc = {"_id": body.response_id, "rating": body.rating, "correction": body.correction,
                **{k: meta[k] for k in _FIELDS if k in meta}, "api_key_id": key_id, "created_at": now()}  # fmt: skip
-        store().db[FEEDBACK].replace_one({"_id": body.response_id}, doc, upsert=True)
+        before = store().db[FEEDBACK].find_one_and_replace({"_id": body.response_id}, doc, upsert=True)
+        if meta.get("rollout") and meta.get("arm") in ("champion", "challenger"):  # the rollout's evidence
+            inc = tally.rating_counts(body.rating)
+            for k, v in (tally.rating_counts(before["rating"], -1) if before else {}).items():
+                inc[k] = inc.get(k, 0) + v
+            path = f"s{int(meta.get('stage') or 0)}.{meta['arm']}."
+            store().db[TALLIES].update_one({"_id": meta["rollout"]}, {"$inc": {path + k: v for k, v in inc.items()}},
+                                           upsert=True)  # fmt: skip
         return meta
 
     try:

@@ -20,7 +20,7 @@ from lifecycle import events, registry, rollout, topics
 from lifecycle.settings import Settings
 from lifecycle.stack import process
 from lifecycle.stack.serving import gateway_url, start_serving
-from lifecycle.store import INFERENCE_LOG, ROLLOUTS, Store
+from lifecycle.store import INFERENCE_LOG, ROLLOUTS, TALLIES, Store
 from lifecycle.v1 import events_pb2
 from serving.gateway.rollouts import bucket
 from serving.worker.model_events import ModelEventConsumer
@@ -272,8 +272,22 @@ def test_a_shadow_stage_answers_users_with_the_champion_and_records_the_challeng
                 rid,
             )
             assert shadow["finish_reason"] in ("stop", "length") and shadow["completion_tokens"] >= 1
+            assert 0.0 <= shadow["agreement"] <= 1.0  # word F1 with the user's answer, measured by the gateway
             user = log.find_one({"_id": a.json()["id"]})
             assert user is not None and user["arm"] == "champion" and user["version"] == str(champion)
+
+        def tallied() -> bool:  # the decision reads counts kept as the log is written, equal to the log's
+            counts = (store.get(TALLIES, rid) or {}).get("s0", {})
+            return all(counts.get(arm, {}).get("requests") == log.count_documents({"rollout": rid, "arm": arm})
+                       for arm in ("champion", "shadow"))  # fmt: skip
+
+        assert process.wait_for(tallied, timeout=30, interval=0.3) == "ok"
+        challenger, _, stage_n = rollout.evidence(store, store.get(ROLLOUTS, rid) or {}, 4)
+        assert challenger.agreement_n == stage_n == log.count_documents({"rollout": rid, "arm": "shadow"})
+        rate(s, answers[0], -1)
+        rate(s, answers[0], 1)  # a second verdict replaces the first, in the counts too
+        _, champion_arm, _ = rollout.evidence(store, store.get(ROLLOUTS, rid) or {}, 4)
+        assert (champion_arm.rated, champion_arm.negative, champion_arm.positive) == (1, 0, 1)
         metrics = httpx.get(gateway_url(s) + "/metrics", timeout=10).text
         assert 'lifecycle_gateway_shadow_requests_total{outcome="mirrored"}' in metrics
         rollout.control(s, store, s.model_name, "abort")
