@@ -107,7 +107,7 @@ class Completions:
             except PoolError:
                 if started:
                     raise
-            plan = Plan(plan.rollout, "champion", req.model)  # the challenger's failure is on record
+            plan = Plan(plan.rollout, "champion", req.model, stage=plan.stage)  # the challenger's failure is on record
         answer: list[str] = []
         async for resp in self._one(req, {**common, "_id": response_id}, plan, stream):
             answer.append(resp.text)

@@ -28,7 +28,7 @@ from lifecycle.store import ROLLOUTS, Store, now
 log = logging.getLogger(__name__)
 #: A promoted challenger is asked for by number until every worker serves it, this long at most.
 PROMOTED_FOLLOW_S = 600.0
-DECIDE_MIN_S = 5.0  # seconds between decision looks, at least
+DECIDE_MIN_S = 2.0  # seconds between decision looks, at least
 DECIDE_COST = 10  # ... and at least this many times what the last look took
 
 
