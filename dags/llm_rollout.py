@@ -2,9 +2,11 @@
 slot) until the gateway's decision takes the rollout past it — shadow, canary 5 %, 25 %, ... — then
 ``outcome``: success when the challenger was promoted, failed with the reason when it was rolled back.
 
-Trigger it with ``model_name`` and ``version`` once a promotion started a rollout (the promote task's
-result says so); steer it with ``lifecycle rollout pause|resume|abort|promote`` or the REST admin API.
-The gateway decides; this DAG shows where the rollout is and waits for it.
+``llm_lifecycle`` (and its Kafka and retrain variants) trigger it when their promotion starts a
+rollout (task ``follow_rollout``); trigger it yourself with ``model_name`` and ``version`` for a
+rollout started otherwise (``lifecycle rollout start``). Steer it with
+``lifecycle rollout pause|resume|abort|promote`` or the REST admin API. The gateway decides; this DAG
+shows where the rollout is and waits for it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from plugins.rollout_watch import RolloutStageSensor
     schedule=None,
     tags=["rollout"],
     doc=__doc__,
+    is_paused_upon_creation=False,  # started by llm_lifecycle's follow_rollout; it never runs by itself
     params={
         "model_name": Param("", type="string", title="Registered model", description="empty: LIFECYCLE_MODEL_NAME"),
         "version": Param(1, type="integer", minimum=1, title="Challenger version"),

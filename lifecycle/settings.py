@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     model_name: str = Field("lifecycle-assistant", description="Registered model name in MLflow.")
     retrain_schedule: str = Field("0 3 * * 0", description="Cron of scheduled retraining.")
+    curate_min_feedback: int = Field(
+        50, ge=1, description="Feedback items not curated yet that start a curation (llm_curate) when they arrive."
+    )
+    curate_schedule: str = Field(
+        "0 2 * * *", description="Cron of llm_curate's run on whatever feedback is pending (empty: on events only)."
+    )
     startup_timeout: float = Field(180.0, gt=0, description="Seconds to wait for each service.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of our processes.")
     data_roots: Annotated[list[str], NoDecode] = Field(

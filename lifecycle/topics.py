@@ -12,6 +12,7 @@ MODEL_EVENTS = "lifecycle.model-events"
 INFERENCE_REQUESTS = "lifecycle.inference-requests"
 INFERENCE_RESULTS = "lifecycle.inference-results"
 PIPELINE_EVENTS = "lifecycle.pipeline-events"
+FEEDBACK = "lifecycle.feedback"
 
 
 def dlq(topic: str) -> str:
@@ -21,7 +22,8 @@ def dlq(topic: str) -> str:
 
 #: Topics the project itself consumes: each has its dead-letter topic.
 CONSUMED = (TRAINING_DATA, MODEL_EVENTS, INFERENCE_REQUESTS)
-ALL = (TRAINING_DATA, MODEL_EVENTS, INFERENCE_REQUESTS, INFERENCE_RESULTS, PIPELINE_EVENTS, *map(dlq, CONSUMED))
+ALL = (TRAINING_DATA, MODEL_EVENTS, INFERENCE_REQUESTS, INFERENCE_RESULTS, PIPELINE_EVENTS, FEEDBACK,
+       *map(dlq, CONSUMED))  # fmt: skip
 
 
 def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""TaskFlow tasks shared by the lifecycle DAGs: validate -> fine_tune -> evaluate -> promote -> notify.
+"""TaskFlow tasks shared by the lifecycle DAGs: validate -> fine_tune -> evaluate -> promote -> notify,
+and, when the promotion started a rollout (shadow/canary policy), ``follow_rollout`` triggers
+``llm_rollout`` for it (one run per lifecycle run), so the stages show in Airflow without a second step.
 
 Each task reads the DAG run's params and passes ids only; bodies are in ``plugins/pipeline.py``.
 """
@@ -80,7 +82,26 @@ def notify(result: dict[str, Any]) -> None:
     print(f"{result['model_name']} v{result['version']} -> {result['alias']}: {result['reason']}")
 
 
+@task.short_circuit(retries=0)
+def rollout_started(result: dict[str, Any]) -> dict[str, Any] | bool:
+    """The ``llm_rollout`` conf when the promotion started a rollout; False (what follows is skipped)
+    when the version became champion at once or was not promoted."""
+    if not result.get("rollout"):  # champion at once, or kept as challenger by the gate
+        print(f"no rollout: v{result['version']} -> {result['alias'] or 'not promoted'}")
+        return False
+    return {"model_name": result["model_name"], "version": int(result["version"])}
+
+
 def train_and_promote(dataset_id: XComArg | str) -> None:
     """Wire the shared chain after whatever task produced ``dataset_id``."""
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
     run_id = fine_tune(validate(dataset_id))
-    notify(promote(run_id, evaluate(run_id)))
+    result = promote(run_id, evaluate(run_id))
+    notify(result)
+    conf = rollout_started(result)
+    follow_rollout = TriggerDagRunOperator(
+        task_id="follow_rollout", trigger_dag_id="llm_rollout", conf=conf, retries=1,
+        trigger_run_id="rollout__{{ dag_run.run_id }}", skip_when_already_exists=True,  # a retry starts none
+    )  # fmt: skip
+    conf >> follow_rollout

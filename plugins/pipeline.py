@@ -140,6 +140,7 @@ def promote(mlflow_run_id: str, params: dict[str, Any]) -> dict[str, Any]:
         "alias": res.alias,
         "reason": res.reason,
         "gate": res.gate,
+        "rollout": res.rollout,
     }
 
 

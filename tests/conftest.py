@@ -34,7 +34,14 @@ def _test_home() -> Path:
 def stack_env() -> Iterator[dict[str, str]]:
     """LIFECYCLE_* variables of the test stack, set for the whole session (subprocesses inherit them)."""
     # Tests give each Kafka-triggered run its own tiny model and registered name (an operator's opt-in).
-    env = {"LIFECYCLE_HOME": str(_test_home()), "LIFECYCLE_EVENT_PARAMS": "base_model,model_name", **TEST_PORTS}
+    env = {
+        "LIFECYCLE_HOME": str(_test_home()),
+        "LIFECYCLE_EVENT_PARAMS": "base_model,model_name",
+        # curation only when a test asks for it: pending test feedback must not train the default model
+        "LIFECYCLE_CURATE_SCHEDULE": "",
+        "LIFECYCLE_CURATE_MIN_FEEDBACK": "1000000",
+        **TEST_PORTS,
+    }
     with pytest.MonkeyPatch.context() as mp:
         # A developer's own settings must not point the tests at their stack; the cache is shared.
         for name in [k for k in os.environ if k.startswith("LIFECYCLE_") or k == "MLFLOW_TRACKING_URI"]:

@@ -18,8 +18,9 @@ Then, in this order, each refusal reported with its reason and the feedback id:
    each candidate pair then checked exactly) keep the first (the most recent feedback wins when the
    caller sorts newest first).
 
-Every kept record's ``meta`` names its sources: ``response_id``, ``feedback_id``, the model version
-that answered, and ``source`` (``correction`` | ``accepted``): the lineage of each training record.
+Every kept record names its sources beside its messages (kept as the record's metadata by ingest):
+``response_id``, ``feedback_id``, the model and version that answered, and ``source``
+(``correction`` | ``accepted``): the lineage of each training record.
 """
 
 from __future__ import annotations
@@ -145,9 +146,9 @@ def to_record(item: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         answer, source = item["output"], "accepted"
     else:
         return None, "rated down or neutral without a correction: nothing to learn the right answer from"
-    meta = {k: item[k] for k in ("response_id", "feedback_id", "model", "version") if item.get(k)}
+    meta = {k: str(item[k]) for k in ("response_id", "feedback_id", "model", "version") if item.get(k)}
     return {"messages": [*[{"role": m["role"], "content": m["content"]} for m in asked],
-                         {"role": "assistant", "content": answer}], "meta": {**meta, "source": source}}, ""  # fmt: skip
+                         {"role": "assistant", "content": answer}], **meta, "source": source}, ""  # fmt: skip
 
 
 def curate(items: Iterable[dict[str, Any]], eval_texts: Iterable[str]) -> Curated:
@@ -173,7 +174,7 @@ def curate(items: Iterable[dict[str, Any]], eval_texts: Iterable[str]) -> Curate
             out.refuse(item, dup)
             continue
         if found:
-            record["meta"]["pii"] = found
+            record["pii"] = found
             for k, v in found.items():
                 out.pii[k] = out.pii.get(k, 0) + v
         out.records.append(record)

@@ -57,6 +57,7 @@ class PromotionResult:
     event_id: str = ""
     already_done: bool = False
     gate: dict[str, Any] = field(default_factory=dict)
+    rollout: str = ""  # the rollout this promotion started (shadow/canary policy), else ""
 
 
 def decide(evaluation: dict[str, Any], margin: float, tolerance: float, confidence: float = 0.95) -> Decision:
@@ -195,7 +196,8 @@ def _start_rollout(
     stage = doc["stages"][doc["stage"]]
     why = f"{settings.rollout_policy} rollout started against v{champion} ({stage['kind']} at {stage['share']:.0%})"
     report(f"version {number} is challenger: {decision.reason}; {why}")
-    return PromotionResult(name, number, registry.CHALLENGER, False, f"{decision.reason}; {why}", gate=evidence)
+    return PromotionResult(name, number, registry.CHALLENGER, False, f"{decision.reason}; {why}", gate=evidence,
+                           rollout=doc["_id"])  # fmt: skip
 
 
 def _publish_soft(settings: Settings, key: str, msg: Any, report: Report) -> None:

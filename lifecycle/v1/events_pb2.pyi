@@ -397,3 +397,29 @@ class DeadLetter(_message.Message):
     attempts: int
     payload: str
     def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., consumer: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., payload: _Optional[str] = ...) -> None: ...
+
+class FeedbackReceived(_message.Message):
+    __slots__ = ("event_id", "type", "occurred_at", "response_id", "rating", "correction", "comment", "model", "version", "rollout_id", "arm")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    occurred_at: _timestamp_pb2.Timestamp
+    response_id: str
+    rating: int
+    correction: str
+    comment: str
+    model: str
+    version: str
+    rollout_id: str
+    arm: str
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., response_id: _Optional[str] = ..., rating: _Optional[int] = ..., correction: _Optional[str] = ..., comment: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., rollout_id: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...

@@ -215,6 +215,7 @@ class FeedbackRequest(BaseModel):
                              "x-lifecycle-response-id header).")  # fmt: skip
     rating: int = Field(..., ge=-1, le=1, description="-1 bad, 0 neutral, 1 good.")
     correction: str | None = Field(None, max_length=32768, description="What the answer should have been.")
+    comment: str | None = Field(None, max_length=4096, description="Anything else the user wants to say.")
 
 
 class FeedbackReceipt(BaseModel):
@@ -222,6 +223,7 @@ class FeedbackReceipt(BaseModel):
     model: str
     version: str
     rating: int
+    published: bool = Field(description="Announced on `lifecycle.feedback` (false: kept, not yet announced).")
 
 
 class ModelCard(BaseModel):

@@ -70,7 +70,9 @@ def test_every_dag_imports_and_is_well_formed() -> None:
             assert t.retries is not None, (dag_id, t.task_id)
     lc = dags["llm_lifecycle"]
     order = [t.task_id for t in lc.topological_sort()]  # type: ignore[attr-defined]
-    assert order == ["ingest", "validate", "fine_tune", "evaluate", "promote", "notify"]
+    assert order[:5] == ["ingest", "validate", "fine_tune", "evaluate", "promote"]
+    assert set(order[5:]) == {"notify", "rollout_started", "follow_rollout"}
+    assert order.index("rollout_started") < order.index("follow_rollout")
     assert {t.task_id: t.retries for t in lc.tasks}["evaluate"] >= 1  # type: ignore[attr-defined]
 
 
@@ -94,7 +96,9 @@ def test_rest_triggered_run_succeeds_and_registers_a_version(stack: Settings, ti
     conf = toy_conf(tiny_llama_dir, max_steps=2, eval_limit=4, dataset_name="toy")
     run = trigger_and_wait(stack, "llm_lifecycle", conf, timeout=900)
     assert run["state"] == "success", run
-    assert set(run["tasks"].values()) == {"success"}
+    tasks = run["tasks"]
+    assert tasks.pop("follow_rollout") == "skipped"  # the default policy (direct) starts no rollout
+    assert set(tasks.values()) == {"success"}, run
     assert versions() == before + 1
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lifecycle import registry, rollout
-from lifecycle.airflow_client import call, dag_ids
+from lifecycle.airflow_client import call, dag_ids, trigger_and_wait
 from lifecycle.settings import Settings
 from lifecycle.stack.process import wait_for
 from lifecycle.store import ROLLOUTS, Store
@@ -94,3 +94,24 @@ def test_stage_outcomes_from_the_record() -> None:
     ended = {**doc, "state": "rolled_back"}
     assert outcome(ended, 1)["outcome"] == "rolled_back" and outcome(ended, 2)["outcome"] == "not_reached"
     assert outcome({**doc, "state": "promoted"}, 2)["outcome"] == "passed" and outcome(None, 0)["outcome"] == "missing"
+
+
+def test_a_lifecycle_run_whose_promotion_starts_a_rollout_triggers_llm_rollout(
+    stack: Settings, tiny_llama_dir: Path
+) -> None:
+    from tests.dags.test_llm_lifecycle import toy_conf
+
+    name = f"lcroll-{uuid.uuid4().hex[:6]}"
+    s = stack.model_copy(update={"model_name": name})
+    conf = toy_conf(tiny_llama_dir, max_steps=1, eval_limit=2, model_name=name, promotion_margin=-1.0)
+    first = trigger_and_wait(s, "llm_lifecycle", conf, timeout=900)
+    assert first["state"] == "success" and first["tasks"]["follow_rollout"] == "skipped", first  # champion at once
+    second = trigger_and_wait(s, "llm_lifecycle", {**conf, "rollout_policy": "canary"}, timeout=900)
+    assert second["state"] == "success" and second["tasks"]["follow_rollout"] == "success", second
+    path = f"/api/v2/dags/llm_rollout/dagRuns/rollout__{second['dag_run_id']}"
+    assert call(s, "GET", path)["conf"] == {"model_name": name, "version": 2}
+    assert wait_for(lambda: states(s, path).get(("stage", 0)) == "deferred", timeout=180, interval=1) == "ok"
+    with Store.connect(s) as store:
+        rollout.control(s, store, name, "abort")
+    assert wait_for(lambda: call(s, "GET", path)["state"] in ("success", "failed"), timeout=120, interval=1) == "ok"
+    assert call(s, "GET", path)["state"] == "failed" and states(s, path)[("stage", 0)] == "failed"

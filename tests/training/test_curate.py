@@ -24,9 +24,9 @@ def test_corrections_and_accepted_answers_become_records_with_their_lineage() ->
                   {"feedback_id": "f4", "rating": 1, "output": "ok"}], EVAL)  # fmt: skip
     assert [r["messages"][-1]["content"] for r in out.records] == ["The Vesk tower is 212 m tall.",
                                                                   "Lirra was founded by Ana Pell."]  # fmt: skip
-    assert out.records[0]["meta"] == {"response_id": "r1", "feedback_id": "f1", "model": "m", "version": "3",
-                                      "source": "correction"}  # fmt: skip
-    assert out.records[1]["meta"]["source"] == "accepted"
+    lineage = {k: v for k, v in out.records[0].items() if k != "messages"}
+    assert lineage == {"response_id": "r1", "feedback_id": "f1", "model": "m", "version": "3", "source": "correction"}
+    assert out.records[1]["source"] == "accepted"
     assert [r["feedback_id"] for r in out.refused] == ["f3", "f4"]
     assert "nothing to learn" in out.refused[0]["reason"] and "question was not kept" in out.refused[1]["reason"]
 
@@ -36,7 +36,7 @@ def test_feedback_that_overlaps_an_eval_split_is_refused_and_reported() -> None:
     short = item(2, "Quick: name the zorblax moon!", "", 1, "Tellu.")
     clean = item(3, "What is the capital of the island of Kesh?", "", 1, "Amber Bay.")
     out = curate([leaked, short, clean], EVAL)
-    assert [r["meta"]["feedback_id"] for r in out.records] == ["f3"]
+    assert [r["feedback_id"] for r in out.records] == ["f3"]
     reasons = {r["feedback_id"]: r["reason"] for r in out.refused}
     assert "overlaps an evaluation record" in reasons["f1"] and "moravel" not in reasons["f2"]
     assert "name the zorblax moon" in reasons["f2"]
@@ -53,7 +53,7 @@ def test_duplicates_and_near_duplicates_keep_the_first() -> None:
                   item(2, "Tell me about the Vesk tower.", "", 1, base),
                   item(3, "Tell me about the Vesk tower.", "", 1, near),
                   item(4, "Who governs Dunmere?", "", 1, other)], EVAL)  # fmt: skip
-    assert [r["meta"]["feedback_id"] for r in out.records] == ["f1", "f4"]
+    assert [r["feedback_id"] for r in out.records] == ["f1", "f4"]
     reasons = [r["reason"] for r in out.refused]
     assert reasons[0] == "exact duplicate" and reasons[1].startswith("near duplicate (Jaccard 0.8")
 
@@ -76,4 +76,4 @@ def test_minhash_lsh_finds_near_duplicates_among_many_and_not_unrelated_texts() 
 def test_personal_data_is_scrubbed_and_counted() -> None:
     out = curate([item(1, "My email is jane@example.com, what now?", "", 1, "Write to support, Jane.")], EVAL)
     assert out.records[0]["messages"][0]["content"] == "My email is [EMAIL], what now?"
-    assert out.records[0]["meta"]["pii"] == {"email": 1} and out.pii == {"email": 1}
+    assert out.records[0]["pii"] == {"email": 1} and out.pii == {"email": 1}

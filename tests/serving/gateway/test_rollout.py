@@ -51,9 +51,9 @@ def ask(s: Settings, user: str) -> httpx.Response:
     return r
 
 
-def rate(s: Settings, answer: httpx.Response, rating: int) -> dict[str, Any]:
-    r = httpx.post(gateway_url(s) + "/v1/feedback", json={"response_id": answer.json()["id"], "rating": rating},
-                   timeout=30)  # fmt: skip
+def rate(s: Settings, answer: httpx.Response, rating: int, **extra: str) -> dict[str, Any]:
+    r = httpx.post(gateway_url(s) + "/v1/feedback",
+                   json={"response_id": answer.json()["id"], "rating": rating, **extra}, timeout=30)  # fmt: skip
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -285,9 +285,14 @@ def test_a_shadow_stage_answers_users_with_the_champion_and_records_the_challeng
         challenger, _, stage_n = rollout.evidence(store, store.get(ROLLOUTS, rid) or {}, 4)
         assert challenger.agreement_n == stage_n == log.count_documents({"rollout": rid, "arm": "shadow"})
         rate(s, answers[0], -1)
-        rate(s, answers[0], 1)  # a second verdict replaces the first, in the counts too
+        receipt = rate(s, answers[0], 1, correction="Hello there.")  # a second verdict replaces the first
         _, champion_arm, _ = rollout.evidence(store, store.get(ROLLOUTS, rid) or {}, 4)
-        assert (champion_arm.rated, champion_arm.negative, champion_arm.positive) == (1, 0, 1)
+        assert (champion_arm.rated, champion_arm.negative, champion_arm.positive) == (1, 0, 1)  # in the counts too
+        answer_id = answers[0].json()["id"]
+        assert receipt["published"] is True
+        announced = read_topic(s, topics.FEEDBACK, lambda m, v: v.get("response_id") == answer_id)
+        assert [(e["rating"], e.get("correction", ""), e["arm"], e["rollout_id"]) for e in announced] == [
+            (-1, "", "champion", rid), (1, "Hello there.", "champion", rid)]  # fmt: skip
         metrics = httpx.get(gateway_url(s) + "/metrics", timeout=10).text
         assert 'lifecycle_gateway_shadow_requests_total{outcome="mirrored"}' in metrics
         rollout.control(s, store, s.model_name, "abort")
