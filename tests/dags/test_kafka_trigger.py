@@ -106,7 +106,8 @@ def test_a_malformed_message_fails_in_ingest_and_the_watcher_goes_on(watching: S
     events.publish(s, topics.TRAINING_DATA, "toy-kafka", good)
     assert wait_for(lambda: _claimed(s, good.event_id), timeout=300) == "ok"
     run_id = _event(s, good.event_id)["dag_run_id"]
-    assert set(settle(s, {run_id})[run_id].values()) == {"success"}
+    tasks = settle(s, {run_id})[run_id]
+    assert tasks.pop("follow_rollout") == "skipped" and set(tasks.values()) == {"success"}, tasks  # direct: no rollout
 
 
 def test_a_killed_triggerer_loses_nothing(watching: Settings, tiny_llama_dir: Path) -> None:
