@@ -40,7 +40,8 @@ def latency_bin(ms_per_token: float) -> int:
 def histogram(ms_per_token: list[float]) -> dict[int, int]:
     out: dict[int, int] = {}
     for ms in ms_per_token:
-        out[latency_bin(ms)] = out.get(latency_bin(ms), 0) + 1
+        b = latency_bin(ms)
+        out[b] = out.get(b, 0) + 1
     return out
 
 

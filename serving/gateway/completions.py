@@ -108,9 +108,11 @@ class Completions:
                 if started:
                     raise
             plan = Plan(plan.rollout, "champion", req.model, stage=plan.stage)  # the challenger's failure is on record
-        answer: list[str] = []
+        answer: list[str] = []  # kept only when a mirror will be compared with it
+        keep = plan is not None and plan.shadow is not None
         async for resp in self._one(req, {**common, "_id": response_id}, plan, stream):
-            answer.append(resp.text)
+            if keep:
+                answer.append(resp.text)
             yield resp
         if plan is not None and plan.shadow:
             mirrored = len(self._shadows) < MAX_SHADOWS
