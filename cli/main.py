@@ -5,6 +5,7 @@
     lifecycle ingest | train | evaluate | promote | pipeline     the lifecycle without Airflow
     lifecycle serve | query           the gateway and its gRPC workers
     lifecycle rollout status | pause | resume | abort | promote | start     live rollouts
+    lifecycle lineage | forget        where an answer came from; delete a training record everywhere
     lifecycle demo                    set everything up and show it working
 
 Every command exits non-zero with a one-line reason on failure. Commands import what they run
@@ -18,7 +19,7 @@ import sys
 
 import typer
 
-from cli import demo, rollout, serve, stack, train
+from cli import demo, lineage, rollout, serve, stack, train
 
 app = typer.Typer(
     help="llm-lifecycle: fine-tune, evaluate, promote and serve an LLM on Airflow, MLflow and Kafka.",
@@ -39,6 +40,8 @@ app.command(context_settings=_PASS_ON)(train.pipeline)
 app.command()(demo.demo)
 app.command()(serve.serve)
 app.command()(serve.query)
+app.command()(lineage.lineage)
+app.command()(lineage.forget)
 models_app.command("pull")(stack.models_pull)
 app.add_typer(models_app, name="models")
 app.add_typer(rollout.app, name="rollout")

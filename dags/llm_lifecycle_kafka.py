@@ -1,7 +1,8 @@
 """llm_lifecycle_kafka: a run per message on ``lifecycle.training-data`` (Airflow Asset + AssetWatcher).
 
 Publish ``{"event_id", "type": "TrainingDataArrived", "occurred_at", "dataset", "records": [...]}``
-(or ``"uri": "file:///….jsonl"`` in place of ``records``, and optionally ``"params": {...}``) and a run
+(or ``"uri": "file:///….jsonl"`` in place of ``records``, and optionally ``"params": {...}``; with
+``"base_dataset": ID`` the records extend that dataset version, or alone retrain on it) and a run
 starts with the payload; ``params`` may set only the training recipe (``plugins/params.py``:
 ``EVENT_PARAMS``), each value checked against the form's schema, else the event fails naming the
 key. The watcher lands each message in Mongo before its offset counts as consumed and each run
@@ -78,6 +79,8 @@ def llm_lifecycle_kafka() -> None:
                 params["dataset_name"] = data.get("dataset") or params["dataset_name"]
                 if data.get("uri"):
                     params["dataset_path"] = data["uri"]
+                if data.get("base_dataset"):  # a new version of a known dataset (lifecycle/forget.py, the flywheel)
+                    params["base_dataset"] = data["base_dataset"]
                 records += data.get("records") or []
             dataset_id = pipeline.ingest(params, records=records or None)
         except Exception as exc:

@@ -37,6 +37,9 @@ EVENT_TYPES: dict[str, type[Message]] = {
         "InferenceJobQueued",
         "InferenceJobCompleted",
         "DeadLetter",
+        "FeedbackReceived",
+        "RecordDeleted",
+        "ModelTainted",
     )
 }
 

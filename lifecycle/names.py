@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from typing import Any
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -32,3 +35,10 @@ def split_model_ref(ref: str) -> tuple[str, str]:
 #: gRPC trailing-metadata key with which a worker names the request field an INVALID_ARGUMENT is
 #: about; the gateway answers it as the OpenAI error's ``param``.
 PARAM_METADATA_KEY = "lifecycle-param"
+
+
+def content_hash(messages: list[dict[str, Any]]) -> str:
+    """A training record's identity: sha256 of its conversation, metadata excluded (equal content,
+    equal hash). Ingest deduplicates by it, lineage names records by it, deletion finds them by it."""
+    canon = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()

@@ -65,6 +65,13 @@ def register(mc: MlflowClient, name: str, source: str, run_id: str, tags: dict[s
     return version, True
 
 
+def version_digest(digests: dict[str, str]) -> str:
+    """One sha256 naming a version's exact weights (over its files' digests, in path order)."""
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
+
+
 def digests_of(version: Any) -> dict[str, str]:
     return {
         k.removeprefix(DIGEST_TAG_PREFIX): v for k, v in (version.tags or {}).items() if k.startswith(DIGEST_TAG_PREFIX)

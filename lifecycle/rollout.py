@@ -162,11 +162,24 @@ def step(settings: Settings, store: Store, doc: dict[str, Any], reason: str, see
 
 
 def promote(settings: Settings, store: Store, doc: dict[str, Any], reason: str, seen: dict[str, Any]) -> bool:
+    if doc.get("tainted"):  # trained on a deleted record (lifecycle/forget.py): never champion
+        abort_tainted(settings, store, doc["_id"], str(doc["tainted"]))
+        return False
     if not _append(settings, store, doc, "RolloutPromoted", seen, reason, expect_seq=doc["seq"],
                    change={"state": "promoting"}):  # fmt: skip
         return False
     _finish_promotion(settings, store, _publish_pending(settings, store, doc["_id"]))
     return True
+
+
+def abort_tainted(settings: Settings, store: Store, rid: str, deletion: str) -> bool:
+    """Roll back a running rollout whose challenger was trained on a deleted record; False when it had
+    already ended (or is finishing its promotion)."""
+    doc = load(store, rid)
+    if doc is None or doc["state"] != "running":
+        return False
+    return _decide(settings, store, doc, "RolloutRolledBack", "rolled_back",
+                   f"challenger tainted: trained on a record deleted by {deletion}")  # fmt: skip
 
 
 def control(settings: Settings, store: Store, name: str, action: str, version: int | None = None) -> dict[str, Any]:
@@ -184,6 +197,10 @@ def control(settings: Settings, store: Store, name: str, action: str, version: i
         if not _decide(settings, store, doc, "RolloutRolledBack", "aborted", "aborted by an operator"):
             raise RolloutError(f"rollout {doc['_id']} changed meanwhile; look again")
     elif action == "promote":
+        if doc.get("tainted"):
+            raise RolloutError(
+                f"rollout {doc['_id']}: v{doc['version']} is tainted ({doc['tainted']}); it cannot be promoted"
+            )
         if doc["state"] != "promoting" and not promote(settings, store, doc, "promoted by an operator", {}):
             raise RolloutError(f"rollout {doc['_id']} changed meanwhile; look again")
     else:

@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     curate_schedule: str = Field(
         "0 2 * * *", description="Cron of llm_curate's run on whatever feedback is pending (empty: on events only)."
     )
+    taint_margin: float = Field(
+        0.05, ge=0, le=1,
+        description="Against a tainted champion (trained on a deleted record) the gate promotes a candidate that is "
+        "not worse by more than this (non-inferiority), instead of asking for an improvement.",
+    )  # fmt: skip
     startup_timeout: float = Field(180.0, gt=0, description="Seconds to wait for each service.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of our processes.")
     data_roots: Annotated[list[str], NoDecode] = Field(

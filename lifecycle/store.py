@@ -32,6 +32,10 @@ ROLLOUT_DECISIONS = "rollout_decisions"
 FEEDBACK = "feedback"
 #: Running counts of each rollout's evidence, by stage and arm (lifecycle/tally.py).
 TALLIES = "rollout_tallies"
+#: Per dataset version, the similarity index of its training records (lifecycle/lineage.py), and the
+#: record deletions with what they tainted (lifecycle/forget.py).
+LINEAGE_INDEX = "lineage_index"
+DELETIONS = "deletions"
 
 Doc = dict[str, Any]
 

@@ -120,6 +120,10 @@ def parse_payload(payload: str) -> dict[str, Any]:
     if not isinstance(msg, events_pb2.TrainingDataArrived):
         raise events.EventError(f"expected a TrainingDataArrived event, got {msg.DESCRIPTOR.name}")
     data = events.to_dict(msg)
-    if not data.get("records") and not data.get("uri"):
-        raise events.EventError("a TrainingDataArrived event needs 'records' or 'uri'")
+    if not data.get("records") and not data.get("uri") and not data.get("base_dataset"):
+        raise events.EventError("a TrainingDataArrived event needs 'records', 'uri' or 'base_dataset'")
+    if data.get("uri") and data.get("base_dataset"):
+        raise events.EventError(
+            "a TrainingDataArrived event takes 'base_dataset' with inline 'records', not with 'uri'"
+        )
     return data

@@ -44,6 +44,19 @@ def ingest(params: dict[str, Any], records: list[dict[str, Any]] | None = None) 
     from training import steps
 
     s = _settings(params)
+    if params.get("base_dataset"):  # a new version of a dataset: its records, plus these if any
+        lines = [json.dumps(r) for r in records or []]
+        ds, _ = steps.extend(
+            s,
+            params["base_dataset"],
+            lines,
+            params.get("dataset_name", "dataset"),
+            f"extend:{params['base_dataset']}" + (f"+{len(lines)} records" if lines else ""),
+        )
+        for r in ds.rejected:
+            print(f"rejected {r.where}: {r.reason}")
+        print(f"dataset {ds.id} (from {params['base_dataset']}): {ds.train} train, {ds.eval} eval")
+        return ds.id
     eval_path = steps.check_source(s, params["eval_path"]) if params.get("eval_path") else None
     if records:
         source: Any = [json.dumps(r) for r in records]
@@ -114,7 +127,8 @@ def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str, context:
         **fields,
     )
     # A retry after a failure reuses the run document, which then follows the new attempt.
-    run = steps.train(s, cfg, int(params.get("nproc", 1)), print, run_id=run_id, launcher=launcher)
+    origin = {"dag_id": context["dag"].dag_id if context else "", "run_id": dag_run_id}
+    run = steps.train(s, cfg, int(params.get("nproc", 1)), print, run_id=run_id, launcher=launcher, origin=origin)
     return str(run.mlflow_run_id)
 
 
@@ -182,5 +196,5 @@ def merge_datasets(dataset_ids: list[str], params: dict[str, Any]) -> str:
     label = "merge:" + ",".join(dataset_ids)
     ds = write_dataset(s.datasets_dir, "retrain", label, train, evaluation, [], 0)
     with Store.connect(s) as store:
-        record_lineage(store, ds, label)
+        record_lineage(store, ds, label, parents=dataset_ids)
     return ds.id

@@ -5,7 +5,8 @@
 ``curate_feedback`` takes the feedback not curated yet, newest first, joined with what was asked
 and answered; below ``min_items`` it does nothing (the items wait for the next run). Each item is
 marked in Mongo with what became of it (``curation``: ``kept`` with the event id, or ``refused`` with
-the reason), so nothing is curated twice and every refusal can be read back. Records go inline in
+the reason), so nothing is curated twice and every refusal can be read back. The records extend the
+champion's dataset version (``base_dataset``): a new version whose lineage names its parent. Records go inline in
 one event of at most ``MAX_EVENT_BYTES``; what does not fit waits for the next run. The event id is
 derived from the feedback ids it carries, so a retry after a crash publishes the same event (the
 intake trains once per event id). Evaluation texts are every eval split under the datasets dir.
@@ -70,6 +71,20 @@ def eval_texts(settings: Settings) -> Iterator[str]:
             yield rec.reference
 
 
+def champion_dataset(settings: Settings) -> str:
+    """The dataset version the champion was trained on ("" without a champion): curated records extend
+    it, so each cycle's model learns the new corrections on top of what the champion knew, and is
+    scored on the same eval split."""
+    from lifecycle import registry
+
+    mc = registry.client(settings.mlflow_tracking_uri)
+    champion = registry.version_by_alias(mc, settings.model_name, registry.CHAMPION)
+    if champion is None or not champion.run_id:
+        return ""
+    base = str(mc.get_run(champion.run_id).data.tags.get("dataset_id", ""))
+    return base if (settings.datasets_dir / base / "train.jsonl").exists() else ""
+
+
 def curate_feedback(
     settings: Settings, store: Store, *, min_items: int = 1, dataset: str = "feedback",
     params: dict[str, Any] | None = None, run_id: str = "",
@@ -97,8 +112,9 @@ def curate_feedback(
     event_id = ""
     if records:
         event_id = "curated-" + hashlib.sha256("\n".join(sorted(carried)).encode()).hexdigest()[:24]
+        base = champion_dataset(settings)
         msg = events.new_event(events_pb2.TrainingDataArrived, event_id=event_id, dataset=dataset,
-                               records=records, params=params or {})  # fmt: skip
+                               records=records, params=params or {}, base_dataset=base)  # fmt: skip
         events.publish(settings, topics.TRAINING_DATA, dataset, msg)  # before marking: a crash re-sends it
         store.db[FEEDBACK].update_many({"_id": {"$in": carried}}, {"$set": {"curation": {
             "outcome": "kept", "event_id": event_id, "at": at, "run": run_id}}})  # fmt: skip

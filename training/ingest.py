@@ -171,8 +171,41 @@ def write_dataset(
 
 
 def load_split(dataset_path: Path, side: str) -> list[Record]:
+    """A split's records; the tombstone of a deleted record (``lifecycle/forget.py``) is skipped."""
     rows = (json.loads(line) for line in (dataset_path / f"{side}.jsonl").read_text().splitlines() if line)
-    return [Record(r["messages"], r.get("meta", {})) for r in rows]
+    return [Record(r["messages"], r.get("meta", {})) for r in rows if "deleted" not in r]
+
+
+def extend(
+    datasets_dir: Path,
+    base_id: str,
+    lines: Iterable[str],
+    *,
+    name: str,
+    tokenizer: Any = None,
+    max_seq_len: int = 512,
+    source_label: str = "",
+) -> Dataset:
+    """A new dataset version: the base version's records (deleted ones excluded) plus ``lines``, which
+    join its train split (its eval split stays as it is, so versions are scored on the same items).
+    Without lines, a copy of what is left of the base: the retrain after a deletion."""
+    base = datasets_dir / base_id
+    if not (base / "train.jsonl").exists():
+        raise IngestError(f"base dataset {base_id!r}: no such dataset version in {datasets_dir}")
+    counter = chat_token_counter(tokenizer) if tokenizer is not None else None
+    new, rejected, dups = validate(read_lines(lines), counter, max_seq_len)
+    evaluation = load_split(base, "eval")
+    taken = {r.content_hash for r in evaluation}
+    train = []
+    for r in load_split(base, "train") + new:
+        if r.content_hash in taken:
+            dups += 1
+            continue
+        taken.add(r.content_hash)
+        train.append(r)
+    if not train:
+        raise IngestError(f"base dataset {base_id!r} and the new records hold no training record")
+    return write_dataset(datasets_dir, name, source_label or f"extend:{base_id}", train, evaluation, rejected, dups)
 
 
 def ingest(
@@ -207,14 +240,16 @@ def ingest(
     return write_dataset(datasets_dir, name, label, train, evaluation, rejected, dups)
 
 
-def record_lineage(store: Any, ds: Dataset, source: str) -> bool:
-    """Lineage in Mongo ``datasets`` keyed by dataset id; False when it was recorded already."""
+def record_lineage(store: Any, ds: Dataset, source: str, parents: Iterable[str] = ()) -> bool:
+    """Lineage in Mongo ``datasets`` keyed by dataset id (``parents``: the versions it was built from);
+    False when it was recorded already."""
     from lifecycle.store import DATASETS, now
 
     doc = {
         "_id": ds.id,
         **ds.summary(),
         "source": source,
+        "parents": list(parents),
         "path": str(ds.path),
         "rejected_lines": [asdict(r) for r in ds.rejected],
         "created_at": now(),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifecycle import registry
+from lifecycle import lineage, registry
 from lifecycle.settings import Settings
 from lifecycle.store import TRAINING_RUNS, Store, now
 from training.config import TrainConfig
@@ -82,8 +82,11 @@ def run_training(
     report: Report = print,
     run_id: str | None = None,
     launcher: Launcher | None = None,
+    origin: dict[str, str] | None = None,
 ) -> TrainingRun:
-    """Train ``cfg`` under ``nproc`` processes, tracked in MLflow and Mongo. Raises ``TrainingError``."""
+    """Train ``cfg`` under ``nproc`` processes, tracked in MLflow and Mongo. Raises ``TrainingError``.
+    ``origin``: the Airflow DAG and run that asked for it (``dag_id``, ``run_id``), kept as run tags for
+    lineage. The dataset version's similarity index (``lifecycle/lineage.py``) is built here, once."""
     import mlflow
 
     check_base_model(cfg.base_model)
@@ -97,7 +100,7 @@ def run_training(
     store.insert_once(
         TRAINING_RUNS,
         {"_id": run_id, "status": "queued", "dataset_id": dataset_id, "base_model": cfg.base_model,
-         "nproc": nproc, "out_dir": str(out_dir), "created_at": now(), "updated_at": now()},
+         "nproc": nproc, "out_dir": str(out_dir), "airflow": origin or None, "created_at": now(), "updated_at": now()},
     )  # fmt: skip
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
@@ -105,6 +108,10 @@ def run_training(
     mc = registry.client(settings.mlflow_tracking_uri)
     tags = {"lifecycle.run_id": run_id, "dataset_id": dataset_id, "mlflow.source.git.commit": git_commit(),
             "base_model": cfg.base_model, "nproc": str(nproc)}  # fmt: skip
+    if origin:
+        tags.update(
+            {lineage.AIRFLOW_DAG_TAG: origin.get("dag_id", ""), lineage.AIRFLOW_RUN_TAG: origin.get("run_id", "")}
+        )
     mlrun = mc.create_run(experiment.experiment_id, tags=tags, run_name=run_id)
     mlflow_run_id = mlrun.info.run_id
     cfg.out_dir, cfg.mlflow_run_id, cfg.tracking_uri = str(out_dir), mlflow_run_id, settings.mlflow_tracking_uri
@@ -115,6 +122,10 @@ def run_training(
         store.update(
             TRAINING_RUNS, run_id, {"status": "running", "mlflow_run_id": mlflow_run_id, "config": cfg.to_dict()}
         )
+        try:
+            lineage.ensure_index(store, dataset_id, dataset)
+        except Exception as exc:  # noqa: BLE001 - provenance is worth a warning, not a lost training run
+            report(f"warning: no lineage index for {dataset_id}: {type(exc).__name__}: {str(exc)[:300]}")
         (launcher or launch_local)(cfg, nproc, out_dir, report)
         result = json.loads((out_dir / "result.json").read_text())
         metrics = {k: float(result[k]) for k in ("final_loss", "tokens_per_sec", "train_seconds")}

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifecycle import events, registry, rollout, topics
+from lifecycle import events, forget, lineage, registry, rollout, topics
 from lifecycle.settings import Settings
 from lifecycle.store import EVALUATIONS, MODEL_CONFIGS, Store, now
 from lifecycle.v1 import events_pb2
@@ -115,6 +115,11 @@ def promote(
     name = settings.model_name
     evaluation = latest_evaluation(store, mlflow_run_id)
     cand_metrics = evaluation["candidate"]["metrics"]
+    champion = registry.version_by_alias(mc, name, registry.CHAMPION)
+    if champion is not None and forget.tainted_by(settings, store, name, champion.version):
+        # the champion learned from a deleted record: a replacement need not be better, only not worse
+        margin = min(margin, -settings.taint_margin)
+        report(f"champion v{champion.version} is tainted: the gate asks for non-inferiority (margin {margin:+g})")
     decision = decide(evaluation, margin, tolerance, confidence)
     evidence = gate_evidence(decision)
     run = mc.get_run(mlflow_run_id)
@@ -131,12 +136,16 @@ def promote(
         )  # fmt: skip
         _publish_soft(settings, name, registered, report)
 
+    tainted = forget.tainted_by(settings, store, name, number, mlflow_run_id)
+    if tainted:
+        mc.set_model_version_tag(name, str(number), lineage.TAINT_TAG, tainted)
+        raise PromotionError(f"{name} version {number} is tainted: its run trained on a record deleted by {tainted}; "
+                             "it cannot be promoted")  # fmt: skip
     outbox_id = f"{name}:{number}:promote"
     pending = store.get(MODEL_CONFIGS, outbox_id)
     if pending is not None and pending.get("state") == "done":
         return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"], True)
 
-    champion = registry.version_by_alias(mc, name, registry.CHAMPION)
     if pending is None:
         if champion is not None and int(champion.version) == number:
             return PromotionResult(name, number, registry.CHAMPION, True, "already champion", already_done=True)

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from lifecycle.names import content_hash
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -28,8 +30,7 @@ class Record:
     @property
     def content_hash(self) -> str:
         """Hash of the conversation itself (metadata excluded): equal content, equal hash."""
-        canon = json.dumps(self.messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()
+        return content_hash(self.messages)
 
     @property
     def prompt_messages(self) -> list[dict[str, str]]:

@@ -72,6 +72,22 @@ def ingest(settings: Settings, source: str | Path | Iterable[str], label: str, *
         return ds, record_lineage(store, ds, label)
 
 
+def extend(settings: Settings, base_id: str, records: list[str], name: str, label: str = "") -> tuple[Dataset, bool]:
+    """A new dataset version from ``base_id`` plus ``records`` (JSON lines; see ``training.ingest.extend``),
+    its lineage naming the base as parent. Returns the dataset and whether it is new."""
+    from training.base_model import load_tokenizer
+    from training.ingest import IngestError, record_lineage
+    from training.ingest import extend as do_extend
+
+    tokenizer = load_tokenizer(settings.base_model, settings.models_dir)
+    try:
+        ds = do_extend(settings.datasets_dir, base_id, records, name=name, tokenizer=tokenizer, source_label=label)
+    except IngestError as exc:
+        raise StepError(str(exc)) from None
+    with Store.connect(settings) as store:
+        return ds, record_lineage(store, ds, label or f"extend:{base_id}", parents=[base_id])
+
+
 def train(settings: Settings, cfg: TrainConfig, nproc: int = 1, report: Report = print, **options: Any) -> Any:
     """A tracked training run of ``cfg`` (``training.launch.run_training``; ``options``: run_id, launcher)."""
     from training.launch import run_training

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainingDataArrived(_message.Message):
-    __slots__ = ("event_id", "type", "occurred_at", "dataset", "records", "uri", "params")
+    __slots__ = ("event_id", "type", "occurred_at", "dataset", "records", "uri", "params", "base_dataset")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class TrainingDataArrived(_message.Message):
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    BASE_DATASET_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -27,7 +28,8 @@ class TrainingDataArrived(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     uri: str
     params: _struct_pb2.Struct
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., records: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., uri: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    base_dataset: str
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., records: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., uri: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., base_dataset: _Optional[str] = ...) -> None: ...
 
 class GateEvidence(_message.Message):
     __slots__ = ("metric", "test", "n", "candidate", "baseline", "effect", "ci_low", "ci_high", "p_value", "confidence", "margin")
@@ -423,3 +425,49 @@ class FeedbackReceived(_message.Message):
     rollout_id: str
     arm: str
     def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., response_id: _Optional[str] = ..., rating: _Optional[int] = ..., correction: _Optional[str] = ..., comment: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., rollout_id: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
+
+class RecordDeleted(_message.Message):
+    __slots__ = ("event_id", "type", "occurred_at", "deletion_id", "content_hash", "reason", "datasets", "runs", "model_versions", "retrain_events")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    DELETION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    occurred_at: _timestamp_pb2.Timestamp
+    deletion_id: str
+    content_hash: str
+    reason: str
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    runs: _containers.RepeatedScalarFieldContainer[str]
+    model_versions: _containers.RepeatedScalarFieldContainer[str]
+    retrain_events: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deletion_id: _Optional[str] = ..., content_hash: _Optional[str] = ..., reason: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., runs: _Optional[_Iterable[str]] = ..., model_versions: _Optional[_Iterable[str]] = ..., retrain_events: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ModelTainted(_message.Message):
+    __slots__ = ("event_id", "type", "occurred_at", "model_name", "version", "deletion_id", "run_id", "alias", "retrain_event_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELETION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    type: str
+    occurred_at: _timestamp_pb2.Timestamp
+    model_name: str
+    version: int
+    deletion_id: str
+    run_id: str
+    alias: str
+    retrain_event_id: str
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_name: _Optional[str] = ..., version: _Optional[int] = ..., deletion_id: _Optional[str] = ..., run_id: _Optional[str] = ..., alias: _Optional[str] = ..., retrain_event_id: _Optional[str] = ...) -> None: ...

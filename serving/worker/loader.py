@@ -6,7 +6,6 @@ nothing is unpickled and no model code from the registry is run.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -64,7 +63,7 @@ def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path,
     dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=settings.serving_dir))
     try:
         adapter, base = _download(settings, mv, name, version, dest, digests)
-        return adapter, base, version_digest(digests)
+        return adapter, base, registry.version_digest(digests)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -89,13 +88,6 @@ def _download(
         base_model = str(cached)
     verify(adapter, digests, f"{name} v{version}")
     return adapter, base_model
-
-
-def version_digest(digests: dict[str, str]) -> str:
-    """One sha256 naming a version's exact weights (over its files' digests, in path order)."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
 
 
 def verify(folder: Path, digests: dict[str, str], what: str) -> None:

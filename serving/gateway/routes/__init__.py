@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serving.gateway.routes import feedback, generate, health, jobs, openai, rollouts
+from serving.gateway.routes import feedback, generate, health, jobs, lineage, openai, rollouts
 
 
 def attach_routers(app: FastAPI) -> None:
-    for module in (health, openai, generate, jobs, feedback, rollouts):
+    for module in (health, openai, generate, jobs, feedback, lineage, rollouts):
         app.include_router(module.router)

@@ -1,0 +1,103 @@
+"""``lifecycle lineage`` and ``lifecycle forget``: where an answer came from, and deleting a training
+record everywhere (``lifecycle/lineage.py``, ``lifecycle/forget.py``). Both talk to Mongo and MLflow
+directly, as an operator of the stack; users of the gateway have ``GET /v1/responses/{id}/lineage``
+and, with an admin key, ``DELETE /v1/records/{content_hash}``.
+
+    lifecycle lineage RESPONSE_ID [-k 5] [-o json]
+    lifecycle forget CONTENT_HASH --reason "erasure request 1142" [-o json]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from cli.common import console, fail, settings
+
+Output = Annotated[str, typer.Option("--output", "-o", help="text or json.")]
+
+
+def _check_output(output: str) -> bool:
+    if output not in ("text", "json"):
+        fail(f"--output {output!r}: expected text or json")
+    return output == "json"
+
+
+def lineage(
+    response_id: Annotated[
+        str, typer.Argument(help="The answer's id (its `id`, or the x-lifecycle-response-id header).")
+    ],
+    k: Annotated[int, typer.Option("-k", min=1, max=50, help="Training records to show.")] = 5,
+    output: Output = "text",
+) -> None:
+    """Trace an answer: model version and digest, MLflow run, Airflow run, datasets, nearest training records."""
+    from lifecycle.lineage import LineageError, resolve
+    from lifecycle.store import Store
+
+    as_json = _check_output(output)
+    cfg = settings()
+    with Store.connect(cfg) as store:
+        try:
+            out = resolve(cfg, store, response_id, k=k)
+        except LineageError as exc:
+            fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    _show(out)
+
+
+def _show(out: dict[str, Any]) -> None:
+    con = console()
+    m = out["model"]
+    con.print(f"[bold]{out['response_id']}[/bold]  asked: {out['question'][:200]!r}")
+    con.print(f"  model    {m['name']} v{m['version'] or '-'}  digest {m['digest'][:16] or '-'}"
+              + ("  [green]verified[/green]" if m.get("digest_verified") else "")
+              + (f"  [red]tainted by {m['tainted']}[/red]" if m.get("tainted") else ""))  # fmt: skip
+    if out.get("mlflow_run"):
+        con.print(f"  mlflow   run {out['mlflow_run']['run_id']} ({out['mlflow_run']['status']})")
+        con.print(f"  training {out['training_run']['run_id']} on {out['training_run']['base_model']}")
+    if out.get("airflow_run"):
+        con.print(f"  airflow  {out['airflow_run']['dag_id']} / {out['airflow_run']['run_id']}")
+    for ds in out.get("datasets", []):
+        flag = "  [red]tainted[/red]" if ds.get("tainted") else ""
+        con.print(f"  dataset  {ds['dataset_id']} {ds.get('name', '')} ({ds.get('train', '?')} train) "
+                  f"from {ds.get('source', '?')}{flag}")  # fmt: skip
+    if out.get("note"):
+        con.print(f"  note     {out['note']}")
+    for r in out.get("records", []):
+        con.print(f"  {r['similarity']:.3f}  {r['dataset_id']} train.jsonl:{r['line']}  {r['content_hash'][:16]}  "
+                  f"{r['question'][:80]!r} -> {r['answer'][:60]!r}")  # fmt: skip
+
+
+def forget(
+    content_hash: Annotated[str, typer.Argument(help="The record's content hash (`lifecycle lineage` shows it).")],
+    reason: Annotated[str, typer.Option(help="Why it is deleted (kept with the deletion).")],
+    output: Output = "text",
+) -> None:
+    """Delete a training record everywhere; taint the datasets and models that hold or learned it."""
+    import getpass
+
+    from lifecycle.forget import ForgetError
+    from lifecycle.forget import forget as do_forget
+    from lifecycle.store import Store
+
+    as_json = _check_output(output)
+    cfg = settings()
+    with Store.connect(cfg) as store:
+        try:
+            out = do_forget(cfg, store, content_hash, reason=reason, actor=f"cli:{getpass.getuser()}")
+        except ForgetError as exc:
+            fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    typer.echo(f"{out['deletion_id']}: record {out['content_hash'][:16]} deleted from {len(out['datasets'])} dataset "
+               f"version(s): {', '.join(out['datasets'])}")  # fmt: skip
+    typer.echo(f"  tainted: {', '.join(out['model_versions']) or 'no model version'} ({len(out['runs'])} run(s))")
+    for event in out["retrain_events"]:
+        typer.echo(f"  retrain of a tainted champion started: event {event}")
+    for rid in out["rolled_back"]:
+        typer.echo(f"  rollout {rid} rolled back (tainted challenger)")
