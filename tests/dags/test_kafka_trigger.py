@@ -92,7 +92,7 @@ def test_a_malformed_message_fails_in_ingest_and_the_watcher_goes_on(watching: S
     events.publish(s, topics.TRAINING_DATA, "empty", bad)
     assert wait_for(lambda: _event(s, bad.event_id).get("state") == "failed", timeout=300) == "ok"
     doc = _event(s, bad.event_id)
-    assert "needs 'records' or 'uri'" in doc["error"]
+    assert "needs 'records', 'uri' or 'base_dataset'" in doc["error"]
     assert settle(s, {doc["dag_run_id"]})[doc["dag_run_id"]]["ingest"] == "failed"
 
     # A producer may not lower the gate: the event fails in ingest naming the param, nothing trains.
