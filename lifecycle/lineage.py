@@ -171,7 +171,21 @@ def _asked(log: dict[str, Any]) -> str:
 
 
 def _read_lines(path: Path, wanted: set[int]) -> dict[int, dict[str, Any]]:
-    return {n: row for n, row in dataset_rows(path) if n in wanted}
+    """The rows at ``wanted`` line numbers of the train split (only those parsed; tombstones left out)."""
+    out: dict[int, dict[str, Any]] = {}
+    file = path / "train.jsonl"
+    if not wanted or not file.exists():
+        return out
+    last = max(wanted)
+    with file.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number in wanted:
+                row = json.loads(line)
+                if "deleted" not in row:
+                    out[number] = row
+            if number >= last:
+                break
+    return out
 
 
 def dataset_chain(store: Store, dataset_id: str, limit: int = 16) -> list[dict[str, Any]]:
