@@ -1,7 +1,7 @@
 """The flywheel, measured: users' corrections on a fictional domain become the next champion, three
 times over, with no step taken by hand — against the running local stack.
 
-    LIFECYCLE_CURATE_MIN_FEEDBACK=24 lifecycle up        # curation starts once a cycle's feedback is in
+    LIFECYCLE_CURATE_MIN_FEEDBACK=72 lifecycle up        # curation starts once a cycle's feedback is in
     .venv/bin/python bench/flywheel.py [--cycles 3] [--plot bench/flywheel.png]
 
 The domain: eight invented islands, three facts each (harbour keeper, main export, lantern-festival
@@ -10,18 +10,21 @@ uses (48 items, scored by contains-match of the short answer); it is the eval sp
 version, so the gate and this table score the same items.
 
 Run it on a stack of its own (its registered model is the stack's ``LIFECYCLE_MODEL_NAME``, which
-curation trains). Seed: a champion trained through ``llm_lifecycle`` on 64 records of the toy world (data/toy) with
-the held-out set as its eval split — it knows Thandfusnu, not the islands. Then each cycle: scripted
-users ask all 24 facts (a phrasing of their own per cycle) through the gateway, judge each answer
-(contains the fact: +1; else -1 with the right sentence as correction) and send ``POST /v1/feedback``.
-Everything after that is the platform's: ``FeedbackReceived`` events start ``llm_curate`` once
-``LIFECYCLE_CURATE_MIN_FEEDBACK`` items wait; it curates them into records extending the champion's
-dataset version and publishes ``TrainingDataArrived``; ``llm_lifecycle_kafka`` ingests, trains (its
-default recipe), evaluates against the champion, gates (paired test) and promotes under the stack's
-``LIFECYCLE_ROLLOUT_POLICY``. A cycle ends when that run has finished and, if it promoted, the
-gateway serves the new version. Reported per cycle: the champion's held-out accuracy after it, the
-gate's decision and evidence, the records added, and the cycle's wall time (first question to the new
-version served). Baseline: the seed champion's accuracy, measured on the same items by the same gate.
+curation trains). Seed: a champion trained through ``llm_lifecycle`` (promoted by hand if the gate
+keeps it out) on 64 records of the toy world (data/toy) with the held-out set as its eval split — it
+knows Thandfusnu, not the islands. Then each cycle: scripted users ask all 24 facts in their three
+phrasings (``--phrasings``; users ask the same things again) through the gateway, judge each answer
+(contains the fact: +1; else -1 with the right sentence as correction) and send ``POST
+/v1/feedback``. Everything after that is the platform's: ``FeedbackReceived`` events start
+``llm_curate`` once ``LIFECYCLE_CURATE_MIN_FEEDBACK`` items wait; it curates them into records
+extending the champion's dataset version and publishes ``TrainingDataArrived``;
+``llm_lifecycle_kafka`` ingests, trains (its default recipe), evaluates against the champion, gates
+(paired test) and promotes under the stack's ``LIFECYCLE_ROLLOUT_POLICY``. A cycle ends when that
+run has finished and, if it promoted, the gateway serves the new version. Reported per cycle: the
+champion's held-out accuracy after it, the gate's decision and evidence, the records added, and the
+cycle's wall time (first question to the new version served). Curated records accumulate: each cycle
+extends the newest curated dataset version built on the champion's, whether or not the gate let its
+model through. Baseline: the seed champion's accuracy, measured on the same items by the same gate.
 """
 
 from __future__ import annotations
@@ -108,12 +111,17 @@ def served(s: Settings) -> set[str]:
     return {w.get("version", "") for w in workers}
 
 
-def ask_all(s: Settings, cycle: int) -> tuple[int, int]:
-    """Users ask every fact in this cycle's phrasing and rate the answers; (right, asked)."""
+def questions(phrasings: int) -> list[tuple[str, int, str, str]]:
+    """(island, fact kind, answer, question): every fact in the users' first ``phrasings`` phrasings."""
+    return [(i, k, a, USER_Q[p][k].format(i=i)) for p in range(phrasings) for i, k, a in facts()]
+
+
+def ask_all(s: Settings, phrasings: int) -> tuple[int, int]:
+    """Users ask every fact in their phrasings and rate the answers; (right, asked)."""
     right = 0
     url = serving.gateway_url(s)
-    for i, k, a in facts():
-        q = USER_Q[cycle % len(USER_Q)][k].format(i=i)
+    asked = questions(phrasings)
+    for i, k, a, q in asked:
         body = {"messages": [{"role": "user", "content": q}], "max_tokens": 24, "temperature": 0,
                 "user": f"user-{uuid.uuid4().hex[:6]}"}  # fmt: skip
         r = httpx.post(url + "/v1/chat/completions", json=body, timeout=120)
@@ -130,20 +138,22 @@ def ask_all(s: Settings, cycle: int) -> tuple[int, int]:
                 got.raise_for_status()
             time.sleep(0.2)
         got.raise_for_status()
-    return right, len(facts())
+    return right, len(asked)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cycles", type=int, default=3)
+    ap.add_argument("--phrasings", type=int, default=3, choices=(1, 2, 3), help="users' phrasings of each fact")
     ap.add_argument("--seed-steps", type=int, default=40, help="max_steps of the seed champion's training")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one cycle may take")
     ap.add_argument("--plot", default="", help="write the accuracy-per-cycle plot here (PNG)")
     args = ap.parse_args()
     s = load_settings()  # the stack's registered model: curation trains the model the settings name
-    if s.curate_min_feedback > len(facts()):
-        sys.exit(f"LIFECYCLE_CURATE_MIN_FEEDBACK={s.curate_min_feedback} > {len(facts())} answers per cycle: "
-                 f"start the stack with LIFECYCLE_CURATE_MIN_FEEDBACK={len(facts())}")  # fmt: skip
+    per_cycle = len(questions(args.phrasings))
+    if s.curate_min_feedback != per_cycle:
+        sys.exit(f"LIFECYCLE_CURATE_MIN_FEEDBACK={s.curate_min_feedback}: start the stack with "
+                 f"LIFECYCLE_CURATE_MIN_FEEDBACK={per_cycle} (the answers users rate per cycle)")  # fmt: skip
     for dag in ("llm_lifecycle", "llm_curate", "llm_lifecycle_kafka"):
         if wait_for(lambda d=dag: d in dag_ids(s), timeout=120) != "ok":
             sys.exit(f"DAG {dag} is not in Airflow at {s.airflow_port}")
@@ -155,8 +165,15 @@ def main() -> None:
     run = trigger_and_wait(s, "llm_lifecycle", {"dataset_path": str(seed), "eval_path": str(heldout),
                            "dataset_name": "flywheel", "max_steps": args.seed_steps, "promotion_margin": -1.0},
                            timeout=args.timeout)  # fmt: skip
-    if run["state"] != "success" or champion(s) is None:
+    if run["state"] != "success":
         sys.exit(f"seed run {run['dag_run_id']}: {run['state']} {run.get('tasks')}")
+    if champion(s) is None:  # the gate kept it out (its perplexity on the islands is worse than the base's)
+        from training.promote import promote
+
+        mc = registry.client(s.mlflow_tracking_uri)
+        seed_version = max(mc.search_model_versions(f"name = '{s.model_name}'"), key=lambda v: int(v.version))
+        with Store.connect(s) as store:  # the seed is the starting point, whatever the gate says
+            promote(s, store, seed_version.run_id, margin=-1.0, tolerance=1e9, report=print)
     first = champion(s)
     ev = evaluation_of(s, first.run_id)
     accuracy = ev["candidate"]["metrics"]["accuracy"]
@@ -166,7 +183,7 @@ def main() -> None:
     serving.start_serving(s, 1, threads=0, report=lambda m: None)
     try:
         for cycle in range(1, args.cycles + 1):
-            rows.append(one_cycle(s, cycle, args.timeout))
+            rows.append(one_cycle(s, cycle, args.phrasings, args.timeout))
             r = rows[-1]
             print(f"cycle {cycle}: champion {r['champion']} accuracy {r['accuracy']:.3f} ({r['decision']}), "
                   f"{r['records']} records, users right {r['asked_right']}, {r['wall_s']:.0f} s")  # fmt: skip
@@ -177,12 +194,12 @@ def main() -> None:
         plot(rows, Path(args.plot))
 
 
-def one_cycle(s: Settings, cycle: int, timeout: float) -> dict[str, Any]:
+def one_cycle(s: Settings, cycle: int, phrasings: int, timeout: float) -> dict[str, Any]:
     t0 = time.monotonic()
     before = set(runs(s, "llm_lifecycle_kafka"))
     current = champion(s)
     assert wait_for(lambda: served(s) == {current.version}, timeout=300, interval=1) == "ok", "champion not served"
-    right, asked = ask_all(s, cycle - 1)
+    right, asked = ask_all(s, phrasings)
 
     def finished() -> dict[str, Any] | None:
         for rid, r in runs(s, "llm_lifecycle_kafka").items():

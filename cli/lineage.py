@@ -10,19 +10,37 @@ and, with an admin key, ``DELETE /v1/records/{content_hash}``.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.common import console, fail, settings
 
+if TYPE_CHECKING:
+    from lifecycle.settings import Settings
+    from lifecycle.store import Store
+
 Output = Annotated[str, typer.Option("--output", "-o", help="text or json.")]
 
 
-def _check_output(output: str) -> bool:
+def _run(output: str, call: Callable[[Settings, Store], dict[str, Any]], errors: type[Exception]) -> dict[str, Any]:
+    """``call`` against the stack's Mongo; its ``errors`` become the one-line failure. With ``-o json``
+    the result is printed here and {} returned (nothing left to show)."""
+    from lifecycle.store import Store
+
     if output not in ("text", "json"):
         fail(f"--output {output!r}: expected text or json")
-    return output == "json"
+    cfg = settings()
+    with Store.connect(cfg) as store:
+        try:
+            out = call(cfg, store)
+        except errors as exc:
+            fail(str(exc))
+    if output == "json":
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return {}
+    return out
 
 
 def lineage(
@@ -34,19 +52,10 @@ def lineage(
 ) -> None:
     """Trace an answer: model version and digest, MLflow run, Airflow run, datasets, nearest training records."""
     from lifecycle.lineage import LineageError, resolve
-    from lifecycle.store import Store
 
-    as_json = _check_output(output)
-    cfg = settings()
-    with Store.connect(cfg) as store:
-        try:
-            out = resolve(cfg, store, response_id, k=k)
-        except LineageError as exc:
-            fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(out, indent=2, default=str))
-        return
-    _show(out)
+    out = _run(output, lambda cfg, store: resolve(cfg, store, response_id, k=k), LineageError)
+    if out:
+        _show(out)
 
 
 def _show(out: dict[str, Any]) -> None:
@@ -82,17 +91,10 @@ def forget(
 
     from lifecycle.forget import ForgetError
     from lifecycle.forget import forget as do_forget
-    from lifecycle.store import Store
 
-    as_json = _check_output(output)
-    cfg = settings()
-    with Store.connect(cfg) as store:
-        try:
-            out = do_forget(cfg, store, content_hash, reason=reason, actor=f"cli:{getpass.getuser()}")
-        except ForgetError as exc:
-            fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps(out, indent=2, default=str))
+    actor = f"cli:{getpass.getuser()}"
+    out = _run(output, lambda cfg, store: do_forget(cfg, store, content_hash, reason=reason, actor=actor), ForgetError)
+    if not out:
         return
     typer.echo(f"{out['deletion_id']}: record {out['content_hash'][:16]} deleted from {len(out['datasets'])} dataset "
                f"version(s): {', '.join(out['datasets'])}")  # fmt: skip

@@ -6,7 +6,8 @@
 and answered; below ``min_items`` it does nothing (the items wait for the next run). Each item is
 marked in Mongo with what became of it (``curation``: ``kept`` with the event id, or ``refused`` with
 the reason), so nothing is curated twice and every refusal can be read back. The records extend the
-champion's dataset version (``base_dataset``): a new version whose lineage names its parent. Records go inline in
+champion's dataset version, or the newest curated version built on it (``head_dataset``): a new
+version whose lineage names its parent. Records go inline in
 one event of at most ``MAX_EVENT_BYTES``; what does not fit waits for the next run. The event id is
 derived from the feedback ids it carries, so a retry after a crash publishes the same event (the
 intake trains once per event id). Evaluation texts are every eval split under the datasets dir.
@@ -85,6 +86,26 @@ def champion_dataset(settings: Settings) -> str:
     return base if (settings.datasets_dir / base / "train.jsonl").exists() else ""
 
 
+def head_dataset(settings: Settings, store: Store, name: str) -> str:
+    """What the next curated records extend: the newest version of the curated dataset ``name`` that
+    descends from the champion's dataset (its records were curated but the version trained on them was
+    kept out by the gate: they are still good corrections, so the next cycle builds on them), else the
+    champion's own dataset ("" without a champion)."""
+    from lifecycle.lineage import dataset_chain
+    from lifecycle.store import DATASETS
+
+    champion = champion_dataset(settings)
+    if not champion:
+        return ""
+    found = store.db[DATASETS].find({"name": name}, {"_id": 1, "parents": 1}).sort("created_at", -1).limit(20)
+    for doc in found:
+        if not doc.get("parents") or not (settings.datasets_dir / doc["_id"] / "train.jsonl").exists():
+            continue
+        if champion in {d["dataset_id"] for d in dataset_chain(store, doc["_id"], limit=64)}:
+            return str(doc["_id"])
+    return champion
+
+
 def curate_feedback(
     settings: Settings, store: Store, *, min_items: int = 1, dataset: str = "feedback",
     params: dict[str, Any] | None = None, run_id: str = "",
@@ -112,7 +133,7 @@ def curate_feedback(
     event_id = ""
     if records:
         event_id = "curated-" + hashlib.sha256("\n".join(sorted(carried)).encode()).hexdigest()[:24]
-        base = champion_dataset(settings)
+        base = head_dataset(settings, store, dataset)
         msg = events.new_event(events_pb2.TrainingDataArrived, event_id=event_id, dataset=dataset,
                                records=records, params=params or {}, base_dataset=base)  # fmt: skip
         events.publish(settings, topics.TRAINING_DATA, dataset, msg)  # before marking: a crash re-sends it

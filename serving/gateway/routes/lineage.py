@@ -55,6 +55,8 @@ async def delete_record(
         out = await _in_thread(lambda: forget.forget(settings, store(), content_hash, reason=reason,
                                                      actor=f"api-key:{key_id}" if key_id else "api"))  # fmt: skip
     except forget.ForgetError as exc:
+        if str(exc).startswith("reason:"):
+            raise APIError(400, str(exc), param="reason", code="invalid_reason") from None
         bad = "expected 64 hex" in str(exc)
         raise APIError(400 if bad else 404, str(exc), param="content_hash",
                        code="invalid_content_hash" if bad else "record_not_found") from None  # fmt: skip

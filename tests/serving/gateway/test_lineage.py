@@ -7,6 +7,8 @@ through the Kafka-triggered DAG into a champion whose dataset no longer holds th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,10 @@ REPO = Path(__file__).resolve().parents[3]
 def tier(stack: Settings, tiny_llama_dir: Path, start_serving: Any) -> Iterator[Settings]:
     with start_serving(tiny_llama_dir, 18600, "lineage") as s:
         yield s.model_copy(update={"base_model": str(tiny_llama_dir)})
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120)
 
 
 def dataset(s: Settings, store: Store, tiny: Path, tmp: Path, tag: str, n: int = 40) -> Any:
@@ -94,11 +100,22 @@ def test_lineage_resolves_to_exact_records_and_a_deletion_taints_every_model_tra
         assert all(rec["question"].endswith(f"({tag})") for rec in lineage["records"])
         missing = httpx.get(gateway_url(s) + "/v1/responses/nope/lineage", timeout=30)
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "response_id"
+        # the CLI resolves the same, straight from Mongo and MLflow
+        printed = cli("lineage", rid, "-o", "json")
+        assert printed.returncode == 0, printed.stderr
+        assert json.loads(printed.stdout)["records"][0]["content_hash"] == top["content_hash"]
+        assert cli("lineage", "nope").stderr.strip() == "error: response_id 'nope': no such answer in the inference log"
+        refused = cli("forget", "xyz", "--reason", "test")
+        assert refused.returncode == 1 and "expected 64 hex digits" in refused.stderr
 
         # delete that record: every dataset version holding it, every model trained on one, nothing else
         bad = httpx.delete(gateway_url(s) + "/v1/records/xyz", params={"reason": "test"}, timeout=30)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "content_hash", bad.text
         gone = top["content_hash"]
+        unknown = httpx.delete(gateway_url(s) + "/v1/records/" + "0" * 64, params={"reason": "test"}, timeout=30)
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "content_hash", unknown.text
+        blank = httpx.delete(gateway_url(s) + f"/v1/records/{gone}", params={"reason": "  "}, timeout=30)
+        assert blank.status_code == 400 and blank.json()["error"]["param"] == "reason", blank.text
         out = httpx.delete(gateway_url(s) + f"/v1/records/{gone}", params={"reason": f"erasure {tag}"}, timeout=60)
         assert out.status_code == 200, out.text
         deleted = out.json()
