@@ -11,7 +11,9 @@ re-running a deletion that stopped half-way finishes it):
 1. Every dataset version under the datasets dir that holds the record gets a **tombstone** in its
    place (``{"deleted": DELETION_ID, "content_hash": …}``: line numbers stay, the content is gone);
    the version is marked ``tainted`` in Mongo ``datasets`` and the record leaves its lineage index.
-   Answers and feedback the record was curated from (``meta.response_id``) are deleted too.
+   Answers and feedback the record was curated from (``meta.response_id``) are deleted too, and the
+   record is taken out of the Kafka intake's landed payloads (Mongo ``training_events``). The copy in
+   the Kafka topic itself stays until the topic's retention removes it (Kafka deletes no single message).
 2. Every MLflow run whose ``dataset_id`` is one of those versions, and every registered model version
    made from such a run, is tagged ``lifecycle.tainted = DELETION_ID`` (Mongo ``training_runs`` too).
    A tainted version can no longer be promoted (``training/promote.py``); an active rollout of a
@@ -45,6 +47,7 @@ from lifecycle.store import (
     INFERENCE_LOG,
     LINEAGE_INDEX,
     ROLLOUTS,
+    TRAINING_EVENTS,
     TRAINING_RUNS,
     Store,
     now,
@@ -109,6 +112,29 @@ def _scrub_datasets(settings: Settings, store: Store, record_hash: str, did: str
     return sorted(held), sources
 
 
+def _scrub_events(store: Store, record_hash: str, did: str) -> int:
+    """The record taken out of the Kafka intake's landed payloads (Mongo ``training_events``: inline
+    records of ``TrainingDataArrived`` events, kept for redelivery). Chat-format records only: another
+    format is normalised by ingest and not recognised here. Returns the payloads changed."""
+    changed = 0
+    for doc in store.db[TRAINING_EVENTS].find({}, {"payload": 1}):
+        try:
+            data = json.loads(doc.get("payload") or "")
+        except ValueError:
+            continue
+        records = data.get("records") if isinstance(data, dict) else None
+        if not isinstance(records, list):
+            continue
+        kept = [r for r in records if not (isinstance(r, dict) and isinstance(r.get("messages"), list)
+                                           and content_hash(r["messages"]) == record_hash)]  # fmt: skip
+        if len(kept) != len(records):
+            data["records"] = kept
+            store.db[TRAINING_EVENTS].update_one({"_id": doc["_id"]}, {"$set": {"payload": json.dumps(data),
+                                                                                "scrubbed": did}})  # fmt: skip
+            changed += 1
+    return changed
+
+
 def _tainted_runs(settings: Settings, datasets: list[str], did: str) -> list[Any]:
     """Step 2, runs: every MLflow run (of any experiment) trained on one of ``datasets``."""
     mc = registry.client(settings.mlflow_tracking_uri)
@@ -134,6 +160,7 @@ def forget(settings: Settings, store: Store, record_hash: str, *, reason: str, a
         raise ForgetError("reason: say why the record is deleted (kept with the deletion, for the audit)")
     did = deletion_id(record_hash)
     datasets, sources = _scrub_datasets(settings, store, record_hash, did)
+    events_scrubbed = _scrub_events(store, record_hash, did)
     if not datasets:
         raise ForgetError(f"content_hash {record_hash}: no dataset version under {settings.datasets_dir} holds it")
     store.db[DELETIONS].update_one(
@@ -156,6 +183,7 @@ def forget(settings: Settings, store: Store, record_hash: str, *, reason: str, a
     out: dict[str, Any] = {
         "deletion_id": did, "content_hash": record_hash, "datasets": datasets, "runs": sorted(run_ids),
         "model_versions": [], "retrain_events": [], "rolled_back": [], "sources_deleted": len(sources),
+        "events_scrubbed": events_scrubbed,
     }  # fmt: skip
     tainted_events = []
     for mv in versions:

@@ -24,7 +24,7 @@ from lifecycle.names import content_hash
 from lifecycle.settings import Settings
 from lifecycle.stack.process import wait_for
 from lifecycle.stack.serving import gateway_url
-from lifecycle.store import DATASETS, INFERENCE_LOG, Store
+from lifecycle.store import DATASETS, INFERENCE_LOG, TRAINING_EVENTS, Store
 from tests.kafka_read import read_topic
 from tests.serving.worker.test_hot_swap import served, train_and_promote
 from training.ingest import extend, ingest, record_lineage
@@ -116,12 +116,18 @@ def test_lineage_resolves_to_exact_records_and_a_deletion_taints_every_model_tra
         assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "content_hash", unknown.text
         blank = httpx.delete(gateway_url(s) + f"/v1/records/{gone}", params={"reason": "  "}, timeout=30)
         assert blank.status_code == 400 and blank.json()["error"]["param"] == "reason", blank.text
+        landed = {"_id": f"test-{tag}", "state": "claimed", "payload": json.dumps({"type": "TrainingDataArrived",
+                  "records": [row, {"messages": [{"role": "user", "content": f"kept {tag}"},
+                                                 {"role": "assistant", "content": "yes"}]}]})}  # fmt: skip
+        store.db[TRAINING_EVENTS].insert_one(landed)  # as the Kafka intake keeps an inline event
         out = httpx.delete(gateway_url(s) + f"/v1/records/{gone}", params={"reason": f"erasure {tag}"}, timeout=60)
         assert out.status_code == 200, out.text
         deleted = out.json()
         assert deleted["datasets"] == sorted([a.id, child.id])
         assert sorted(deleted["model_versions"]) == [f"{s.model_name}@1", f"{s.model_name}@2"]
         assert len(deleted["retrain_events"]) == 1  # v1 is champion
+        left = json.loads(store.get(TRAINING_EVENTS, f"test-{tag}")["payload"])["records"]
+        assert [r["messages"][0]["content"] for r in left] == [f"kept {tag}"] and deleted["events_scrubbed"] >= 1
         held = {a.id, child.id}
         for mv in mc.search_model_versions(f"name = '{s.model_name}'"):
             trained_on = mc.get_run(mv.run_id).data.tags["dataset_id"]
