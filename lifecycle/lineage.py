@@ -220,6 +220,9 @@ def resolve(settings: Settings, store: Store, response_id: str, *, key_id: str =
     if not log.get("version"):
         out["note"] = "answered by the base model: no fine-tuning data behind it"
         return out
+    if not str(log["version"]).isdigit():  # e.g. "local": a worker serving a folder, not a registered version
+        out["note"] = f"answered by version {log['version']!r}, not a registered version: no lineage in the registry"
+        return out
     mc = registry.client(settings.mlflow_tracking_uri)
     mv = mc.get_model_version(log["model"], str(log["version"]))
     digests = registry.digests_of(mv)
