@@ -166,3 +166,9 @@ def test_lineage_resolves_to_exact_records_and_a_deletion_taints_every_model_tra
         assert store.get(DATASETS, clean)["parents"] == [a.id] and not (champion.tags or {}).get(TAINT_TAG)
         assert gone not in {content_hash(r["messages"]) for _, r in dataset_rows(s.datasets_dir / clean)}
         assert wait_for(lambda: served(s) == [champion.version] * 2, timeout=120, interval=0.5) == "ok"
+
+        def settled() -> bool:  # the retrain's DAG run has ended: nothing of this test runs on in Airflow
+            runs = call(s, "GET", "/api/v2/dags/llm_lifecycle_kafka/dagRuns?limit=20&order_by=-start_date")["dag_runs"]
+            return all(r["state"] in ("success", "failed") for r in runs)
+
+        assert wait_for(settled, timeout=120, interval=1) == "ok"
