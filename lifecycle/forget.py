@@ -213,7 +213,8 @@ def forget(settings: Settings, store: Store, record_hash: str, *, reason: str, a
 
 def _retrain(settings: Settings, store: Store, mc: Any, mv: Any, did: str) -> str:
     """Step 3: the event that retrains a tainted champion on what is left of its dataset."""
-    base = mc.get_run(str(mv.run_id)).data.tags.get("dataset_id", "")
+    tags = mc.get_run(str(mv.run_id)).data.tags
+    base = tags.get("dataset_id", "")
     name = (store.get(DATASETS, base) or {}).get("name", "dataset")
     # The same recipe: the champion's registered name and base model, named in the event where the
     # operator lets events set them (LIFECYCLE_EVENT_PARAMS), and where they differ from the settings'
@@ -221,7 +222,7 @@ def _retrain(settings: Settings, store: Store, mc: Any, mv: Any, did: str) -> st
     allowed = set(settings.event_params)
     named = "model_name" in allowed or mv.name != settings.model_name
     params: dict[str, str] = {"model_name": mv.name} if named else {}
-    base_model = mc.get_run(str(mv.run_id)).data.tags.get("base_model", "")
+    base_model = tags.get("base_model", "")
     cached = Path(base_model).expanduser().resolve().is_relative_to(settings.models_dir.expanduser().resolve())
     if base_model and ("base_model" in allowed or (base_model != settings.base_model and not cached)):
         params["base_model"] = base_model
