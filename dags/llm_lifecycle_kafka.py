@@ -19,7 +19,7 @@ from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTr
 from airflow.sdk import Asset, AssetWatcher, get_current_context, task
 
 from plugins.lifecycle_tasks import lifecycle_dag, parse_settings, train_and_promote
-from plugins.params import PIPELINE, defaults
+from plugins.params import PIPELINE, form
 
 TOPIC = "lifecycle.training-data"
 # Names the asset only; the watcher's broker address comes from the lifecycle_kafka connection.
@@ -49,7 +49,7 @@ training_data = Asset(
     schedule=[training_data],
     tags=["training", "kafka"],
     doc=__doc__,
-    params=defaults("dataset_name", *PIPELINE, dataset_name="kafka"),
+    params=form("dataset_name", *PIPELINE, dataset_name="kafka"),
 )
 def llm_lifecycle_kafka() -> None:
     @task.short_circuit(retries=0)

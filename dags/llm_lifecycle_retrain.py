@@ -11,7 +11,7 @@ from __future__ import annotations
 from airflow.sdk import get_current_context, task
 
 from plugins.lifecycle_tasks import lifecycle_dag, parse_settings, train_and_promote
-from plugins.params import PIPELINE, defaults
+from plugins.params import PIPELINE, form
 
 
 @lifecycle_dag(
@@ -20,7 +20,7 @@ from plugins.params import PIPELINE, defaults
     tags=["training", "scheduled"],
     doc=__doc__,
     max_active_runs=1,
-    params=defaults(*PIPELINE),
+    params=form(*PIPELINE),
 )
 def llm_lifecycle_retrain() -> None:
     @task.short_circuit

@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk import Param, task
 
 from plugins.lifecycle_tasks import lifecycle_dag
+from plugins.params import form
 from plugins.rollout_watch import RolloutStageSensor
 
 
@@ -27,7 +28,7 @@ from plugins.rollout_watch import RolloutStageSensor
     doc=__doc__,
     is_paused_upon_creation=False,  # started by llm_lifecycle's follow_rollout; it never runs by itself
     params={
-        "model_name": Param("", type="string", title="Registered model", description="empty: LIFECYCLE_MODEL_NAME"),
+        **form("model_name"),
         "version": Param(1, type="integer", minimum=1, title="Challenger version"),
     },
 )

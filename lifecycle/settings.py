@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
     model_name: str = Field("lifecycle-assistant", description="Registered model name in MLflow.")
     retrain_schedule: str = Field("0 3 * * 0", description="Cron of scheduled retraining.")
+    dags_paused: bool = Field(
+        False, description="Create new DAGs paused (Airflow's dags_are_paused_at_creation). Default: the scheduled "
+        "and event-driven DAGs run as soon as Airflow parses them, and a run triggered through the API starts.",
+    )  # fmt: skip
     curate_min_feedback: int = Field(
         50, ge=1, description="Feedback items not curated yet that start a curation (llm_curate) when they arrive."
     )

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-#: JSON schema of every param (title and description are what the trigger form shows).
+#: JSON schema of every param (title and description are what the trigger form shows). An optional
+#: param has a nullable type: Airflow's form treats an empty ``string`` field as missing and keeps
+#: its Trigger button disabled, while an empty nullable field is submitted as null.
 SCHEMA: dict[str, dict[str, Any]] = {
     "dataset_path": {"default": "", "type": "string", "title": "Training data",
                      "description": "JSONL (chat or instruction records): a path or file:// URI on the workers."},
-    "eval_path": {"default": "", "type": "string", "title": "Held-out eval data",
+    "eval_path": {"default": None, "type": ["null", "string"], "title": "Held-out eval data",
                   "description": "Optional JSONL of eval questions; empty: 10 % of the training data."},
     "dataset_name": {"default": "dataset", "type": "string", "minLength": 1, "maxLength": 64,
                      "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "title": "Dataset name"},
-    "base_model": {"default": "", "type": "string", "title": "Base model",
+    "base_model": {"default": None, "type": ["null", "string"], "title": "Base model",
                    "description": "Hub id or local folder; empty: LIFECYCLE_BASE_MODEL (SmolLM2-135M-Instruct)."},
     "lora_r": {"default": 16, "type": "integer", "minimum": 1, "maximum": 256, "title": "LoRA rank"},
     "lora_alpha": {"default": 32, "type": "integer", "minimum": 1, "maximum": 1024, "title": "LoRA alpha"},
@@ -48,14 +50,14 @@ SCHEMA: dict[str, dict[str, Any]] = {
                              "title": "Gate confidence",
                              "description": "Promote only when a paired test says the candidate is better by the "
                                             "margin at this confidence (exact McNemar / paired bootstrap)."},
-    "rollout_policy": {"default": "", "type": "string", "enum": ["", "direct", "shadow", "canary"],
+    "rollout_policy": {"default": None, "type": ["null", "string"], "enum": [None, "direct", "shadow", "canary"],
                        "title": "Rollout",
                        "description": "How a version that passes the gate reaches users: direct, canary (steps of "
                                       "users decided on live evidence) or shadow (mirrored first). "
                                       "Empty: LIFECYCLE_ROLLOUT_POLICY."},
     "eval_limit": {"default": 0, "type": "integer", "minimum": 0, "title": "Eval items",
                    "description": "0: the whole eval split."},
-    "model_name": {"default": "", "type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,99})?$",
+    "model_name": {"default": None, "type": ["null", "string"], "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,99})?$",
                    "title": "Registered model name", "description": "empty: LIFECYCLE_MODEL_NAME."},
 }  # fmt: skip
 
@@ -74,11 +76,6 @@ PIPELINE = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "epochs", 
 
 class ParamsError(ValueError):
     """An event's params were refused; the message names the key."""
-
-
-def defaults(*names: str, **overrides: Any) -> dict[str, Any]:
-    """Plain default values of ``names`` (for DAGs without a form), with overrides."""
-    return {**{n: SCHEMA[n]["default"] for n in names}, **overrides}
 
 
 def form(*names: str, **overrides: Any) -> dict[str, Any]:

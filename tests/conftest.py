@@ -40,6 +40,9 @@ def stack_env() -> Iterator[dict[str, str]]:
         # curation only when a test asks for it: pending test feedback must not train the default model
         "LIFECYCLE_CURATE_SCHEDULE": "",
         "LIFECYCLE_CURATE_MIN_FEEDBACK": "1000000",
+        # scheduled DAGs only where a test unpauses them (a Sunday 03:00 CI must not retrain mid-suite)
+        "LIFECYCLE_DAGS_PAUSED": "true",
+        "LIFECYCLE_RETRAIN_SCHEDULE": "* * * * *",  # fires only while tests/dags/test_retrain_schedule.py unpauses it
         **TEST_PORTS,
     }
     with pytest.MonkeyPatch.context() as mp:

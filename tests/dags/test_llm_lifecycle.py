@@ -130,7 +130,7 @@ def test_retrain_dag_is_scheduled_and_finds_only_data_newer_than_the_champion(
     from training.promote import promote
 
     dag = call(stack, "GET", "/api/v2/dags/llm_lifecycle_retrain")
-    assert dag["timetable_summary"] == "0 3 * * 0"
+    assert dag["timetable_summary"] == stack.retrain_schedule
     assert dag["next_dagrun_run_after"] is not None
 
     name = f"retrain-{uuid.uuid4().hex[:8]}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.params import EVENT_PARAMS, PIPELINE, SCHEMA, ParamsError, check_event_params, defaults
+from plugins.params import EVENT_PARAMS, PIPELINE, SCHEMA, ParamsError, check_event_params, form
 
 
 def test_an_event_may_set_the_training_recipe() -> None:
@@ -56,4 +56,18 @@ def test_every_pipeline_and_event_param_has_a_schema_with_a_valid_default() -> N
         schema = {k: v for k, v in spec.items() if k not in ("default", "title", "description")}
         jsonschema.validate(spec["default"], schema)
         assert spec.get("title"), name
-    assert defaults("epochs", dataset_name="kafka") == {"epochs": 5.0, "dataset_name": "kafka"}
+
+
+def test_optional_params_accept_null_and_a_form_with_only_the_data_validates() -> None:
+    """Airflow's trigger form submits an empty field of a nullable param as null (an empty ``string``
+    param keeps the Trigger button disabled); the run's params must then validate as they are."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    optional = [n for n, spec in SCHEMA.items() if "null" in spec["type"]]
+    assert {"eval_path", "base_model", "model_name", "rollout_policy"} <= set(optional)
+    params = ParamsDict(form("dataset_path", "eval_path", "dataset_name", "base_model", *PIPELINE))
+    params["dataset_path"] = "/data/train.jsonl"
+    resolved = params.validate()
+    assert resolved["eval_path"] is None and resolved["base_model"] is None and resolved["epochs"] == 5.0
+    with pytest.raises(ValueError, match="param model_name"):
+        ParamsDict(form("model_name", model_name="../x")).validate()
