@@ -1,8 +1,13 @@
-"""What every command shares: settings loaded at the edge, the one-line failure, wide tables."""
+"""What every command shares: settings loaded at the edge, the one-line failure, wide tables, and
+``-o table|json`` for every command that lists or reports."""
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+import contextlib
+import json
+import sys
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -38,3 +43,44 @@ def report(message: str) -> None:
 
 def console() -> Console:
     return Console(width=max(Console().width, 110))
+
+
+class Output(StrEnum):
+    table = "table"
+    text = "text"  # the same as table
+    json = "json"
+
+
+OutputOption = Annotated[
+    Output, typer.Option("--output", "-o", case_sensitive=False, help="table (for people) or json (for scripts).")
+]
+
+
+def results_only() -> contextlib.AbstractContextManager[Any]:
+    """Around the work of a command: anything the libraries print (MLflow's "View run …" lines) goes to
+    stderr, so stdout holds only the command's result (``-o json`` parses)."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def print_json(data: Any) -> None:
+    """The result as JSON on stdout (progress and warnings go to stderr)."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_rows(title: str, rows: list[dict[str, Any]], output: Output, columns: list[str] | None = None) -> None:
+    """``rows`` as a table (``columns`` of them) or the whole rows as a JSON list."""
+    if output == Output.json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    cols = columns or (list(rows[0]) if rows else [])
+    table = Table(title=title)
+    for col in cols:  # ids are copied from here: whole, on one line
+        table.add_column(col.replace("_", " "), no_wrap=col not in ("parents", "error"), overflow="fold")
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in cols))
+    out = Console() if Console().is_terminal else Console(width=200)  # piped: no cut at 80 columns
+    out.print(table)
+    if not rows:
+        typer.echo("(none)")

@@ -5,7 +5,6 @@ then the champion served and its answers printed beside the base model's."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +24,7 @@ def demo(
     max_steps: Annotated[int, typer.Option(help="Stop training after N steps (0: run the epochs).")] = 0,
     eval_limit: Annotated[int, typer.Option(help="Evaluate on the first N eval questions (0: all 200).")] = 0,
     wait: Annotated[bool, typer.Option(help="Follow the run until it ends.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to follow the run before giving up (exit 2).")] = 3600,
 ) -> None:
     """Everything end to end: stack up, base model pulled, then the toy dataset sent to Kafka, which
     starts the lifecycle DAG in Airflow (ingest, fine-tune, evaluate, promote); follows the run."""
@@ -41,7 +41,7 @@ def demo(
     try:
         path = _trigger(cfg, {"epochs": epochs, "max_steps": max_steps, "eval_limit": eval_limit})
         if wait:
-            _follow(cfg, path)
+            _follow(cfg, path, timeout)
             _answers(cfg)
     except AirflowApiError as exc:
         fail(f"Airflow API: {exc}")
@@ -74,25 +74,22 @@ def _trigger(cfg: Settings, params: dict[str, Any]) -> str:
         fail(f"no {DAG} run started within 120 s; see {cfg.logs_dir / 'airflow-triggerer.log'}")
     run = new_run()
     assert run is not None
-    typer.echo(f"Airflow run: http://{cfg.host}:{cfg.airflow_port}/dags/{DAG}/runs/{run['dag_run_id']}")
+    from lifecycle import links
+
+    typer.echo(f"Airflow run: {links.airflow_run(cfg, DAG, run['dag_run_id'])}")
     return f"/api/v2/dags/{DAG}/dagRuns/{run['dag_run_id']}"
 
 
-def _follow(cfg: Settings, path: str) -> None:
-    """Print task state changes of a run until it ends, then the promotion decision."""
+def _follow(cfg: Settings, path: str, timeout: float) -> None:
+    """Follow a run until it ends (task by task; a progress bar on a terminal), then the promotion decision."""
+    from cli.inventory import follow
     from lifecycle.airflow_client import AirflowApiError, call
 
-    seen: dict[str, str] = {}
-    while True:
-        for t in call(cfg, "GET", path + "/taskInstances")["task_instances"]:
-            if t["state"] and seen.get(t["task_id"]) != t["state"]:
-                seen[t["task_id"]] = t["state"]
-                typer.echo(f"  {time.strftime('%H:%M:%S')} {t['task_id']}: {t['state']}")
-        state = call(cfg, "GET", path)["state"]
-        if state in ("success", "failed"):
-            break
-        time.sleep(2)  # polling a long run; the loop ends on the run's own final state
+    state, _ = follow(cfg, path, timeout)
     typer.echo(f"run {state}")
+    if state not in ("success", "failed"):
+        typer.echo(f"error: the run is still {state} after {timeout:.0f} s (it goes on in Airflow)", err=True)
+        raise typer.Exit(2)
     try:
         result = call(cfg, "GET", path + "/taskInstances/promote/xcomEntries/return_value")["value"]
         typer.echo(f"promotion: {result}")

@@ -9,36 +9,31 @@ and, with an admin key, ``DELETE /v1/records/{content_hash}``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.common import console, fail, settings
+from cli.common import Output, OutputOption, console, fail, print_json, settings
 
 if TYPE_CHECKING:
     from lifecycle.settings import Settings
     from lifecycle.store import Store
 
-Output = Annotated[str, typer.Option("--output", "-o", help="text or json.")]
 
-
-def _run(output: str, call: Callable[[Settings, Store], dict[str, Any]], errors: type[Exception]) -> dict[str, Any]:
+def _run(output: Output, call: Callable[[Settings, Store], dict[str, Any]], errors: type[Exception]) -> dict[str, Any]:
     """``call`` against the stack's Mongo; its ``errors`` become the one-line failure. With ``-o json``
     the result is printed here and {} returned (nothing left to show)."""
     from lifecycle.store import Store
 
-    if output not in ("text", "json"):
-        fail(f"--output {output!r}: expected text or json")
     cfg = settings()
     with Store.connect(cfg) as store:
         try:
             out = call(cfg, store)
         except errors as exc:
             fail(str(exc))
-    if output == "json":
-        typer.echo(json.dumps(out, indent=2, default=str))
+    if output == Output.json:
+        print_json(out)
         return {}
     return out
 
@@ -48,7 +43,7 @@ def lineage(
         str, typer.Argument(help="The answer's id (its `id`, or the x-lifecycle-response-id header).")
     ],
     k: Annotated[int, typer.Option("-k", min=1, max=50, help="Training records to show.")] = 5,
-    output: Output = "text",
+    output: OutputOption = Output.table,
 ) -> None:
     """Trace an answer: model version and digest, MLflow run, Airflow run, datasets, nearest training records."""
     from lifecycle.lineage import LineageError, resolve
@@ -84,7 +79,7 @@ def _show(out: dict[str, Any]) -> None:
 def forget(
     content_hash: Annotated[str, typer.Argument(help="The record's content hash (`lifecycle lineage` shows it).")],
     reason: Annotated[str, typer.Option(help="Why it is deleted (kept with the deletion).")],
-    output: Output = "text",
+    output: OutputOption = Output.table,
 ) -> None:
     """Delete a training record everywhere; taint the datasets and models that hold or learned it."""
     import getpass

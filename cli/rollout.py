@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console, fail, settings
+from cli.common import Output, OutputOption, console, fail, settings
 
 app = typer.Typer(help="Live rollouts of challengers: status, pause, resume, abort, promote.", no_args_is_help=True)
 Model = Annotated[str | None, typer.Option(help="Registered model (default LIFECYCLE_MODEL_NAME).")]
@@ -60,10 +60,10 @@ def _run(action: str, model: str | None, version: int | None, as_json: bool = Fa
 
 
 @app.command()
-def status(model: Model = None, version: Version = None,
-           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:  # fmt: skip
+def status(model: Model = None, version: Version = None, output: OutputOption = Output.table,
+           as_json: Annotated[bool, typer.Option("--json", help="The same as -o json.")] = False) -> None:  # fmt: skip
     """The rollout, its stage, the evidence so far and every decision."""
-    _run("status", model, version, as_json)
+    _run("status", model, version, as_json or output == Output.json)
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ServiceNames, console, fail, report, settings
+from cli.common import Output, OutputOption, ServiceNames, console, fail, print_json, report, settings
 
 
 def up(names: ServiceNames = None) -> None:
@@ -40,8 +40,10 @@ def _human_bytes(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n else "-"
 
 
-def status() -> None:
-    """Show each service: state, address, version and resident memory."""
+def status(output: OutputOption = Output.table) -> None:
+    """Show each service: state, address, version and resident memory (exit 3 when one is not up)."""
+    from dataclasses import asdict
+
     from rich.table import Table
 
     from lifecycle.stack import manager
@@ -49,6 +51,11 @@ def status() -> None:
 
     cfg = settings()
     rows = manager.status(cfg)
+    if output == Output.json:
+        print_json([asdict(r) for r in rows])
+        if any(r.state != "up" for r in rows):
+            raise typer.Exit(3)
+        return
     table = Table(title=f"llm-lifecycle local stack ({cfg.home})")
     for col in ("service", "state", "address", "version", "RSS", "pid"):
         table.add_column(col)

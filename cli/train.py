@@ -3,6 +3,7 @@ each a thin call into ``training.steps`` with its output for a terminal."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console, fail, report, settings
+from cli.common import Output, OutputOption, console, fail, print_json, report, results_only, settings
+from cli.progress import tracking
 from lifecycle.settings import Settings
 
 
@@ -23,20 +25,24 @@ def ingest(
     eval_fraction: Annotated[float, typer.Option(help="Share of records held out when no --eval-file.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the train/eval split.")] = 0,
     max_seq_len: Annotated[int, typer.Option(help="Reject records longer than this many tokens.")] = 512,
+    output: OutputOption = Output.table,
 ) -> None:
     """Validate, deduplicate and split records (chat, instruction or prompt-completion) into a
     versioned dataset (lineage in Mongo)."""
-    _ingest(settings(), source, name, eval_file, eval_fraction=eval_fraction, seed=seed, max_seq_len=max_seq_len)
+    _ingest(settings(), source, name, eval_file, output, eval_fraction=eval_fraction, seed=seed,
+            max_seq_len=max_seq_len)  # fmt: skip
 
 
-def _ingest(cfg: Settings, source: str, name: str, eval_file: Path | None, **options: Any) -> Path:
+def _ingest(cfg: Settings, source: str, name: str, eval_file: Path | None, output: Output = Output.table,
+            **options: Any) -> Path:  # fmt: skip
     from training import steps
     from training.ingest import IngestError
 
     label = "<stdin>" if source == "-" else source if "://" in source else str(Path(source).resolve())
     try:
-        ds, new = steps.ingest(cfg, sys.stdin if source == "-" else source, label, name=name, eval_source=eval_file,
-                               **options)  # fmt: skip
+        with results_only():
+            ds, new = steps.ingest(cfg, sys.stdin if source == "-" else source, label, name=name,
+                                   eval_source=eval_file, **options)  # fmt: skip
     except (IngestError, steps.StepError) as exc:
         fail(str(exc))
     for r in ds.rejected[:20]:
@@ -44,6 +50,10 @@ def _ingest(cfg: Settings, source: str, name: str, eval_file: Path | None, **opt
     if len(ds.rejected) > 20:
         typer.echo(f"  … and {len(ds.rejected) - 20} more rejected lines (see {ds.path}/manifest.json)", err=True)
     s = ds.summary()
+    if output == Output.json:
+        rejected = [{"where": r.where, "reason": r.reason} for r in ds.rejected]
+        print_json({**s, "dataset_id": ds.id, "new": new, "path": str(ds.path), "rejected_lines": rejected})
+        return ds.path
     typer.echo(f"dataset {ds.id} ({'new' if new else 'already ingested'}): {s['train']} train, {s['eval']} eval, "
                f"{s['duplicates']} duplicates dropped, {s['rejected']} rejected -> {ds.path}")  # fmt: skip
     return ds.path
@@ -53,11 +63,12 @@ def train(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help="Dataset id or folder (from `lifecycle ingest`).")],
     nproc: Annotated[int, typer.Option(help="Processes (torchrun --nproc-per-node); GPUs on a GPU machine.")] = 1,
+    output: OutputOption = Output.table,
 ) -> None:
     """Fine-tune LoRA adapters on a dataset, tracked in MLflow and Mongo.
 
-    Extra flags go to the trainer (see `python -m training.finetune --help`), e.g.
-    `--epochs 3 --lora-r 16 --learning-rate 1e-3 --config recipe.yaml`.
+    Other flags go to the trainer (listed below), e.g. `--epochs 3 --lora-r 16 --learning-rate 1e-3
+    --config recipe.yaml`. A progress bar (step, loss, ETA) shows on a terminal.
     """
     from training.steps import StepError, dataset_dir
 
@@ -67,8 +78,30 @@ def train(
     except StepError as exc:
         fail(str(exc))
     run = _train(cfg, folder, nproc, list(ctx.args))
+    from lifecycle import links
+
+    url = links.mlflow_run(cfg, run.mlflow_run_id)
+    if output == Output.json:
+        print_json({"run_id": run.run_id, "mlflow_run_id": run.mlflow_run_id, "mlflow_url": url,
+                    "metrics": run.metrics})  # fmt: skip
+        return
+    typer.echo(f"MLflow run: {url}")
     typer.echo(f"training run {run.run_id} succeeded: MLflow run {run.mlflow_run_id}, "
                f"final loss {run.metrics['final_loss']:.4f}, {run.metrics['tokens_per_sec']:.0f} tokens/s")  # fmt: skip
+
+
+def trainer_flags() -> str:
+    """The trainer's own flags (``training/config.py``), for ``lifecycle train --help``."""
+    from training.config import make_parser
+
+    lines = []
+    for action in make_parser()._actions:
+        if not action.option_strings or action.dest in ("help", "dataset", "mlflow_run_id", "tracking_uri"):
+            continue
+        flag = "/".join(o for o in action.option_strings if o.startswith("--"))
+        default = "" if action.default in (None, argparse.SUPPRESS) else f" (default {action.default})"
+        lines.append(f"{flag}: {' '.join((action.help or '').split()).rstrip('.')}{default}")
+    return "Trainer flags:\n\n" + "\n\n".join(lines)
 
 
 def _train(cfg: Settings, dataset: Path, nproc: int, extra: list[str]) -> Any:
@@ -89,7 +122,8 @@ def _train(cfg: Settings, dataset: Path, nproc: int, extra: list[str]) -> Any:
     except SystemExit:
         fail("invalid trainer flags (see `python -m training.finetune --help`)")
     try:
-        return steps.train(cfg, tcfg, nproc, report)
+        with tracking() as progress, results_only():
+            return steps.train(cfg, tcfg, nproc, progress)
     except TrainingError as exc:
         fail(str(exc))
 
@@ -102,16 +136,19 @@ RunOption = Annotated[
 def evaluate(
     run: RunOption,
     limit: Annotated[int, typer.Option(help="Evaluate only the first N eval items (0: all).")] = 0,
+    output: OutputOption = Output.table,
 ) -> None:
     """Compare a candidate with the champion (or the base model) on the dataset's eval split."""
-    _print_eval(_evaluate(settings(), run, limit))
+    result = _evaluate(settings(), run, limit)
+    print_json(result) if output == Output.json else _print_eval(result)
 
 
 def _evaluate(cfg: Settings, run: str, limit: int) -> dict[str, Any]:
     from training import steps
 
     try:
-        return steps.evaluate(cfg, run, limit, report)
+        with tracking() as progress, results_only():
+            return steps.evaluate(cfg, run, limit, progress)
     except ValueError as exc:  # StepError too
         fail(str(exc))
 
@@ -150,6 +187,7 @@ def promote(
     ] = 0.95,
     tolerance: Annotated[float, typer.Option(help="Allowed relative perplexity regression.")] = 0.25,
     rollback: Annotated[bool, typer.Option("--rollback", help="Move champion back to the previous version.")] = False,
+    output: OutputOption = Output.table,
 ) -> None:
     """Register the candidate; make it champion if it wins the gate, else challenger."""
     from training import steps
@@ -163,11 +201,26 @@ def promote(
             steps.rollback(cfg, report)
             return
         assert run is not None
-        res = steps.promote(cfg, run, report, margin=margin, tolerance=tolerance, confidence=confidence)
+        with results_only():
+            res = steps.promote(cfg, run, report if output != Output.json else _to_stderr, margin=margin,
+                                tolerance=tolerance, confidence=confidence)  # fmt: skip
     except (PromotionError, steps.StepError) as exc:
         fail(str(exc))
+    from dataclasses import asdict
+
+    from lifecycle import links
+
+    url = links.mlflow_version(cfg, res.model_name, res.version)
+    if output == Output.json:
+        print_json({**asdict(res), "mlflow_url": url})
+        return
     state = "unchanged (already done)" if res.already_done else res.alias
     typer.echo(f"{res.model_name} v{res.version}: {state} — {res.reason}")
+    typer.echo(f"  MLflow: {url}")
+
+
+def _to_stderr(line: str) -> None:
+    typer.echo(f"  {line}", err=True)
 
 
 def pipeline(
@@ -193,7 +246,9 @@ def pipeline(
     result = _evaluate(cfg, run.mlflow_run_id, limit)
     _print_eval(result)
     typer.echo("[4/4] promote")
-    promote(run=run.mlflow_run_id, margin=margin, confidence=confidence, tolerance=0.25, rollback=False)
+    promote(
+        run=run.mlflow_run_id, margin=margin, confidence=confidence, tolerance=0.25, rollback=False, output=Output.table
+    )
     table = Table(title=f"pipeline done in {time.monotonic() - t0:.0f}s")
     metric = result.get("gate_metric", "accuracy")
     for col in ("dataset", "training run", "MLflow run", "final loss", metric, f"baseline {metric}"):

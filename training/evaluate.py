@@ -47,10 +47,13 @@ class Measured:
     losses: list[float]  # mean loss per reference token, per item
 
 
-def measure(m: ModelUnderTest, items: list[Record], max_new_tokens: int) -> Measured:
+def measure(m: ModelUnderTest, items: list[Record], max_new_tokens: int, report: Report | None = None) -> Measured:
+    """Generate and score every item; ``report`` gets ``"answering <label>: done/total items"`` lines."""
     from training.generation import generate, perplexity_of, reference_losses
 
-    gens = generate(m.model, m.tokenizer, [r.prompt_messages for r in items], max_new_tokens=max_new_tokens)
+    progress = (lambda done, total: report(f"answering {m.label}: {done}/{total} items")) if report else None
+    prompts = [r.prompt_messages for r in items]
+    gens = generate(m.model, m.tokenizer, prompts, max_new_tokens=max_new_tokens, progress=progress)
     scores = [score_item(g, r.reference, _answer(r)) for g, r in zip(gens, items, strict=True)]
     losses = reference_losses(m.model, m.tokenizer, [r.messages for r in items])
     metrics = aggregate(scores)
@@ -112,11 +115,11 @@ def evaluate(
     report(f"evaluating candidate of run {mlflow_run_id} on {len(items)} eval items")
     cand_model, cand_tok = load_pyfunc(settings, logged[0].model_uri)
     cand = ModelUnderTest("candidate", cand_model, cand_tok, run_id=mlflow_run_id)
-    got = measure(cand, items, max_new_tokens)
+    got = measure(cand, items, max_new_tokens, report)
     cand_metrics = got.metrics
     report(f"candidate: {fmt(cand_metrics)}")
     base = baseline(settings, base_model)
-    ref = measure(base, items, max_new_tokens)
+    ref = measure(base, items, max_new_tokens, report)
     base_metrics = ref.metrics
     report(f"{base.label}{f' v{base.version}' if base.version else ''}: {fmt(base_metrics)}")
     metric, binary = gate_metric(got.items)

@@ -284,6 +284,7 @@ def fit(cfg: TrainConfig, dist: Dist, prep: Prepared) -> FitResult:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     epoch_cache: dict[int, list[list[int]]] = {}
     loss_value, t_start, tokens_seen = float("nan"), time.perf_counter(), 0
+    last_line = time.monotonic()
     try:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
@@ -319,8 +320,11 @@ def fit(cfg: TrainConfig, dist: Dist, prep: Prepared) -> FitResult:
                 tps = step_tokens / (time.perf_counter() - t0)
                 epoch_f = step / steps_per_epoch
                 sink.log(step + 1, {"loss": loss_value, "lr": lr, "tokens_per_sec": tps, "epoch": epoch_f})
-            if dist.is_main and ((step + 1) % max(1, total_steps // 20) == 0 or step + 1 == total_steps):
+            # every 5 % and at least every 2 s: the CLI's progress bar follows these lines
+            boundary = (step + 1) % max(1, total_steps // 20) == 0 or step + 1 == total_steps
+            if dist.is_main and (boundary or time.monotonic() - last_line >= 2.0):
                 print(f"step {step + 1}/{total_steps} loss {loss_value:.4f} lr {lr:.2e}", flush=True)
+                last_line = time.monotonic()
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
                 save_checkpoint(out_dir, step + 1, model, optimizer, dist, cfg)
                 if sink is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,10 @@ def generate(
     conversations: list[list[dict[str, str]]],
     max_new_tokens: int = 32,
     batch_size: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Greedy completions of each conversation (chat template + generation prompt), batched (by
-    default 16 rows on CPU, 64 on a GPU)."""
+    default 16 rows on CPU, 64 on a GPU); ``progress(done, total)`` after each batch."""
     batch_size = batch_size or (64 if model.device.type == "cuda" else 16)
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -59,6 +61,8 @@ def generate(
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
         for row, i in enumerate(idx):
             texts[i] = tokenizer.decode(gen[row, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        if progress is not None:
+            progress(len(texts), len(conversations))
     out = [texts[i] for i in range(len(conversations))]
     return out
 

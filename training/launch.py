@@ -128,7 +128,7 @@ def run_training(
             report(f"warning: no lineage index for {dataset_id}: {type(exc).__name__}: {str(exc)[:300]}")
         (launcher or launch_local)(cfg, nproc, out_dir, report)
         result = json.loads((out_dir / "result.json").read_text())
-        metrics = {k: float(result[k]) for k in ("final_loss", "tokens_per_sec", "train_seconds")}
+        metrics = {k: float(result[k]) for k in ("final_loss", "tokens_per_sec", "train_seconds", "steps")}
         if result.get("dtype"):  # what `auto` became on the trainer's device, and why
             mc.set_tag(mlflow_run_id, "lifecycle.dtype", str(result["dtype"]))
             mc.set_tag(mlflow_run_id, "lifecycle.dtype_reason", str(result.get("dtype_reason", ""))[:5000])
