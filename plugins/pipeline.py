@@ -127,7 +127,8 @@ def fine_tune(dataset_id: str, params: dict[str, Any], dag_run_id: str, context:
         **fields,
     )
     # A retry after a failure reuses the run document, which then follows the new attempt.
-    origin = {"dag_id": context["dag"].dag_id if context else "", "run_id": dag_run_id}
+    origin = {"dag_id": context["dag"].dag_id if context else "", "run_id": dag_run_id,
+              "try_number": str(context["ti"].try_number) if context else ""}  # fmt: skip
     run = steps.train(s, cfg, int(params.get("nproc", 1)), print, run_id=run_id, launcher=launcher, origin=origin)
     return str(run.mlflow_run_id)
 

@@ -151,9 +151,24 @@ def evaluate(
         mlflow.log_metrics({f"baseline_{k}": v for k, v in base_metrics.items()})
         mlflow.log_dict(result, "eval_report.json")
         mlflow.log_table(item_table(items, got, ref), artifact_file="eval_items.json")
+        _log_comparison(result)
     doc_id = f"{mlflow_run_id}:{dataset.name}:{base.label}:{base.version}"
     store.db[EVALUATIONS].replace_one({"_id": doc_id}, {"_id": doc_id, **result, "created_at": now()}, upsert=True)
     return result
+
+
+def _log_comparison(result: dict[str, Any]) -> None:
+    """The comparison figure of the active run (a drawing failure costs the picture only)."""
+    import mlflow
+
+    from training.figures import evaluation_comparison
+
+    try:
+        fig = evaluation_comparison(result)
+        mlflow.log_figure(fig, "figures/evaluation.png")
+        fig.clf()
+    except Exception as exc:  # noqa: BLE001 - a picture is never worth a lost evaluation
+        print(f"warning: evaluation figure not drawn: {type(exc).__name__}: {exc}")
 
 
 def item_table(items: list[Record], cand: Measured, base: Measured) -> dict[str, list[Any]]:

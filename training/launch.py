@@ -8,6 +8,7 @@ On success the adapter is logged as an MLflow model that loads base + adapter in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -109,11 +110,13 @@ def run_training(
     tags = {"lifecycle.run_id": run_id, "dataset_id": dataset_id, "mlflow.source.git.commit": git_commit(),
             "base_model": cfg.base_model, "nproc": str(nproc)}  # fmt: skip
     if origin:
-        tags.update(
-            {lineage.AIRFLOW_DAG_TAG: origin.get("dag_id", ""), lineage.AIRFLOW_RUN_TAG: origin.get("run_id", "")}
-        )
+        tags.update(airflow_tags(settings, origin))
     mlrun = mc.create_run(experiment.experiment_id, tags=tags, run_name=run_id)
     mlflow_run_id = mlrun.info.run_id
+    try:
+        log_dataset_inputs(mc, mlflow_run_id, dataset, store)
+    except Exception as exc:  # noqa: BLE001 - the inputs panel is worth a warning, not a lost training run
+        report(f"warning: dataset inputs not logged to MLflow: {type(exc).__name__}: {str(exc)[:300]}")
     cfg.out_dir, cfg.mlflow_run_id, cfg.tracking_uri = str(out_dir), mlflow_run_id, settings.mlflow_tracking_uri
     try:
         for key, value in _flat_params(cfg).items():
@@ -201,6 +204,7 @@ def _log_model(mlflow_run_id: str, cfg: TrainConfig, out_dir: Path, metrics: dic
         mlflow.log_metrics(metrics)
         for name in ("metrics.jsonl", "result.json"):
             mlflow.log_artifact(str(out_dir / name))
+        _log_curves(out_dir, f"{Path(cfg.out_dir).name} on {Path(cfg.dataset).name}")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
@@ -218,6 +222,70 @@ def _log_model(mlflow_run_id: str, cfg: TrainConfig, out_dir: Path, metrics: dic
         )
         mlflow.set_tags({f"{registry.DIGEST_TAG_PREFIX}{k}": v for k, v in digests.items()})
     return str(info.model_uri)
+
+
+def airflow_tags(settings: Settings, origin: dict[str, str]) -> dict[str, str]:
+    """Run tags naming the Airflow DAG run (and try) that trained it, with its address; the run's
+    description (MLflow's note) links to it too."""
+    from lifecycle import links
+
+    dag_id, dag_run = origin.get("dag_id", ""), origin.get("run_id", "")
+    tags = {lineage.AIRFLOW_DAG_TAG: dag_id, lineage.AIRFLOW_RUN_TAG: dag_run}
+    if dag_id and dag_run:
+        url = links.airflow_run(settings, dag_id, dag_run)
+        attempt = f" (try {origin['try_number']})" if origin.get("try_number") else ""
+        note = f"Trained by Airflow DAG run [{dag_id} / {dag_run}]({url}){attempt}."
+        tags.update({"lifecycle.airflow.try_number": origin.get("try_number", ""), "lifecycle.airflow.url": url,
+                     "mlflow.note.content": note})  # fmt: skip
+    return tags
+
+
+def log_dataset_inputs(mc: Any, mlflow_run_id: str, dataset: Path, store: Store) -> None:
+    """The dataset version as the run's inputs: the training split named by the dataset id, the eval split
+    ``<id>/eval``; digest = sha256 of the split file, source = that file, tags = where it was ingested
+    from, its record count and its parents."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    from lifecycle.store import DATASETS
+
+    doc = store.get(DATASETS, dataset.name) or {}
+    inputs = []
+    for split, context in (("train", "training"), ("eval", "eval")):
+        path = dataset / f"{split}.jsonl"
+        if not path.exists():
+            continue
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]  # MLflow keeps one input per name+digest
+        name = dataset.name if split == "train" else f"{dataset.name}/{split}"
+        meta = MetaDataset(source, name=name, digest=digest)  # type: ignore[abstract]
+        tags = [InputTag("mlflow.data.context", context), InputTag("lifecycle.records", str(doc.get(split, "")))]
+        if doc.get("source"):
+            tags.append(InputTag("lifecycle.source", str(doc["source"])[:5000]))
+        if doc.get("parents"):
+            tags.append(InputTag("lifecycle.parents", ",".join(doc["parents"])))
+        inputs.append(DatasetInput(meta._to_mlflow_entity(), tags))
+    mc.log_inputs(mlflow_run_id, datasets=inputs)
+
+
+def _log_curves(out_dir: Path, title: str) -> None:
+    """The training curves as a figure of the active run (a drawing failure costs the picture only)."""
+    import mlflow
+
+    from training import figures
+
+    try:
+        rows = figures.read_metrics(out_dir / "metrics.jsonl")
+        if not rows:
+            return
+        fig = figures.training_curves(rows, title)
+        mlflow.log_figure(fig, "figures/training_curves.png")
+        fig.clf()
+    except Exception as exc:  # noqa: BLE001 - a picture is never worth a lost run
+        print(f"warning: training curves not drawn: {type(exc).__name__}: {exc}")
 
 
 def _signature() -> Any:

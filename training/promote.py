@@ -150,6 +150,7 @@ def promote(
         if champion is not None and int(champion.version) == number:
             return PromotionResult(name, number, registry.CHAMPION, True, "already champion", already_done=True)
         mc.set_model_version_tag(name, str(number), "lifecycle.decision", decision.reason[:5000])
+        mc.update_model_version(name, str(number), description=describe(run.data.tags, evaluation, decision))
         for key, value in evidence.items():
             mc.set_model_version_tag(name, str(number), f"lifecycle.gate.{key}", str(value))
         if not decision.promote:
@@ -191,6 +192,27 @@ def promote(
     report(f"version {number} is champion: {pending['reason']}")
     return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"],
                            gate=pending.get("gate") or evidence)  # fmt: skip
+
+
+def describe(run_tags: dict[str, str], evaluation: dict[str, Any], decision: Decision) -> str:
+    """A version's description in the registry (Markdown): what it was trained on, by which Airflow run,
+    how it scored against the baseline, and the gate's decision."""
+    base = evaluation["baseline"]
+    label = base["kind"] + (f" v{base['version']}" if base.get("version") else "")
+    cand, ref = evaluation["candidate"]["metrics"], base["metrics"]
+    scores = ", ".join(f"{k} {cand[k]:.3f} (vs {ref[k]:.3f})" for k in ("accuracy", "token_f1", "perplexity")
+                       if k in cand and k in ref)  # fmt: skip
+    dataset, run = run_tags.get("dataset_id", "?"), run_tags.get("lifecycle.run_id", "?")
+    lines = [f"Trained on dataset `{dataset}` (training run `{run}`)."]
+    if url := run_tags.get("lifecycle.airflow.url"):
+        lines.append(
+            f"Airflow: [{run_tags.get('lifecycle.airflow.dag_id')} / {run_tags.get('lifecycle.airflow.run_id')}]({url})"
+        )
+    lines.append(
+        f"Evaluation on {evaluation['items']} items of `{evaluation['dataset_id']}` against the {label}: {scores}."
+    )
+    lines.append(f"Gate: {'promote' if decision.promote else 'keep as challenger'}: {decision.reason}")
+    return "\n\n".join(lines)[:5000]
 
 
 def _start_rollout(

@@ -3,6 +3,7 @@ on the tiny model against the real stack."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,15 @@ def mlflow_table(settings: Settings, run_id: str, name: str) -> dict:
     return dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}"))
 
 
+def assert_png(settings: Settings, run_id: str, path: str) -> None:
+    """The run has a figure at ``path``: a PNG image of a real size (not an empty canvas)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    data = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{path}")).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, (path, len(data))
+
+
 def test_a_run_is_tracked_from_queued_to_succeeded(
     model_settings: Settings, store: Store, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
 ) -> None:
@@ -66,6 +76,13 @@ def test_a_run_is_tracked_from_queued_to_succeeded(
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["lora_r"] == "16" and mlrun.data.tags["dataset_id"] == toy_dataset.name
     assert len(mc.get_metric_history(run.mlflow_run_id, "loss")) == 3  # batched, flushed at the end
+    # the dataset version as the run's inputs, and the training curves as a picture
+    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+              for i in mlrun.inputs.dataset_inputs}  # fmt: skip
+    assert inputs["training"].name == toy_dataset.name and inputs["eval"].name == f"{toy_dataset.name}/eval"
+    assert inputs["training"].digest == hashlib.sha256((toy_dataset / "train.jsonl").read_bytes()).hexdigest()[:16]
+    assert str(toy_dataset / "train.jsonl") in inputs["training"].source
+    assert_png(model_settings, run.mlflow_run_id, "figures/training_curves.png")
     # the CLI's --run takes the training run id as well as the MLflow one
     from training.steps import StepError, mlflow_run_id
 
@@ -122,12 +139,15 @@ def test_gate_evaluate_promote_rerun_kafka_down_and_rollback(
     assert store.db[EVALUATIONS].count_documents({"candidate.run_id": first.mlflow_run_id}) == 1
     table = mlflow_table(s, first.mlflow_run_id, "eval_items.json")
     assert len(table["data"]) == 8 and {"candidate_score", "baseline_loss"} <= set(table["columns"])
+    assert_png(s, first.mlflow_run_id, "figures/evaluation.png")
 
     # A random tiny model cannot beat the base model by a margin: it stays challenger, nothing published.
     res = promote(s, store, first.mlflow_run_id, margin=0.5)
     assert (res.alias, res.promoted) == ("challenger", False)
     assert res.gate["n"] == 8 and res.gate["test"] == "mcnemar-exact" and res.gate["ci_low"] <= res.gate["ci_high"]
-    version_tags = registry.client(s.mlflow_tracking_uri).get_model_version(s.model_name, "1").tags
+    v1 = registry.client(s.mlflow_tracking_uri).get_model_version(s.model_name, "1")
+    version_tags = v1.tags
+    assert f"`{toy_dataset.name}`" in v1.description and "Gate: keep as challenger" in v1.description
     assert version_tags["lifecycle.gate.n"] == "8" and "lifecycle.gate.p_value" in version_tags
     mc = registry.client(s.mlflow_tracking_uri)
     assert registry.version_by_alias(mc, s.model_name, "champion") is None
