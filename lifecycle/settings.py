@@ -188,6 +188,18 @@ class Settings(BaseSettings):
         "outside the state dir); object-store URIs (s3://…) are not affected.",
     )
     max_dataset_bytes: int = Field(4 << 30, gt=0, description="Largest training-data source accepted, in bytes.")
+    notify_email: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated addresses told by mail when a lifecycle DAG run fails."
+    )
+    notify_webhook: str = Field(
+        "", description="URL that gets a JSON POST (Slack-compatible `text`) when a lifecycle DAG run fails."
+    )
+    smtp_url: str = Field(
+        "smtp://127.0.0.1:25", pattern=r"^smtps?://",
+        description="Mail server of the failure notices: smtp://[user:password@]host:port (STARTTLS when offered), "
+        "smtps:// for TLS from the start.",
+    )  # fmt: skip
+    notify_from: str = Field("llm-lifecycle@localhost", description="Sender address of the failure notices.")
     event_params: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Params a training-data event may set beyond the training recipe, comma-separated "
@@ -211,7 +223,8 @@ class Settings(BaseSettings):
             raise ValueError("steps must rise within (0, 100] and end at 100, e.g. 5,25,50,100")
         return value
 
-    @field_validator("api_keys", "admin_keys", "worker_addresses", "event_params", "data_roots", mode="before")
+    @field_validator("api_keys", "admin_keys", "worker_addresses", "event_params", "data_roots", "notify_email",
+                     mode="before")  # fmt: skip
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -33,8 +33,12 @@ def parse_settings() -> Settings:
 
 def lifecycle_dag(dag_id: str, *, schedule: Any, tags: list[str], doc: str | None, **kwargs: Any) -> Callable[..., Any]:
     """``@dag`` with what every DAG of the project shares: a fixed start date, no catch-up, the
-    ``llm-lifecycle`` tag (the listener reports only tagged DAGs), and ``DEFAULT_ARGS`` unless given."""
+    ``llm-lifecycle`` tag (the listener reports only tagged DAGs), ``DEFAULT_ARGS`` unless given, and a
+    failed run told to the operators (``plugins/notify.py``: mail and/or webhook, as the settings say)."""
+    from plugins.notify import FailureNotifier
+
     kwargs.setdefault("default_args", DEFAULT_ARGS)
+    kwargs.setdefault("on_failure_callback", FailureNotifier())
     return dag(
         dag_id=dag_id, schedule=schedule, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
         tags=["llm-lifecycle", *tags], doc_md=doc, **kwargs,

@@ -42,6 +42,9 @@ def stack_env() -> Iterator[dict[str, str]]:
         "LIFECYCLE_CURATE_MIN_FEEDBACK": "1000000",
         # scheduled DAGs only where a test unpauses them (a Sunday 03:00 CI must not retrain mid-suite)
         "LIFECYCLE_DAGS_PAUSED": "true",
+        # failed DAG runs mail here; tests/dags/test_notify.py listens (elsewhere the refused mail is logged)
+        "LIFECYCLE_NOTIFY_EMAIL": "ops@lifecycle.test",
+        "LIFECYCLE_SMTP_URL": "smtp://127.0.0.1:18025",
         "LIFECYCLE_RETRAIN_SCHEDULE": "* * * * *",  # fires only while tests/dags/test_retrain_schedule.py unpauses it
         **TEST_PORTS,
     }

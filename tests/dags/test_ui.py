@@ -116,6 +116,14 @@ def _lifecycle_page_shows(d: Any, base: str, s: Settings, mlflow_run_id: str, ve
     assert len(images) == 2
     for img in images:  # drawn from MLflow through the page: loaded, not a broken image
         until(lambda img=img: int(img.get_attribute("naturalWidth") or 0) > 500, what=img.get_attribute("alt"))
+    # the model's champion, whichever version it is, with its link
+    from lifecycle import registry
+
+    champion = registry.version_by_alias(registry.client(s.mlflow_tracking_uri), s.model_name, registry.CHAMPION)
+    assert champion is not None
+    top = [c for c in d.find_elements(By.CSS_SELECTOR, ".card[data-alias=champion]")
+           if c.text.startswith(f"champion: {s.model_name} v{champion.version} ")]  # fmt: skip
+    assert top and f"/#/models/{s.model_name}/versions/{champion.version}" in top[0].get_attribute("innerHTML")
     d.execute_script("arguments[0].scrollIntoView()", card)
     d.switch_to.default_content()
     screenshot(d, s, "airflow-lifecycle-page")
