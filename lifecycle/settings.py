@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     )  # fmt: skip
     startup_timeout: float = Field(180.0, gt=0, description="Seconds to wait for each service.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of our processes.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Logs of the gateway and workers: text lines, or one JSON object per line."
+    )
     data_roots: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated local folders training data may be read from (empty: any local path "

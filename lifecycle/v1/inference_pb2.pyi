@@ -67,7 +67,7 @@ class ModelStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelStatusResponse(_message.Message):
-    __slots__ = ("model", "version", "ready", "running", "queued", "max_batch", "worker", "context_length", "max_tokens_limit", "loaded", "digest")
+    __slots__ = ("model", "version", "ready", "running", "queued", "max_batch", "worker", "context_length", "max_tokens_limit", "loaded", "digest", "stats")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class ModelStatusResponse(_message.Message):
     MAX_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     ready: bool
@@ -90,7 +91,34 @@ class ModelStatusResponse(_message.Message):
     max_tokens_limit: int
     loaded: _containers.RepeatedCompositeFieldContainer[LoadedVersion]
     digest: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., max_batch: _Optional[int] = ..., worker: _Optional[str] = ..., context_length: _Optional[int] = ..., max_tokens_limit: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedVersion, _Mapping]]] = ..., digest: _Optional[str] = ...) -> None: ...
+    stats: EngineStats
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., max_batch: _Optional[int] = ..., worker: _Optional[str] = ..., context_length: _Optional[int] = ..., max_tokens_limit: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedVersion, _Mapping]]] = ..., digest: _Optional[str] = ..., stats: _Optional[_Union[EngineStats, _Mapping]] = ...) -> None: ...
+
+class EngineStats(_message.Message):
+    __slots__ = ("decode_passes", "decode_seconds", "decode_rows", "prefill_tokens", "prefix_tokens", "prompt_tokens", "completion_tokens", "kv_bytes", "kv_rows_used", "kv_rows", "adapters")
+    DECODE_PASSES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_ROWS_USED_FIELD_NUMBER: _ClassVar[int]
+    KV_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    decode_passes: int
+    decode_seconds: float
+    decode_rows: int
+    prefill_tokens: int
+    prefix_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    kv_bytes: int
+    kv_rows_used: int
+    kv_rows: int
+    adapters: int
+    def __init__(self, decode_passes: _Optional[int] = ..., decode_seconds: _Optional[float] = ..., decode_rows: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., prefix_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_rows_used: _Optional[int] = ..., kv_rows: _Optional[int] = ..., adapters: _Optional[int] = ...) -> None: ...
 
 class LoadedVersion(_message.Message):
     __slots__ = ("model", "version", "digest", "running")

@@ -67,7 +67,9 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """For ``uvicorn --factory``: settings from the environment, workers from LIFECYCLE_WORKERS."""
+    from lifecycle import logs
     from lifecycle.settings import load_settings
 
     s = load_settings()
+    logs.setup(s.log_level, s.log_format)
     return create_app(s, s.worker_addresses or [f"{s.host}:{s.worker_port + i}" for i in range(s.worker_count())])

@@ -149,6 +149,7 @@ class Completions:
         finally:
             if last is not None:
                 self.metrics.tokens.inc(last.usage.completion_tokens)
+                self.metrics.prompt_tokens.inc(last.usage.prompt_tokens)
                 if plan is None or plan.arm != "shadow":
                     self._remember(record["_id"], record["api_key_id"], last, plan)
             if self.inference_log and (last is not None or cancelled or failed):

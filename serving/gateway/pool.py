@@ -68,6 +68,7 @@ class WorkerHandle:
     name: str = ""
     failures: int = field(default=0)
     loaded: list[tuple[str, str, str]] = field(default_factory=list)  # (model, version, digest) in memory
+    stats: inference_pb2.EngineStats | None = None  # the worker engine's EngineStats at the last look (for the metrics)
 
 
 class WorkerPool:
@@ -140,6 +141,7 @@ class WorkerPool:
         w.up, w.model, w.version, w.queued = st.ready, st.model, st.version, st.queued
         w.context_length, w.max_tokens_limit, w.name = st.context_length, st.max_tokens_limit, st.worker or w.address
         w.loaded = [(v.model, v.version, v.digest) for v in st.loaded]
+        w.stats = st.stats if st.HasField("stats") else None
 
     def models(self) -> dict[str, list[WorkerHandle]]:
         out: dict[str, list[WorkerHandle]] = {}

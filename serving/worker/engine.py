@@ -1,7 +1,7 @@
 """Continuous-batching generation engine: iteration-level scheduling over model versions.
 
 Requests join the running batch between decode steps and leave it the step they finish or are
-cancelled. Each resident model (a ``_Group``) has a fixed set of batch rows and KV storage that does
+cancelled. Each resident model (a ``kv.Group``) has a fixed set of batch rows and KV storage that does
 not move (``kv.py``): a joining request takes the lowest free row and its prompt is prefilled, packed
 with the other new prompts, straight into that row; a decode step is one forward pass of one token
 per row over a view of the storage; a leaving request just frees its row. Nothing is copied per
@@ -54,33 +54,6 @@ __all__ = [
 ]
 
 
-class _Group:
-    """The rows and KV storage of one resident model, and the requests waiting for it."""
-
-    def __init__(self, model: Any, rows: int) -> None:
-        param = next(model.parameters())
-        kv.prepare(model)
-        self.model = model
-        self.window = kv.sliding_window(model)
-        self.store = kv.KVStore(model, rows)
-        self.rows: list[Request | None] = [None] * rows
-        self.pos = [0] * rows  # tokens in each row's KV storage
-        self.last = [0] * rows  # each row's latest token (the next step's input)
-        self.waiting: collections.deque[Request] = collections.deque()
-        self.later: collections.deque[Request] = collections.deque()  # background requests
-        self.device = param.device
-        self.prefixes = kv.PrefixCache()
-
-    def running(self, background: bool | None = None) -> int:
-        return sum(r is not None and background in (None, r.background) for r in self.rows)
-
-    def lane(self, background: bool) -> list[int]:
-        return [i for i, r in enumerate(self.rows) if r is not None and r.background == background]
-
-    def users(self) -> bool:  # user (not background) requests waiting or running
-        return bool(self.waiting) or bool(self.lane(False))
-
-
 class Engine:
     """Continuous batching over model slots. ``start()`` runs the loop in a thread."""
 
@@ -100,7 +73,7 @@ class Engine:
         self.max_tokens_limit = max_tokens_limit
         self.prefill_tokens = prefill_tokens  # most prompt tokens prefilled in one pass (one prompt at least)
         self.current: ModelSlot | None = None
-        self._groups: dict[int, _Group] = {}
+        self._groups: dict[int, kv.Group] = {}
         self._busy: dict[ModelSlot, int] = {}  # slot -> requests waiting or running
         self._cv = threading.Condition()
         self._stopping = False
@@ -109,6 +82,7 @@ class Engine:
         self.on_retired: Callable[[ModelSlot], None] = lambda slot: None
         self.steps = 0
         self.prefix_tokens = 0  # prompt tokens not prefilled: their keys/values came from the prefix cache
+        self.totals: dict[str, float] = collections.defaultdict(float)  # for the metrics: passes, time, tokens
         self.background_passes = 0
         self.preempted = 0  # background requests that gave their row to a user request
         self._credit = 0.0  # seconds of background work allowed now (<= 0)
@@ -160,7 +134,7 @@ class Engine:
                 raise QueueFullError(f"queue is full ({self.max_queue} waiting)")
             group = self._groups.get(id(slot.model))
             if group is None:
-                group = self._groups[id(slot.model)] = _Group(slot.model, self.max_batch)
+                group = self._groups[id(slot.model)] = kv.Group(slot.model, self.max_batch)
             (group.later if background else group.waiting).append(req)
             self._busy[slot] = self._busy.get(slot, 0) + 1
             self._cv.notify_all()
@@ -171,6 +145,10 @@ class Engine:
         req.cancelled = True
         with self._cv:
             self._cv.notify_all()
+
+    def kv_usage(self) -> tuple[int, int, int]:
+        """KV storage now: (bytes allocated, rows holding a request, rows)."""
+        return kv.usage(list(self._groups.values()))
 
     def queued(self) -> int:
         return sum(len(g.waiting) + len(g.later) for g in list(self._groups.values()))
@@ -234,7 +212,7 @@ class Engine:
         for slot in idle:
             self.on_retired(slot)
 
-    def _forward(self, group: _Group, ids: torch.Tensor, pos: torch.Tensor, ctx: kv.Pass,
+    def _forward(self, group: kv.Group, ids: torch.Tensor, pos: torch.Tensor, ctx: kv.Pass,
                  adapters: list[str | None], counts: list[int], **kw: Any) -> Any:  # fmt: skip
         lora_set = getattr(group.model, lora.ATTR, None)
         if lora_set is not None:
@@ -246,7 +224,7 @@ class Engine:
             if lora_set is not None:
                 lora_set.plan = None
 
-    def _background(self, group: _Group, spent: float) -> None:
+    def _background(self, group: kv.Group, spent: float) -> None:
         """One background pass (admit or decode) if the background lane has work and the time for it."""
         users = group.users()
         if users:  # credit grows with the users' time up to 0; a pass runs at 0 and is debited its time
@@ -260,14 +238,14 @@ class Engine:
             self._credit -= time.perf_counter() - t0
         self.background_passes += 1
 
-    def _preempt(self, group: _Group, n: int) -> None:
+    def _preempt(self, group: kv.Group, n: int) -> None:
         """Give the rows of ``n`` background requests to users; they resume later from what they made."""
         for row in group.lane(True)[::-1][:n]:
             req, group.rows[row], self.preempted = group.rows[row], None, self.preempted + 1
             with self._cv:
                 group.later.appendleft(req)  # type: ignore[arg-type]
 
-    def _admit(self, group: _Group, background: bool, most: int = 0) -> bool:
+    def _admit(self, group: kv.Group, background: bool, most: int = 0) -> bool:
         queue = group.later if background else group.waiting
         room = self.max_batch - self.running()
         if background:
@@ -302,6 +280,7 @@ class Engine:
         cached = [group.prefixes.restore(store, r.row, r.slot.adapter, c) for r, c in zip(new, context, strict=True)]
         self.prefix_tokens += sum(cached)
         lengths = [len(c) - p for c, p in zip(context, cached, strict=True)]
+        self.totals["prefill_tokens"] += sum(lengths)
         dev = group.device
         ids = torch.tensor([t for c, p in zip(context, cached, strict=True) for t in c[p:]], device=dev)
         cols = torch.cat([torch.arange(p, p + n) for p, n in zip(cached, lengths, strict=True)]).to(dev)
@@ -319,11 +298,12 @@ class Engine:
         self._emit(group, new, chosen.tolist())
         return True
 
-    def _decode(self, group: _Group, background: bool) -> None:
+    def _decode(self, group: kv.Group, background: bool) -> None:
         """One token for each row of a lane, in one pass over the rows from its lowest to its highest.
         A row of the other lane inside that range is computed, not advanced: its key and value go to
         the column its own next step overwrites. Rows not advanced take the lane's adapter, so a lane
         of one adapter keeps its single-adapter pass."""
+        t0 = time.perf_counter()
         lane = group.lane(background)
         lo, hi = lane[0], lane[-1] + 1
         reqs = group.rows[lo:hi]
@@ -349,9 +329,12 @@ class Engine:
         for req, tok in zip(running, chosen, strict=True):
             group.pos[req.row] += 1
             group.last[req.row] = tok
+        self.totals["decode_passes"] += 1
+        self.totals["decode_rows"] += len(running)
+        self.totals["decode_seconds"] += time.perf_counter() - t0
         self._emit(group, running, chosen)
 
-    def _emit(self, group: _Group, reqs: list[Request], tokens: list[int]) -> None:
+    def _emit(self, group: kv.Group, reqs: list[Request], tokens: list[int]) -> None:
         """Send each request its new text; free the rows of those that are done."""
         for r, tok in zip(reqs, tokens, strict=True):
             if r.cancelled:
@@ -378,12 +361,14 @@ class Engine:
             if finish:
                 r.done = True
                 delta.prompt_tokens, delta.completion_tokens = len(r.prompt_ids), len(r.out_ids)
+                self.totals["prompt_tokens"] += len(r.prompt_ids)
+                self.totals["completion_tokens"] += len(r.out_ids)
             if delta.text or finish:
                 deliver(r, delta)
             if finish or r.cancelled:
                 self._free(group, r)
 
-    def _free(self, group: _Group, req: Request) -> None:
+    def _free(self, group: kv.Group, req: Request) -> None:
         if req.row >= 0 and group.rows[req.row] is req:
             group.rows[req.row] = None
         with self._cv:

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from serving.worker.slots import Request
+
 NAME = "lifecycle_kv"
 _MIN_COLUMNS = 128
 
@@ -269,3 +271,36 @@ def sliding_window(model: Any) -> int | None:
     if getattr(cfg, "layer_types", None) and any(t != "sliding_attention" for t in cfg.layer_types):
         raise ValueError("models mixing sliding-window and full-attention layers are not supported by the engine")
     return int(window)
+
+
+class Group:
+    """The rows and KV storage of one resident model, and the requests waiting for it."""
+
+    def __init__(self, model: Any, rows: int) -> None:
+        param = next(model.parameters())
+        prepare(model)
+        self.model = model
+        self.window = sliding_window(model)
+        self.store = KVStore(model, rows)
+        self.rows: list[Request | None] = [None] * rows
+        self.pos = [0] * rows  # tokens in each row's KV storage
+        self.last = [0] * rows  # each row's latest token (the next step's input)
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.later: collections.deque[Request] = collections.deque()  # background requests
+        self.device = param.device
+        self.prefixes = PrefixCache()
+
+    def running(self, background: bool | None = None) -> int:
+        return sum(r is not None and background in (None, r.background) for r in self.rows)
+
+    def lane(self, background: bool) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r is not None and r.background == background]
+
+    def users(self) -> bool:  # user (not background) requests waiting or running
+        return bool(self.waiting) or bool(self.lane(False))
+
+
+def usage(groups: list[Group]) -> tuple[int, int, int]:
+    """KV storage of ``groups`` now: (bytes allocated, rows holding a request, rows)."""
+    return (sum(t.nbytes for g in groups for c in (g.store.k, g.store.v) for t in c.values()),
+            sum(r is not None for g in groups for r in g.rows), sum(len(g.rows) for g in groups))  # fmt: skip

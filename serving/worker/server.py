@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from lifecycle import logs
 from lifecycle.names import PARAM_METADATA_KEY, split_model_ref
 from lifecycle.settings import Settings, load_settings
 from lifecycle.v1 import inference_pb2, inference_pb2_grpc
@@ -155,6 +156,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             context_length=slot.context_length if slot else 0,
             max_tokens_limit=engine.max_tokens_limit,
             digest=slot.digest if slot else "",
+            stats=engine_stats(engine, len(self.resident.loaded())),
             loaded=[
                 inference_pb2.LoadedVersion(model=s.name, version=s.version, digest=s.digest, running=engine.busy(s))
                 for s in ([slot] if slot else []) + [s for s in self.resident.loaded() if s is not slot]
@@ -281,11 +283,22 @@ def main(argv: list[str] | None = None) -> Any:
     p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, wait this long for running requests")
     args = p.parse_args(argv)
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
     # Unique per host (container, pod): each worker needs its own consumer group to see every promotion.
     name = args.name or f"{socket.gethostname()}-{args.port}"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     asyncio.run(
         serve(settings, args.port, name, args.model_path, args.threads, args.max_batch, not args.no_events,
               args.drain_seconds)
+    )  # fmt: skip
+
+
+def engine_stats(engine: Any, adapters: int) -> inference_pb2.EngineStats:
+    """The engine's running totals and its KV storage now, for ModelStatus (the gateway's metrics)."""
+    t = engine.totals
+    kv_bytes, used, rows = engine.kv_usage()
+    counts = ("decode_passes", "decode_rows", "prefill_tokens", "prompt_tokens", "completion_tokens")
+    return inference_pb2.EngineStats(
+        **{k: int(t[k]) for k in counts}, decode_seconds=float(t["decode_seconds"]), prefix_tokens=engine.prefix_tokens,
+        kv_bytes=kv_bytes, kv_rows_used=used, kv_rows=rows, adapters=adapters,
     )  # fmt: skip

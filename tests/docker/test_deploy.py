@@ -153,7 +153,7 @@ def test_compose_file_loads_with_compose_go_and_follows_the_rules() -> None:
     done = subprocess.run([tool("composecheck"), str(REPO / "docker/compose.yaml")], capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "services=14" in done.stdout
+    assert "services=16" in done.stdout  # 14 of the platform, Prometheus and Grafana
     bad = REPO / "docker/compose.yaml"
     broken = yaml.safe_load(bad.read_text())
     broken["services"]["gateway"]["depends_on"]["mongo"]["condition"] = "service_sleeping"
@@ -193,3 +193,47 @@ def test_dockerfiles_are_pinned_non_root_with_healthchecks(name: str) -> None:
 def test_helm_values_schema_is_json() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["trainer"]["properties"]["gpus"]["minimum"] == 0
+
+
+def test_metrics_scraped_by_annotations_or_a_service_monitor_and_the_dashboard_ships() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    pod = docs[("Deployment", "lifecycle-llm-lifecycle-gateway")]["spec"]["template"]["metadata"]["annotations"]
+    assert pod["prometheus.io/scrape"] == "true" and pod["prometheus.io/path"] == "/metrics"
+    assert ("ServiceMonitor", "lifecycle-llm-lifecycle-gateway") not in docs  # needs the operator's CRDs: opt-in
+    board = docs[("ConfigMap", "lifecycle-llm-lifecycle-dashboard")]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (REPO / "docker/grafana/dashboards/llm-lifecycle.json").read_text()
+    assert json.loads(board["data"]["llm-lifecycle.json"]) == json.loads(shipped)
+    assert (CHART / "dashboards/llm-lifecycle.json").read_text() == shipped  # the chart's copy is the same file
+
+    monitored = {(d["kind"], d["metadata"]["name"]): d for d in render(sets=("metrics.serviceMonitor.enabled=true",))}
+    monitor = monitored[("ServiceMonitor", "lifecycle-llm-lifecycle-gateway")]
+    service = monitored[("Service", "lifecycle-llm-lifecycle-gateway")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_every_metric_the_dashboard_plots_is_one_the_gateway_exports() -> None:
+    """The dashboard's queries name metrics the gateway's registry really has (after a worker reported)."""
+    import re
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from lifecycle.v1 import inference_pb2
+    from serving.gateway.metrics import Metrics
+
+    metrics = Metrics()
+    worker = SimpleNamespace(address="w1:50051", up=True, model="m", version="3", queued=0, outstanding=0,
+                             loaded=[("m", "3", "abc")], stats=inference_pb2.EngineStats(decode_passes=1))  # fmt: skip
+    metrics.observe_pool(SimpleNamespace(workers=[worker]))
+    metrics.requests.labels("/v1/chat/completions", "200").inc()
+    metrics.latency.labels("/v1/chat/completions").observe(0.1)
+    metrics.ttft.labels("/v1/chat/completions").observe(0.1)
+    metrics.retries.labels("before_first_token").inc()
+    metrics.shadows.labels("mirrored").inc()
+    exported = {line.split("{")[0].split(" ")[0] for line in generate_latest(metrics.registry).decode().splitlines()
+                if line and not line.startswith("#")}  # fmt: skip
+    board = json.loads((REPO / "docker/grafana/dashboards/llm-lifecycle.json").read_text())
+    used = {m for p in board["panels"] for t in p["targets"] for m in re.findall(r"lifecycle_[a-z_]+", t["expr"])}
+    assert len(used) >= 15 and used <= exported, sorted(used - exported)

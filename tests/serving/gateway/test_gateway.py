@@ -125,6 +125,23 @@ def test_inference_log_and_metrics(serving: Settings) -> None:
         "lifecycle_inference_log_dropped_total",
     ):
         assert name in text
+    # the workers' own figures, as the gateway last saw them (it looks every few seconds)
+    used = r.json()["usage"]
+
+    def total(name: str) -> float:
+        lines = httpx.get(url(serving, "/metrics"), timeout=10).text.splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+
+    assert process.wait_for(lambda: total("lifecycle_worker_completion_tokens_total") >= used["completion_tokens"],
+                            timeout=30) == "ok"  # fmt: skip
+    assert total("lifecycle_worker_prompt_tokens_total") >= used["prompt_tokens"] > 0
+    assert total("lifecycle_worker_decode_passes_total") > 0 and total("lifecycle_worker_decode_seconds_total") > 0
+    assert total("lifecycle_worker_decode_rows_total") >= total("lifecycle_worker_decode_passes_total")
+    assert total("lifecycle_worker_kv_rows") > 0 and total("lifecycle_worker_adapters") >= 2  # two workers
+    assert metric(serving, "lifecycle_gateway_prompt_tokens_total") >= used["prompt_tokens"]
+    info = [line for line in httpx.get(url(serving, "/metrics"), timeout=10).text.splitlines()
+            if line.startswith("lifecycle_model_info{") and 'serving="1"' in line]  # fmt: skip
+    assert len(info) == 2 and all('version="local"' in line and 'digest="' in line for line in info), info
 
 
 def test_a_queued_job_is_answered_through_kafka(serving: Settings) -> None:
