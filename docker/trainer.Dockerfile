@@ -11,8 +11,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY docker/requirements-trainer.txt /tmp/requirements.txt
-RUN pip install --extra-index-url "${TORCH_INDEX}" -r /tmp/requirements.txt
+COPY docker/requirements-trainer.txt /tmp/constraints.txt
 COPY pyproject.toml README.md /src/
 COPY cli /src/cli
 COPY lifecycle /src/lifecycle
@@ -20,7 +19,8 @@ COPY runtime /src/runtime
 COPY training /src/training
 COPY serving /src/serving
 COPY plugins /src/plugins
-RUN pip install --no-deps /src
+# the package with its [train] extra (no Airflow), at the versions resolved together in the dev environment
+RUN pip install --extra-index-url "${TORCH_INDEX}" -c /tmp/constraints.txt "/src[train]"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="llm-lifecycle trainer"
