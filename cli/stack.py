@@ -83,11 +83,14 @@ def models_pull(
 ) -> None:
     """Register a base model in the model cache: the default one offline from its GGUF package, or yours."""
     cfg = settings()
+    from cli.progress import tracking
     from training.base_model import ModelError, pull_model
 
     t0 = time.monotonic()
     try:
-        pulled = pull_model(source or cfg.base_model, cfg.models_dir, name=name, force=force, report=report)
+        with tracking() as progress:  # a bar of the pull's phases on a terminal
+            pulled = pull_model(source or cfg.base_model, cfg.models_dir, name=name, force=force, report=progress)
+            progress("pulling 3/3 in the model cache")
     except ModelError as exc:
         fail(str(exc))
     elapsed = time.monotonic() - t0

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pendulum
-from airflow.sdk import XComArg, dag, get_current_context, task
+from airflow.sdk import Asset, XComArg, dag, get_current_context, task
 
 from lifecycle.settings import Settings, load_settings
 
@@ -52,11 +52,19 @@ def _params() -> dict[str, Any]:
     return {**dict(ctx["params"]), **override}
 
 
-@task(retries=0)  # a dataset or model that cannot work does not get better on retry
+#: Asset outlets, so Airflow's Asset graph shows the lineage: each validated dataset version and each
+#: promotion decision is an asset event whose ``extra`` names it (dataset id; model, version, alias).
+DATASETS = Asset(name="lifecycle-datasets", uri="lifecycle://datasets", group="dataset")
+MODELS = Asset(name="lifecycle-models", uri="lifecycle://models", group="model")
+
+
+@task(retries=0, outlets=[DATASETS])  # a dataset or model that cannot work does not get better on retry
 def validate(dataset_id: str) -> str:
     from plugins import pipeline
 
-    return pipeline.validate(dataset_id, _params())
+    out = pipeline.validate(dataset_id, _params())
+    get_current_context()["outlet_events"][DATASETS].extra = {"dataset_id": dataset_id}
+    return out
 
 
 @task(retries=1)
@@ -74,11 +82,13 @@ def evaluate(mlflow_run_id: str) -> dict[str, Any]:
     return pipeline.evaluate(mlflow_run_id, _params())
 
 
-@task
+@task(outlets=[MODELS])
 def promote(mlflow_run_id: str, _evaluation: dict[str, Any]) -> dict[str, Any]:
     from plugins import pipeline
 
-    return pipeline.promote(mlflow_run_id, _params())
+    result = pipeline.promote(mlflow_run_id, _params())
+    get_current_context()["outlet_events"][MODELS].extra = {k: result[k] for k in ("model_name", "version", "alias")}
+    return result
 
 
 @task

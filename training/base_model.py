@@ -119,7 +119,7 @@ def _from_gguf(gguf: Path, out: Path, name: str, source: str, report: Report) ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    report(f"converting {gguf.name} to a Hugging Face folder (dequantising to float32)")
+    report(f"pulling 1/3 converting {gguf.name} to a Hugging Face folder (dequantising to float32)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -137,7 +137,7 @@ def _from_gguf(gguf: Path, out: Path, name: str, source: str, report: Report) ->
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    report("checking the saved folder reloads and generates the same text")
+    report("pulling 2/3 checking the saved folder reloads and generates the same text")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
     got = greedy_text(reloaded, AutoTokenizer.from_pretrained(tmp), CHECK_PROMPT)
     if got != expected:
@@ -192,14 +192,14 @@ def pull_model(
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: not a Hugging Face model folder (no config.json)")
-        report(f"copying {path} into the model cache")
+        report(f"pulling 1/3 copying {path} into the model cache")
         _copy_tree(path.resolve(), tmp)
         origin = str(path.resolve())
     elif path.exists():
         raise ModelError(f"{path}: give a Hugging Face model folder, a .gguf file or a hub id")
     else:
         origin = f"hub:{source}"
-        report(f"downloading {source} from the Hugging Face hub")
+        report(f"pulling 1/3 downloading {source} from the Hugging Face hub")
         try:
             from huggingface_hub import snapshot_download
 
@@ -210,6 +210,7 @@ def pull_model(
             raise ModelError(
                 f"{source}: not a local folder or .gguf file, and the hub did not give it: {exc}"
             ) from None
+    report("pulling 2/3 checking the model loads and generates")
     try:
         check, params = _check_folder(tmp)
     except Exception as exc:  # noqa: BLE001 - any load failure means the folder is not usable

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 
@@ -100,6 +101,13 @@ def test_rest_triggered_run_succeeds_and_registers_a_version(stack: Settings, ti
     assert tasks.pop("follow_rollout") == "skipped"  # the default policy (direct) starts no rollout
     assert set(tasks.values()) == {"success"}, run
     assert versions() == before + 1
+    # the validated dataset and the promotion decision are asset events (Airflow's Asset graph)
+    query = f"/api/v2/assets/events?source_dag_id=llm_lifecycle&source_run_id={quote(run['dag_run_id'])}"
+    emitted = {e["name"]: e for e in call(stack, "GET", query)["asset_events"]}
+    assert emitted["lifecycle-datasets"]["extra"]["dataset_id"].startswith("ds-")
+    assert emitted["lifecycle-datasets"]["source_task_id"] == "validate"
+    model = emitted["lifecycle-models"]["extra"]
+    assert model["model_name"] == stack.model_name and model["version"] == versions()
 
 
 @pytest.mark.stack
