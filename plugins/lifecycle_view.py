@@ -3,7 +3,8 @@ api-server (``/lifecycle/``) and shows it in Airflow's navigation as an external
 ``/plugin/llm-lifecycle``). It lists each model's champion and challenger with the champion's
 evaluation and training figures, the recent training runs and rollouts, each linking to its MLflow run
 or version and its Airflow DAG run. Only a logged-in Airflow user sees it (Airflow's own token, the
-cookie the UI holds). ``/lifecycle/api/summary`` is the same as JSON."""
+cookie the UI holds). ``/lifecycle/api/summary`` is the same as JSON. Tasks of the lifecycle DAGs get
+extra links to their MLflow run and model version."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, ClassVar
 
 from airflow.api_fastapi.core_api.security import GetUserDep
 from airflow.plugins_manager import AirflowPlugin
+from airflow.sdk import BaseOperatorLink
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 
@@ -127,6 +129,50 @@ def figure(run_id: str, name: str, user: GetUserDep) -> Response:
         return Response(f.read(), media_type="image/png", headers={"Cache-Control": "max-age=300"})
 
 
+class MlflowRunLink(BaseOperatorLink):
+    """On a lifecycle run's fine_tune, evaluate and promote tasks: the MLflow run they trained and scored
+    (found through Mongo ``training_runs``, which names the Airflow run). Other tasks: no link."""
+
+    name = "MLflow run"
+    TASKS = ("fine_tune", "evaluate", "promote")
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        run_id = _mlflow_run(ti_key) if ti_key.task_id in self.TASKS else None
+        if not run_id:
+            return ""
+        from lifecycle import links
+        from lifecycle.settings import load_settings
+
+        return links.mlflow_run(load_settings(), run_id)
+
+
+class MlflowVersionLink(BaseOperatorLink):
+    """On a lifecycle run's promote task: the model version it registered."""
+
+    name = "MLflow model version"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        run_id = _mlflow_run(ti_key) if ti_key.task_id == "promote" else None
+        if not run_id:
+            return ""
+        from lifecycle import links, registry
+        from lifecycle.settings import load_settings
+
+        s = load_settings()
+        found = registry.client(s.mlflow_tracking_uri).search_model_versions(f"run_id = '{run_id}'")
+        return links.mlflow_version(s, found[0].name, found[0].version) if found else ""
+
+
+def _mlflow_run(ti_key: Any) -> str | None:
+    from lifecycle.settings import load_settings
+    from lifecycle.store import TRAINING_RUNS, Store
+
+    with Store.connect(load_settings()) as store:
+        doc = store.db[TRAINING_RUNS].find_one({"airflow.dag_id": ti_key.dag_id, "airflow.run_id": ti_key.run_id},
+                                               {"mlflow_run_id": 1}, sort=[("created_at", -1)])  # fmt: skip
+    return str(doc["mlflow_run_id"]) if doc and doc.get("mlflow_run_id") else None
+
+
 class LifecycleViewPlugin(AirflowPlugin):
     name = "lifecycle_view"
     fastapi_apps: ClassVar[list[Any]] = [{"app": app, "url_prefix": "/lifecycle", "name": "LLM lifecycle"}]
@@ -134,3 +180,4 @@ class LifecycleViewPlugin(AirflowPlugin):
         "name": "LLM lifecycle", "href": "/lifecycle/", "url_route": "llm-lifecycle", "destination": "nav",
         "nav_top_level": True,
     }]  # fmt: skip
+    global_operator_extra_links: ClassVar[list[Any]] = [MlflowRunLink(), MlflowVersionLink()]

@@ -108,6 +108,11 @@ def test_rest_triggered_run_succeeds_and_registers_a_version(stack: Settings, ti
     assert emitted["lifecycle-datasets"]["source_task_id"] == "validate"
     model = emitted["lifecycle-models"]["extra"]
     assert model["model_name"] == stack.model_name and model["version"] == versions()
+    # the promote task links to its MLflow run and to the version it registered
+    path = f"/api/v2/dags/llm_lifecycle/dagRuns/{quote(run['dag_run_id'])}/taskInstances/promote/links"
+    found = call(stack, "GET", path)["extra_links"]
+    assert found["MLflow model version"].endswith(f"/#/models/{stack.model_name}/versions/{versions()}")
+    assert "/#/runs/" in found["MLflow run"]
 
 
 @pytest.mark.stack
