@@ -161,12 +161,12 @@ def _log_comparison(result: dict[str, Any]) -> None:
     """The comparison figure of the active run (a drawing failure costs the picture only)."""
     import mlflow
 
-    from training.figures import evaluation_comparison
+    from training.figures import close, evaluation_comparison
 
     try:
         fig = evaluation_comparison(result)
         mlflow.log_figure(fig, "figures/evaluation.png")
-        fig.clf()
+        close(fig)
     except Exception as exc:  # noqa: BLE001 - a picture is never worth a lost evaluation
         print(f"warning: evaluation figure not drawn: {type(exc).__name__}: {exc}")
 

@@ -24,6 +24,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def close(fig: Any) -> None:
+    """Release a figure from pyplot's registry (a long-lived process draws many)."""
+    _pyplot().close(fig)
+
+
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """The trainer's ``metrics.jsonl`` (one object per logged step); a torn last line is skipped."""
     rows = []

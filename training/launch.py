@@ -283,7 +283,7 @@ def _log_curves(out_dir: Path, title: str) -> None:
             return
         fig = figures.training_curves(rows, title)
         mlflow.log_figure(fig, "figures/training_curves.png")
-        fig.clf()
+        figures.close(fig)
     except Exception as exc:  # noqa: BLE001 - a picture is never worth a lost run
         print(f"warning: training curves not drawn: {type(exc).__name__}: {exc}")
 
