@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 #: ``step 12/200 loss 1.2345 …`` (trainer), ``answering candidate: 16/40 items`` (evaluation),
-#: ``tasks 3/8 …`` (a followed DAG run), ``copying 120/540 MB`` (model pull).
+#: ``tasks 3/8 …`` (a followed DAG run), ``pulling 1/3 …`` (model pull: its phases).
 LINE = re.compile(
     r"^(?:(?P<step>step)|answering (?P<model>\S+):|(?P<tasks>tasks)|(?P<verb>[a-z]+)) (?P<done>\d+)/(?P<total>\d+)"
     r"(?: (?:items|MB))?(?: loss (?P<loss>\S+))?(?P<rest>.*)$"

@@ -77,4 +77,10 @@ def test_the_check_sees_an_undeclared_import(tmp_path: Path) -> None:
     (tmp_path / "x.py").write_text("import yaml\nfrom torch import nn\n\ndef f():\n    import numpy\n")
     assert imports(tmp_path / "x.py") == {"yaml", "torch", "numpy"}
     assert "torch" not in declared(()) and {"torch", "fastapi"} <= declared(("serve",))
-    assert "apache-airflow" in declared(("all",)) and "torch" in declared(("airflow",))  # through [train]
+    assert "apache-airflow" in declared(("all",)) and "torch" in declared(("airflow",))
+
+
+def test_no_extra_names_the_project_itself() -> None:
+    """pip's resolver backtracked for over 10 minutes on a fresh venv when [dev] named llm-lifecycle[all]."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not [r for reqs in extras.values() for r in reqs if _name(r) == "llm-lifecycle"]
