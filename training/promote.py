@@ -183,6 +183,9 @@ def promote(
             f"{exc}; champion NOT moved (version {number} is queued in the outbox; re-run promote to finish)"
         ) from None
     mc.set_registered_model_alias(name, registry.CHAMPION, str(number))
+    challenger = registry.version_by_alias(mc, name, registry.CHALLENGER)
+    if challenger is not None and int(challenger.version) == number:  # the challenger it was is the champion now
+        mc.delete_registered_model_alias(name, registry.CHALLENGER)
     store.update(MODEL_CONFIGS, outbox_id, {"state": "done", "done_at": now()})
     store.db[MODEL_CONFIGS].update_one(
         {"_id": name},

@@ -165,6 +165,7 @@ def test_gate_evaluate_promote_rerun_kafka_down_and_rollback(
     done = promote(s, store, first.mlflow_run_id, margin=-1.0)
     assert (done.alias, done.version, done.event_id) == ("champion", 1, outbox["event_id"])
     assert registry.version_by_alias(mc, s.model_name, "champion").version == "1"
+    assert registry.version_by_alias(mc, s.model_name, "challenger") is None  # v1 is no longer both
     promoted = [e for e in model_events(s) if e["type"] == "ModelPromoted"]
     assert len(promoted) == 1
     assert {"event_id", "type", "occurred_at", "model_name", "version", "alias", "run_id", "metrics"} <= set(
