@@ -5,8 +5,9 @@
 Against the running local stack (`lifecycle up`). Trains three 1-step LoRA adapters of the base model
 (SmolLM2-135M by default) on the toy set, registers them through the real gate (v1 champion, then v2,
 v3), starts `lifecycle serve` (gateway + workers) on ports 18500/18551+, runs a load generator, and
-cycles the served version v1 -> v2 -> v3 -> v1 ... by publishing ``ModelPromoted`` (a higher version)
-or ``ModelRolledBack`` (a lower one) on ``lifecycle.model-events``. For each swap: event published ->
+cycles the champion alias v1 -> v2 -> v3 -> v1 ... as promote and rollback do (under the alias lease,
+``ModelPromoted`` for a higher version or ``ModelRolledBack`` for a lower one published on
+``lifecycle.model-events``, then the alias moved: workers follow the alias). For each swap: event published ->
 every worker reports the version over gRPC ``ModelStatus`` (polled every 20 ms). Baseline, same run:
 the restart a deployment without hot swap needs (stop the workers, start them on the new version,
 until ready). Prints failed requests (an HTTP error, a reset or a timeout), whether every request
@@ -46,7 +47,7 @@ def main() -> None:
 
     import httpx
 
-    from lifecycle import events, topics
+    from lifecycle import champion, events, topics
     from lifecycle.settings import load_settings
     from lifecycle.stack.serving import gateway_url, start_serving, stop_serving
     from lifecycle.store import Store
@@ -70,13 +71,12 @@ def main() -> None:
             out = str(tmp / f"run{seed}")
             cfg = TrainConfig(base_model=base, dataset=str(ds.path), max_steps=1, checkpoint_every=0,
                               micro_batch_size=8, global_batch_size=8, out_dir=out, seed=seed)  # fmt: skip
-            run = run_training(s, cfg, store=store, report=quiet)
+            runs.append(run_training(s, cfg, store=store, report=quiet))
+        for i, run in enumerate(runs):  # each evaluated against the champion it is promoted over
             evaluate(s, store, run.mlflow_run_id, limit=2, max_new_tokens=2, report=quiet)
-            runs.append(run)
-        promote(s, store, runs[0].mlflow_run_id, margin=-1.0, report=quiet)
-        start_serving(s, args.workers, report=quiet)
-        for run in runs[1:]:
             promote(s, store, run.mlflow_run_id, margin=-1.0, report=quiet)
+            if i == 0:
+                start_serving(s, args.workers, report=quiet)
 
     url = gateway_url(s)
 
@@ -116,6 +116,7 @@ def main() -> None:
     for t in threads:
         t.start()
     swaps: list[tuple[str, float, float]] = []  # (version, seconds, completed at)
+    store = Store.connect(s)
     try:
         time.sleep(3)  # load running before the first swap
         for i in range(args.swaps):
@@ -128,7 +129,9 @@ def main() -> None:
                 event = events.new_event(events_pb2.ModelRolledBack, model_name=s.model_name, version=now,
                                          alias="champion", from_version=was)  # fmt: skip
             t0 = time.monotonic()
-            events.publish(s, topics.MODEL_EVENTS, s.model_name, event)
+            # as promote/rollback do: under the alias lease, publish, then move the alias the workers follow
+            champion.move(s, store, s.model_name, now, expected=was,
+                          before=lambda e=event: events.publish(s, topics.MODEL_EVENTS, s.model_name, e))  # fmt: skip
             wait_versions(target)
             swaps.append((target, time.monotonic() - t0, time.monotonic()))
             time.sleep(3)  # requests on the new version before the next swap
@@ -136,6 +139,7 @@ def main() -> None:
         stop.set()
         for t in threads:
             t.join()
+        store.close()
     failed = [r for r in results if r[1] != 200]
     wrong = 0
     for k, (target, _, done_at) in enumerate(swaps):

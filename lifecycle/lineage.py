@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lifecycle import registry
+from lifecycle import digests, registry
 from lifecycle.names import content_hash
 from lifecycle.settings import Settings
 from lifecycle.store import DATASETS, INFERENCE_LOG, LINEAGE_INDEX, TRAINING_RUNS, Store, now
@@ -225,9 +225,9 @@ def resolve(settings: Settings, store: Store, response_id: str, *, key_id: str =
         return out
     mc = registry.client(settings.mlflow_tracking_uri)
     mv = mc.get_model_version(log["model"], str(log["version"]))
-    digests = registry.digests_of(mv)
-    out["model"].update({"registered_digest": registry.version_digest(digests) if digests else "",
-                         "digest_verified": bool(digests) and registry.version_digest(digests) == log.get("digest"),
+    rec = digests.recorded(store, str(mv.run_id))
+    out["model"].update({"registered_digest": rec.digest if rec else "",
+                         "digest_verified": rec is not None and rec.digest == log.get("digest"),
                          "source": mv.source, "tainted": (mv.tags or {}).get(TAINT_TAG, "")})  # fmt: skip
     run = mc.get_run(str(mv.run_id))
     tags = run.data.tags

@@ -1,9 +1,7 @@
-"""MLflow model-registry helpers: versions, aliases and the digests recorded at registration."""
+"""MLflow model-registry helpers: versions and aliases (what a version's files are: lifecycle/digests.py)."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -16,19 +14,6 @@ DIGEST_TAG_PREFIX = "sha256."
 
 def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def file_digests(folder: Path, suffixes: tuple[str, ...] = (".safetensors",)) -> dict[str, str]:
-    """sha256 of every weight file under ``folder``, by path relative to it."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix in suffixes:
-            h = hashlib.sha256()
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            out[str(path.relative_to(folder))] = h.hexdigest()
-    return out
 
 
 def version_by_alias(mc: MlflowClient, name: str, alias: str) -> Any | None:
@@ -63,16 +48,3 @@ def register(mc: MlflowClient, name: str, source: str, run_id: str, tags: dict[s
     model_id = source.removeprefix("models:/") if source.startswith("models:/m-") else None
     version = mc.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     return version, True
-
-
-def version_digest(digests: dict[str, str]) -> str:
-    """One sha256 naming a version's exact weights (over its files' digests, in path order)."""
-    import json
-
-    return hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
-
-
-def digests_of(version: Any) -> dict[str, str]:
-    return {
-        k.removeprefix(DIGEST_TAG_PREFIX): v for k, v in (version.tags or {}).items() if k.startswith(DIGEST_TAG_PREFIX)
-    }

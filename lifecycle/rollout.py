@@ -261,16 +261,21 @@ def _publish_pending(settings: Settings, store: Store, rid: str) -> dict[str, An
 
 def _finish_promotion(settings: Settings, store: Store, doc: dict[str, Any]) -> None:
     """Workers first (``ModelPromoted``, fixed id: repeats are dropped), then the alias and the history."""
-    from lifecycle import registry
+    from lifecycle import champion, registry
 
     name, version = doc["model_name"], doc["version"]
     promoted = events.new_event(
         events_pb2.ModelPromoted, event_id=f"{doc['_id']}:promoted", model_name=name, version=version,
         alias=registry.CHAMPION, previous_version=doc["champion"], reason=f"rollout {doc['_id']}",
     )  # fmt: skip
-    events.publish(settings, topics.MODEL_EVENTS, name, promoted)
-    mc = registry.client(settings.mlflow_tracking_uri)
-    mc.set_registered_model_alias(name, registry.CHAMPION, str(version))
+    try:  # the alias moves only from the champion the rollout compared against (lifecycle/champion.py)
+        champion.move(settings, store, name, version, expected=doc["champion"],
+                      before=lambda: events.publish(settings, topics.MODEL_EVENTS, name, promoted))  # fmt: skip
+    except champion.AliasMoved as exc:
+        log.warning("rollout %s: not promoted: %s", doc["_id"], exc)
+        gone = {"$set": {"state": "aborted", "verdict": f"{exc} (it moved while the rollout ran)", "updated_at": now()}}
+        store.db[ROLLOUTS].update_one({"_id": doc["_id"], "state": "promoting"}, gone)
+        return
     _untag_challenger(settings, doc)
     history = (store.get(MODEL_CONFIGS, name) or {}).get("champions", [])
     if not history or history[-1].get("version") != version:

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="Model versions a worker keeps in memory (LoRA adapters on one resident base); "
         "the least recently used beyond this are dropped and loaded again when asked for.",
     )
+    alias_poll_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often a worker compares what it serves with the registry's champion alias and follows "
+        "it (model events make it follow at once; the poll catches a missed event or a restarted peer).",
+    )
     worker_addresses: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="gRPC addresses the gateway routes to, comma-separated (e.g. dns:///workers:50051); "
@@ -101,8 +107,19 @@ class Settings(BaseSettings):
         description="API keys that may steer rollouts over REST (comma-separated; also valid as API keys). "
         "With API keys set and none of these, the admin routes are closed.",
     )
+    allow_open_gateway: bool = Field(
+        False,
+        description="Let the gateway listen beyond loopback without API keys (only behind a proxy that "
+        "authenticates); otherwise it refuses to start.",
+    )
     rate_limit_per_minute: int = Field(
         600, ge=0, description="Gateway requests a minute per API key (with keys set); 0 = no limit."
+    )
+    token_limit_per_minute: int = Field(
+        200_000,
+        ge=0,
+        description="Tokens a minute per API key (with keys set): each request's max_tokens plus its prompt "
+        "(about 4 bytes a token), a job's summed over its items; 0 = no limit.",
     )
     inference_log_days: float = Field(
         30.0,

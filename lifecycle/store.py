@@ -36,6 +36,8 @@ TALLIES = "rollout_tallies"
 #: record deletions with what they tainted (lifecycle/forget.py).
 LINEAGE_INDEX = "lineage_index"
 DELETIONS = "deletions"
+#: One holder at a time for a named thing, e.g. the champion alias of a model (lifecycle/lease.py).
+LEASES = "leases"
 
 Doc = dict[str, Any]
 

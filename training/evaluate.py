@@ -66,24 +66,36 @@ def _answer(r: Record) -> str | None:
     return str(answer) if answer not in (None, "") else None
 
 
-def load_pyfunc(settings: Settings, uri: str) -> tuple[Any, Any]:
-    """(model, tokenizer) behind a logged lifecycle MLflow model, loaded the same way users load it,
-    on the device and in the dtype of the settings (``auto``: runtime/hardware.py)."""
-    import mlflow
+def load_verified(settings: Settings, store: Store, source: str, run_id: str, what: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a logged lifecycle model: its adapter downloaded and checked file by file
+    against the record made at training (lifecycle/digests.py, as the workers do), on the base model
+    named in that record, in the settings' device and dtype (``auto``: runtime/hardware.py). No code
+    from the artifact store runs (MLflow's models-from-code would execute the logged ``python_model``)."""
+    import shutil
+    import tempfile
 
-    config = {"dtype": settings.dtype, "device": settings.device}
-    wrapped = mlflow.pyfunc.load_model(uri, model_config=config).unwrap_python_model()
-    return wrapped.model, wrapped.tokenizer
+    from lifecycle import digests
+    from training.generation import load_model
+
+    settings.serving_dir.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix="eval-", dir=settings.serving_dir))
+    try:
+        adapter, rec = digests.fetch(settings, store, source, run_id, dest, what)
+        return load_model(digests.local_base(settings, rec.base_model), adapter, dtype=settings.dtype,
+                          device=settings.device)  # fmt: skip
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
 
 
-def baseline(settings: Settings, base_model: str) -> ModelUnderTest:
+def baseline(settings: Settings, store: Store, base_model: str) -> ModelUnderTest:
     """The champion when there is one, else the base model."""
     from training.generation import load_model
 
     mc = registry.client(settings.mlflow_tracking_uri)
     champ = registry.version_by_alias(mc, settings.model_name, registry.CHAMPION)
     if champ is not None:
-        model, tok = load_pyfunc(settings, f"models:/{settings.model_name}/{champ.version}")
+        what = f"{settings.model_name} v{champ.version}"
+        model, tok = load_verified(settings, store, champ.source, str(champ.run_id), what)
         return ModelUnderTest("champion", model, tok, int(champ.version), champ.run_id or "")
     model, tok = load_model(base_model, dtype=settings.dtype, device=settings.device)
     return ModelUnderTest("base", model, tok)
@@ -113,12 +125,12 @@ def evaluate(
     if not logged:
         raise ValueError(f"MLflow run {mlflow_run_id} has no logged model (did training finish?)")
     report(f"evaluating candidate of run {mlflow_run_id} on {len(items)} eval items")
-    cand_model, cand_tok = load_pyfunc(settings, logged[0].model_uri)
+    cand_model, cand_tok = load_verified(settings, store, logged[0].model_uri, mlflow_run_id, "the candidate")
     cand = ModelUnderTest("candidate", cand_model, cand_tok, run_id=mlflow_run_id)
     got = measure(cand, items, max_new_tokens, report)
     cand_metrics = got.metrics
     report(f"candidate: {fmt(cand_metrics)}")
-    base = baseline(settings, base_model)
+    base = baseline(settings, store, base_model)
     ref = measure(base, items, max_new_tokens, report)
     base_metrics = ref.metrics
     report(f"{base.label}{f' v{base.version}' if base.version else ''}: {fmt(base_metrics)}")

@@ -8,14 +8,17 @@ On success the adapter is logged as an MLflow model that loads base + adapter in
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,17 +90,29 @@ def run_training(
 ) -> TrainingRun:
     """Train ``cfg`` under ``nproc`` processes, tracked in MLflow and Mongo. Raises ``TrainingError``.
     ``origin``: the Airflow DAG and run that asked for it (``dag_id``, ``run_id``), kept as run tags for
-    lineage. The dataset version's similarity index (``lifecycle/lineage.py``) is built here, once."""
-    import mlflow
-
+    lineage. The dataset version's similarity index (``lifecycle/lineage.py``) is built here, once.
+    Run again under the same ``run_id`` after a failed or killed attempt, it resumes from the latest
+    checkpoint in the run's folder; one trainer at a time writes that folder."""
     check_base_model(cfg.base_model)
     dataset = Path(cfg.dataset)
     if not (dataset / "train.jsonl").exists():
         raise TrainingError(f"dataset folder {dataset} has no train.jsonl (run `lifecycle ingest` first)")
-    dataset_id = dataset.name
     run_id = run_id or f"tr-{uuid.uuid4().hex[:12]}"
     out_dir = Path(cfg.out_dir or settings.runs_dir / run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):
+        return _tracked(settings, cfg, nproc, store, report, run_id, out_dir, launcher, origin)
+
+
+def _tracked(
+    settings: Settings, cfg: TrainConfig, nproc: int, store: Store, report: Report, run_id: str, out_dir: Path,
+    launcher: Launcher | None, origin: dict[str, str] | None,
+) -> TrainingRun:  # fmt: skip
+    import mlflow
+
+    dataset = Path(cfg.dataset)
+    dataset_id = dataset.name
+    earlier = store.get(TRAINING_RUNS, run_id)
     store.insert_once(
         TRAINING_RUNS,
         {"_id": run_id, "status": "queued", "dataset_id": dataset_id, "base_model": cfg.base_model,
@@ -113,6 +128,11 @@ def run_training(
         tags.update(airflow_tags(settings, origin))
     mlrun = mc.create_run(experiment.experiment_id, tags=tags, run_name=run_id)
     mlflow_run_id = mlrun.info.run_id
+    if earlier is not None and earlier.get("status") != "succeeded":
+        # Another attempt of this run (an Airflow retry, a re-run after the launcher died): it continues
+        # from the folder's latest checkpoint, and an attempt whose launcher died is ended FAILED.
+        cfg.resume = True
+        _supersede(mc, str(earlier.get("mlflow_run_id") or ""), mlflow_run_id, report)
     try:
         log_dataset_inputs(mc, mlflow_run_id, dataset, store)
     except Exception as exc:  # noqa: BLE001 - the inputs panel is worth a warning, not a lost training run
@@ -135,7 +155,7 @@ def run_training(
         if result.get("dtype"):  # what `auto` became on the trainer's device, and why
             mc.set_tag(mlflow_run_id, "lifecycle.dtype", str(result["dtype"]))
             mc.set_tag(mlflow_run_id, "lifecycle.dtype_reason", str(result.get("dtype_reason", ""))[:5000])
-        model_uri = _log_model(mlflow_run_id, cfg, out_dir, metrics)
+        model_uri = _log_model(mlflow_run_id, cfg, out_dir, metrics, store)
     except BaseException as exc:
         error = str(exc) if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
         store.update(TRAINING_RUNS, run_id, {"status": "failed", "error": error[-4000:], "finished_at": now()})
@@ -148,6 +168,47 @@ def run_training(
         TRAINING_RUNS, run_id, {"status": "succeeded", "metrics": metrics, "model_uri": model_uri, "finished_at": now()}
     )
     return TrainingRun(run_id, mlflow_run_id, out_dir, dataset_id, metrics, model_uri)
+
+
+_LOCKS: dict[Path, int] = {}  # output folder -> the descriptor holding its lock (passed to the trainer)
+
+
+@contextmanager
+def writing(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` for one trainer: an exclusive ``flock`` on ``.trainer.lock`` inside it, inherited
+    by the training processes, so that a second attempt cannot write the same folder while the first
+    one's trainer still runs (even one whose launcher was killed: the kernel drops the lock only when
+    every process holding it is gone)."""
+    path = out_dir / ".trainer.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = path.read_text().strip() or "?"
+        os.close(fd)
+        raise TrainingError(f"{out_dir} is being written by another trainer (pid {holder}); "
+                            "wait for it to end or stop it, then run again") from None  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _LOCKS[out_dir.resolve()] = fd
+    try:
+        yield
+    finally:
+        _LOCKS.pop(out_dir.resolve(), None)
+        os.close(fd)
+
+
+def _supersede(mc: Any, earlier: str, now_id: str, report: Report) -> None:
+    """End an earlier attempt's MLflow run that is still RUNNING (its launcher died) as FAILED."""
+    if not earlier:
+        return
+    try:
+        if mc.get_run(earlier).info.status == "RUNNING":
+            mc.set_tag(earlier, "lifecycle.superseded_by", now_id)
+            mc.set_terminated(earlier, status="FAILED")
+            report(f"earlier attempt {earlier} was left RUNNING (its launcher died): ended FAILED")
+    except Exception as exc:  # noqa: BLE001 - bookkeeping of an old attempt must not stop the new one
+        report(f"warning: earlier attempt {earlier} not ended: {type(exc).__name__}: {exc}")
 
 
 def trainer_command(
@@ -178,7 +239,14 @@ def launch_local(cfg: TrainConfig, nproc: int, out_dir: Path, report: Report) ->
     tail: deque[str] = deque(maxlen=25)
     with (
         log_path.open("a") as log,
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc,
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            pass_fds=[fd for p, fd in _LOCKS.items() if p == out_dir.resolve()],
+        ) as proc,
     ):
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -192,12 +260,16 @@ def launch_local(cfg: TrainConfig, nproc: int, out_dir: Path, report: Report) ->
         raise TrainingError(f"training exited with code {code}: {last}\nlog: {log_path}\n" + "\n".join(tail))
 
 
-def _log_model(mlflow_run_id: str, cfg: TrainConfig, out_dir: Path, metrics: dict[str, float]) -> str:
-    """Final metrics, files of the run, and the adapter as an MLflow model (base + adapter in one load)."""
+def _log_model(mlflow_run_id: str, cfg: TrainConfig, out_dir: Path, metrics: dict[str, float], store: Store) -> str:
+    """Final metrics, files of the run, and the adapter as an MLflow model (base + adapter in one load).
+    The sha256 of every adapter file is recorded in Mongo first (lifecycle/digests.py): what serving and
+    evaluation verify; the run's ``sha256.*`` tags only show them."""
     import mlflow
 
+    from lifecycle import digests as artifact_digests
+
     adapter = out_dir / ("merged" if cfg.merge else "adapter")
-    digests = registry.file_digests(out_dir / "adapter")
+    digests = artifact_digests.record(store, mlflow_run_id, out_dir / "adapter", cfg.base_model).files
     with mlflow.start_run(run_id=mlflow_run_id), warnings.catch_warnings():
         # the signature is given; an input example would make MLflow load and run the model here
         warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)

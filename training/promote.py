@@ -27,7 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
+from lifecycle import champion as champion_alias
+from lifecycle import digests as artifact_digests
 from lifecycle import events, forget, lineage, registry, rollout, topics
+from lifecycle.lease import LeaseError
 from lifecycle.settings import Settings
 from lifecycle.store import EVALUATIONS, MODEL_CONFIGS, Store, now
 from lifecycle.v1 import events_pb2
@@ -123,8 +128,11 @@ def promote(
     decision = decide(evaluation, margin, tolerance, confidence)
     evidence = gate_evidence(decision)
     run = mc.get_run(mlflow_run_id)
-    digests = {k.removeprefix(registry.DIGEST_TAG_PREFIX): v for k, v in run.data.tags.items()
-               if k.startswith(registry.DIGEST_TAG_PREFIX)}  # fmt: skip
+    recorded = artifact_digests.recorded(store, mlflow_run_id)
+    if recorded is None:
+        raise PromotionError(f"run {mlflow_run_id} has no artifact record in Mongo (trained by an older version?); "
+                             "train it again")  # fmt: skip
+    digests = recorded.files
     tags = {f"{registry.DIGEST_TAG_PREFIX}{k}": v for k, v in digests.items()}
     version, created = registry.register(mc, name, evaluation["candidate"]["model_uri"], mlflow_run_id, tags)
     number = int(version.version)
@@ -141,13 +149,20 @@ def promote(
         mc.set_model_version_tag(name, str(number), lineage.TAINT_TAG, tainted)
         raise PromotionError(f"{name} version {number} is tainted: its run trained on a record deleted by {tainted}; "
                              "it cannot be promoted")  # fmt: skip
-    outbox_id = f"{name}:{number}:promote"
+    # One outbox entry per evaluation: the same promotion re-run finds it; a version evaluated again
+    # (after a rollback, against another champion) is a new promotion.
+    outbox_id = f"{name}:{number}:promote:{evaluation['created_at'].timestamp():.3f}"
     pending = store.get(MODEL_CONFIGS, outbox_id)
+    at = int(champion.version) if champion is not None else 0
     if pending is not None and pending.get("state") == "done":
+        if at != number:
+            now_at = f"v{at}" if at else "none"
+            raise PromotionError(f"{name} version {number} was promoted on this evaluation and is not champion now "
+                                 f"(champion: {now_at}); evaluate it again to promote it again")  # fmt: skip
         return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"], True)
 
     if pending is None:
-        if champion is not None and int(champion.version) == number:
+        if at == number:
             return PromotionResult(name, number, registry.CHAMPION, True, "already champion", already_done=True)
         mc.set_model_version_tag(name, str(number), "lifecycle.decision", decision.reason[:5000])
         mc.update_model_version(name, str(number), description=describe(run.data.tags, evaluation, decision))
@@ -163,12 +178,15 @@ def promote(
             )  # fmt: skip
             report(f"version {number} stays challenger: {decision.reason}")
             return PromotionResult(name, number, registry.CHALLENGER, False, decision.reason, gate=evidence)
+        baseline = int(evaluation["baseline"].get("version") or 0)
+        if at != baseline:  # the gate compared with another champion than the one in place now
+            raise PromotionError(_moved(name, number, at, baseline, mlflow_run_id))
         if settings.rollout_policy != "direct" and champion is not None:
-            return _start_rollout(settings, store, name, number, int(champion.version), decision, evidence, report)
+            return _start_rollout(settings, store, name, number, at, decision, evidence, report)
         event = events.new_event(
             events_pb2.ModelPromoted, model_name=name, version=number, alias=registry.CHAMPION,
             run_id=mlflow_run_id, metrics=cand_metrics, reason=decision.reason, digests=digests,
-            previous_version=int(champion.version) if champion is not None else 0, gate=evidence,
+            previous_version=baseline, gate=evidence,
         )  # fmt: skip
         # The event is kept as its JSON text: digests are keyed by file names, which contain dots.
         pending = {"_id": outbox_id, "model_name": name, "version": number, "state": "pending",
@@ -176,13 +194,19 @@ def promote(
                    "event_id": events.to_dict(event)["event_id"], "at": now()}  # fmt: skip
         store.insert_once(MODEL_CONFIGS, pending)
     event = events.decode(pending["event_json"])
-    try:
-        events.publish(settings, topics.MODEL_EVENTS, name, event)
+    try:  # under the alias lease: publish, then move the alias only if it is still where the gate compared
+        champion_alias.move(settings, store, name, number, expected=event.previous_version,
+                            before=lambda: events.publish(settings, topics.MODEL_EVENTS, name, event))  # fmt: skip
     except events.PublishError as exc:
         raise PromotionError(
             f"{exc}; champion NOT moved (version {number} is queued in the outbox; re-run promote to finish)"
         ) from None
-    mc.set_registered_model_alias(name, registry.CHAMPION, str(number))
+    except champion_alias.AliasMoved:
+        store.update(MODEL_CONFIGS, outbox_id, {"state": "superseded"})
+        raise PromotionError(_moved(name, number, champion_alias.current(settings, name), event.previous_version,
+                                    mlflow_run_id)) from None  # fmt: skip
+    except (LeaseError, MlflowException, OSError) as exc:  # OSError: requests' connection errors
+        raise PromotionError(f"{type(exc).__name__}: {exc}; champion NOT moved (re-run promote to finish)") from None
     challenger = registry.version_by_alias(mc, name, registry.CHALLENGER)
     if challenger is not None and int(challenger.version) == number:  # the challenger it was is the champion now
         mc.delete_registered_model_alias(name, registry.CHALLENGER)
@@ -195,6 +219,14 @@ def promote(
     report(f"version {number} is champion: {pending['reason']}")
     return PromotionResult(name, number, registry.CHAMPION, True, pending["reason"], pending["event_id"],
                            gate=pending.get("gate") or evidence)  # fmt: skip
+
+
+def _moved(name: str, number: int, at: int, baseline: int, run_id: str) -> str:
+    now_at, was = (f"v{at}" if at else "no champion"), (f"v{baseline}" if baseline else "the base model")
+    return (
+        f"{name}'s champion is {now_at} now, but version {number} was evaluated against {was}: champion NOT "
+        f"moved; run `lifecycle evaluate --run {run_id}` again, then promote"
+    )
 
 
 def describe(run_tags: dict[str, str], evaluation: dict[str, Any], decision: Decision) -> str:
@@ -263,10 +295,12 @@ def rollback(
         from_version=int(current.version), reason=reason,
     )  # fmt: skip
     try:
-        events.publish(settings, topics.MODEL_EVENTS, name, event)
+        champion_alias.move(settings, store, name, target, expected=int(current.version),
+                            before=lambda: events.publish(settings, topics.MODEL_EVENTS, name, event))  # fmt: skip
     except events.PublishError as exc:
         raise PromotionError(f"{exc}; champion NOT moved back") from None
-    mc.set_registered_model_alias(name, registry.CHAMPION, str(target))
+    except (champion_alias.AliasMoved, LeaseError) as exc:
+        raise PromotionError(f"{exc}; champion NOT moved back") from None
     # Read-modify-write instead of $pull: FerretDB does not apply $pull with a condition document.
     kept = [h for h in champions if h["version"] != int(current.version)]
     store.update(MODEL_CONFIGS, name, {"champions": kept})

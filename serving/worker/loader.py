@@ -1,7 +1,7 @@
 """Load a model version for serving: from the MLflow registry (a LoRA adapter, served unmerged on its
 base model) or a local Hugging Face folder; ``resident.py`` keeps each base model loaded once. Weights
-are read from safetensors only, each file checked against the sha256 recorded at registration;
-nothing is unpickled and no model code from the registry is run.
+are read from safetensors only, every file of the adapter checked against the sha256 recorded at
+training (lifecycle/digests.py); nothing is unpickled and no model code from the registry is run.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lifecycle import registry
+from pymongo.errors import PyMongoError
+
+from lifecycle import digests, registry
 from lifecycle.names import is_valid_model_name
 from lifecycle.settings import Settings
+from lifecycle.store import Store
 from serving.worker.engine import ModelSlot, SamplingParams
 from serving.worker.lora import AdapterError, LoraSet, servable_unmerged
 
 log = logging.getLogger(__name__)
-_PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class LoadError(RuntimeError):
@@ -44,8 +46,8 @@ def resolve_version(settings: Settings, name: str, version: str = "champion") ->
 
 
 def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path, str, str]:
-    """Download version ``version`` of ``name`` and verify its weights: (adapter folder, base model,
-    digest of the version: sha256 over its files' recorded digests)."""
+    """Download version ``version`` of ``name`` and verify every file of its adapter against the record
+    made at training (lifecycle/digests.py): (adapter folder, base model, digest of the version)."""
 
     check_name(name)
     if not version.isdigit():
@@ -55,57 +57,29 @@ def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path,
         mv = mc.get_model_version(name, version)
     except Exception as exc:  # noqa: BLE001 - MLflow raises its own types for a missing version
         raise LoadError(f"{name} v{version}: not in the registry at {settings.mlflow_tracking_uri}: {exc}") from None
-    digests = registry.digests_of(mv)
-    if not digests:
-        raise LoadError(f"{name} v{version}: no sha256 digests recorded at registration; refusing to load it")
     # A directory of its own: workers on one host (sharing LIFECYCLE_HOME) load the same version at once.
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=settings.serving_dir))
     try:
-        adapter, base = _download(settings, mv, name, version, dest, digests)
-        return adapter, base, registry.version_digest(digests)
-    except BaseException:
+        with Store.connect(settings) as store:
+            adapter, rec = digests.fetch(settings, store, str(mv.source), str(mv.run_id), dest, f"{name} v{version}")
+    except digests.DigestError as exc:
         shutil.rmtree(dest, ignore_errors=True)
+        raise LoadError(str(exc)) from None
+    except BaseException as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(exc, PyMongoError):
+            raise LoadError(f"{name} v{version}: its artifact record cannot be read from Mongo: {exc}") from None
         raise
+    return adapter, digests.local_base(settings, rec.base_model), rec.digest
 
 
-def _download(
-    settings: Settings, mv: Any, name: str, version: str, dest: Path, digests: dict[str, str]
-) -> tuple[Path, str]:
-    import mlflow
-    import yaml
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
-    meta = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").exists() else None
-    if not isinstance(meta, dict) or "python_function" not in meta.get("flavors", {}):
-        raise LoadError(f"{name} v{version}: {mv.source} has no readable MLmodel file")
-    pyfunc = meta["flavors"]["python_function"]
-    adapter = local / pyfunc["artifacts"]["adapter"]["path"]
-    base_model = str(pyfunc.get("config", {}).get("base_model") or settings.base_model)
-    cached = settings.models_dir / base_model.replace("/", "--")
-    if not Path(base_model).is_dir() and cached.is_dir():  # a hub id pulled into the model cache
-        base_model = str(cached)
-    verify(adapter, digests, f"{name} v{version}")
-    return adapter, base_model
-
-
-def verify(folder: Path, digests: dict[str, str], what: str) -> None:
-    """Every recorded weight file present with its sha256, and no pickled weights beside them."""
-    if not folder.is_dir():
-        raise LoadError(f"{what}: {folder} is missing")
-    pickled = [p.name for p in folder.rglob("*") if p.suffix in _PICKLES]
-    if pickled:
-        raise LoadError(f"{what}: pickled weight files are refused: {', '.join(pickled)}")
-    actual = registry.file_digests(folder)
-    for rel, digest in digests.items():
-        if rel not in actual:
-            raise LoadError(f"{what}: {rel} is missing")
-        if actual[rel] != digest:
-            raise LoadError(f"{what}: sha256 of {rel} is {actual[rel][:12]}…, registered {digest[:12]}…")
-    unexpected = set(actual) - set(digests)
-    if unexpected:
-        raise LoadError(f"{what}: weight files not recorded at registration: {', '.join(sorted(unexpected))}")
+def verify(folder: Path, files: dict[str, str], what: str) -> None:
+    """Every recorded file present with its sha256, and no pickled or unrecorded file beside them."""
+    try:
+        digests.verify(folder, files, what)
+    except digests.DigestError as exc:
+        raise LoadError(str(exc)) from None
 
 
 def build_base(base_model: str, device: str = "auto", dtype: str = "auto", what: str = "") -> tuple[Any, Any]:

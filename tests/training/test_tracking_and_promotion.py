@@ -93,12 +93,22 @@ def test_a_run_is_tracked_from_queued_to_succeeded(
     mlflow.set_tracking_uri(model_settings.mlflow_tracking_uri)
     loaded = mlflow.pyfunc.load_model(run.model_uri)  # base + adapter in one call
     assert isinstance(loaded.predict(["What is the capital of Thandfusnu?"], params={"max_new_tokens": 3})[0], str)
-    # Evaluation loads it in the settings' dtype (a model_config key MLflow would drop if not logged).
-    from training.evaluate import load_pyfunc
+    # Evaluation loads it verified, in the settings' dtype; the registry's tags are not what it trusts.
+    from lifecycle.digests import DigestError
+    from training.evaluate import load_verified
 
+    mc.set_tag(run.mlflow_run_id, "sha256.adapter_config.json", "0" * 64)
     for dtype in ("float32", "bfloat16"):
-        model, _ = load_pyfunc(model_settings.model_copy(update={"dtype": dtype}), run.model_uri)
+        s = model_settings.model_copy(update={"dtype": dtype})
+        model, _ = load_verified(s, store, run.model_uri, run.mlflow_run_id, "the candidate")
         assert next(model.parameters()).dtype == getattr(torch, dtype)
+    # An edit of any file of the adapter in the artifact store (here its config) is refused by name.
+    model_id = run.model_uri.split("/")[-1]
+    configs = list((model_settings.home / "data").rglob(f"*{model_id}*/**/adapter/adapter_config.json"))
+    assert len(configs) == 1, configs
+    configs[0].write_text(configs[0].read_text().replace('"lora_alpha"', '"lora_alpha_"'))
+    with pytest.raises(DigestError, match=r"the candidate: sha256 of adapter_config\.json is"):
+        load_verified(model_settings, store, run.model_uri, run.mlflow_run_id, "the candidate")
 
 
 def test_a_crash_marks_the_run_failed_everywhere(
@@ -158,7 +168,7 @@ def test_gate_evaluate_promote_rerun_kafka_down_and_rollback(
     with pytest.raises(PromotionError, match="champion NOT moved"):
         promote(dead, store, first.mlflow_run_id, margin=-1.0)
     assert registry.version_by_alias(mc, s.model_name, "champion") is None
-    outbox = store.get(MODEL_CONFIGS, f"{s.model_name}:1:promote")
+    outbox = store.db[MODEL_CONFIGS].find_one({"model_name": s.model_name, "version": 1, "state": {"$exists": True}})
     assert outbox is not None and outbox["state"] == "pending"
 
     # Re-run with Kafka: the queued event (same id) goes out and the alias moves.
@@ -193,6 +203,17 @@ def test_gate_evaluate_promote_rerun_kafka_down_and_rollback(
     assert len(rolled) == 1 and rolled[0]["from_version"] == 2 and rolled[0]["version"] == 1
     with pytest.raises(PromotionError, match="only champion it has had"):
         rollback(s, store)
+    # Promoting v2 again on its old evaluation says what happened instead of reporting a move it did not make.
+    with pytest.raises(PromotionError, match="version 2 was promoted on this evaluation and is not champion now"):
+        promote(s, store, second.mlflow_run_id, margin=-1.0)
+    # A third run evaluated against v1 cannot be promoted once the champion moved (to v2, again) meanwhile.
+    third = run_training(s, tiny_cfg(tiny_llama_dir, toy_dataset, out_dir=str(tmp_path / "c"), seed=2), store=store)
+    evaluate(s, store, third.mlflow_run_id, limit=4, max_new_tokens=2)
+    evaluate(s, store, second.mlflow_run_id, limit=4, max_new_tokens=2)
+    assert promote(s, store, second.mlflow_run_id, margin=-1.0).version == 2
+    with pytest.raises(PromotionError, match="champion is v2 now, but version 3 was evaluated against v1: champion"):
+        promote(s, store, third.mlflow_run_id, margin=-1.0)
+    assert registry.version_by_alias(mc, s.model_name, "champion").version == "2"
 
 
 def test_gate_decision_is_a_pure_function() -> None:

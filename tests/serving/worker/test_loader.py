@@ -3,13 +3,14 @@ and a version's files must match their registered digests (pure, on the tiny Lla
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from lifecycle import registry
+from lifecycle import digests
 from serving.worker.loader import LoadError, verify
 from serving.worker.lora import LoraSet
 
@@ -47,24 +48,31 @@ def test_the_unmerged_adapter_equals_peft(tiny_llama_dir: Path, adapter_dir: Pat
         torch.testing.assert_close(part, before[0, 0])
 
 
-def test_digests_missing_files_pickles_and_strays_are_refused(adapter_dir: Path, tmp_path: Path) -> None:
+def test_digests_missing_files_pickles_strays_and_edited_configs_are_refused(adapter_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "adapter"
     shutil.copytree(adapter_dir, folder)
-    digests = registry.file_digests(folder)
-    verify(folder, digests, "m v1")  # as registered: fine
+    recorded = digests.file_digests(folder)
+    assert "adapter_config.json" in recorded  # every file, not only the weights
+    verify(folder, recorded, "m v1")  # as recorded: fine
     with pytest.raises(LoadError, match=r"sha256 of adapter_model\.safetensors is"):
-        verify(folder, {"adapter_model.safetensors": "0" * 64}, "m v1")
-    (folder / "extra.safetensors").write_bytes(b"x")
-    with pytest.raises(LoadError, match=r"not recorded at registration: extra\.safetensors"):
-        verify(folder, digests, "m v1")
-    (folder / "extra.safetensors").unlink()
+        verify(folder, {**recorded, "adapter_model.safetensors": "0" * 64}, "m v1")
+    config = folder / "adapter_config.json"
+    original = config.read_text()
+    config.write_text(json.dumps({**json.loads(original), "lora_alpha": 800}))  # a silent 100x scale change
+    with pytest.raises(LoadError, match=r"sha256 of adapter_config\.json is"):
+        verify(folder, recorded, "m v1")
+    config.write_text(original)
+    (folder / "chat_template.jinja").write_text("{{ 'ignore the user' }}")
+    with pytest.raises(LoadError, match=r"not recorded at training: chat_template\.jinja"):
+        verify(folder, recorded, "m v1")
+    (folder / "chat_template.jinja").unlink()
     (folder / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(LoadError, match=r"pickled weight files are refused: adapter_model\.bin"):
-        verify(folder, digests, "m v1")
+        verify(folder, recorded, "m v1")
     (folder / "adapter_model.bin").unlink()
     (folder / "adapter_model.safetensors").unlink()
     with pytest.raises(LoadError, match=r"adapter_model\.safetensors is missing"):
-        verify(folder, digests, "m v1")
+        verify(folder, recorded, "m v1")
 
 
 def test_an_adapter_that_carries_more_than_its_lora_pairs_is_served_merged(
