@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # Gateway and gRPC inference worker (one image, two commands):
 #   docker build -f docker/serving.Dockerfile -t llm-lifecycle/serving:0.1.0 .
-#   gateway: uvicorn --factory serving.gateway.app:app_from_env --host 0.0.0.0 --port 8000
+#   gateway: python -m serving.gateway --host 0.0.0.0 --port 8000
 #   worker:  python -m serving.worker --port 50051 (LIFECYCLE_HOST=0.0.0.0)
 # TORCH_INDEX selects CPU wheels (default) or a CUDA build for GPU workers.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
@@ -38,4 +38,4 @@ RUN mkdir -p /var/lib/llm-lifecycle && chown app:app /var/lib/llm-lifecycle
 USER 10001:10001
 EXPOSE 8000 50051
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["python", "/opt/healthcheck.py"]
-CMD ["uvicorn", "--factory", "serving.gateway.app:app_from_env", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "serving.gateway", "--host", "0.0.0.0", "--port", "8000"]

@@ -15,11 +15,14 @@ from lifecycle.settings import Settings
 from lifecycle.store import JOBS, Store, now
 
 
-def create(settings: Settings, store: Store, items: list[dict[str, Any]], model: str) -> dict[str, Any]:
+def create(
+    settings: Settings, store: Store, items: list[dict[str, Any]], model: str, owner: str = ""
+) -> dict[str, Any]:
     """Record the job, then queue it on ``lifecycle.inference-requests`` (key = job id) as an
     ``InferenceJobQueued`` event. Items: ``id``, ``prompt`` or ``messages`` (role, text content),
     ``max_tokens``, ``temperature``. When Kafka does not take the event the job is marked ``failed``
-    with the reason (no worker will ever see it) and ``PublishError`` is raised."""
+    with the reason (no worker will ever see it) and ``PublishError`` is raised. ``owner``: the key id
+    of the API key that created it (only that key, or an admin key, reads it back)."""
     from lifecycle.events import PublishError, new_event, publish
     from lifecycle.v1.events_pb2 import InferenceJobQueued
 
@@ -27,7 +30,8 @@ def create(settings: Settings, store: Store, items: list[dict[str, Any]], model:
     for i, item in enumerate(items):
         item.setdefault("id", str(i))
     event = new_event(InferenceJobQueued, job_id=job_id, model=model, items=items)  # checks the items' fields
-    doc = {"_id": job_id, "kind": "job", "status": "queued", "model": model, "total": len(items), "created_at": now()}
+    doc = {"_id": job_id, "kind": "job", "status": "queued", "model": model, "total": len(items), "owner": owner,
+           "created_at": now()}  # fmt: skip
     store.insert_once(JOBS, doc)
     try:
         publish(settings, topics.INFERENCE_REQUESTS, job_id, event)
@@ -63,6 +67,7 @@ def view(store: Store, job_id: str) -> dict[str, Any] | None:
     return {
         "id": job_id,
         "object": "job",
+        "owner": job.get("owner", ""),
         "status": status,
         "model": job.get("model", ""),
         "total": job["total"],

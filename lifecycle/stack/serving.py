@@ -85,8 +85,7 @@ class GatewayService(Service):
 
     def launch(self) -> Launch:
         s = self.settings
-        argv = [sys.executable, "-m", "uvicorn", "--factory", "serving.gateway.app:app_from_env",
-                "--host", s.host, "--port", str(s.gateway_port), "--log-level", "warning"]  # fmt: skip
+        argv = [sys.executable, "-m", "serving.gateway", "--host", s.host, "--port", str(s.gateway_port)]
         return Launch(argv, env=self.env)
 
     def probe(self) -> bool:

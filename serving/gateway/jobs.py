@@ -15,6 +15,7 @@ from lifecycle.settings import Settings
 from lifecycle.store import Store
 from serving.gateway.errors import APIError, unavailable
 from serving.gateway.protocol import JobRequest
+from serving.gateway.security import estimate_tokens
 
 
 def job_items(body: JobRequest) -> list[dict[str, Any]]:
@@ -34,6 +35,12 @@ def job_items(body: JobRequest) -> list[dict[str, Any]]:
     return items
 
 
+def item_cost(item: dict[str, Any]) -> int:
+    """What a job item may cost against the key's token budget (see security.py)."""
+    text = item.get("prompt") or "".join(m["content"] for m in item.get("messages", []))
+    return int(item["max_tokens"]) + estimate_tokens(text)
+
+
 class Jobs:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -46,9 +53,9 @@ class Jobs:
                 self._store = Store.connect(self.settings)
             return self._store
 
-    async def create(self, items: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    async def create(self, items: list[dict[str, Any]], model: str, owner: str = "") -> dict[str, Any]:
         try:
-            return await asyncio.to_thread(lambda: jobstore.create(self.settings, self.store(), items, model))
+            return await asyncio.to_thread(lambda: jobstore.create(self.settings, self.store(), items, model, owner))
         except PublishError as exc:
             raise unavailable(f"the job could not be queued (Kafka): {exc}; it is recorded as failed") from None
         except PyMongoError as exc:

@@ -1,4 +1,5 @@
-"""Per-API-key token bucket: ``rate`` requests a minute, bursts up to the same number."""
+"""Per-API-key token bucket: ``per_minute`` units a minute (requests, or generated and prompt tokens),
+bursts up to the same number."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ class RateLimiter:
         self.clock = clock
         self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time)
 
-    def take(self, key: str) -> float:
-        """0 when the request may go; else the seconds until it may."""
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """0 when a request costing ``cost`` may go (and its cost is taken); else the seconds until it may."""
         if self.capacity <= 0:
             return 0.0
         now = self.clock()  # type: ignore[operator]
         tokens, last = self.buckets.get(key, (self.capacity, now))
         tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self.buckets[key] = (tokens - 1, now)
+        if tokens >= cost:
+            self.buckets[key] = (tokens - cost, now)
             return 0.0
         self.buckets[key] = (tokens, now)
-        return (1 - tokens) / self.rate
+        return (cost - tokens) / self.rate

@@ -1,12 +1,16 @@
-"""API keys and the per-key rate limit, as a FastAPI dependency of every route but the probes.
+"""API keys, the per-key rate limit and token budget, as a FastAPI dependency of every route but the probes.
 
-With ``LIFECYCLE_API_KEYS`` empty there is no auth and no limit. A key is known by a short hash of
+With ``LIFECYCLE_API_KEYS`` empty there is no auth and no limit. The token budget counts what a request
+may cost before it runs: its ``max_tokens`` plus its prompt estimated at one token per 4 bytes (a job:
+the sum over its items), so one ``POST /v1/jobs`` of 1,000 long items cannot take a key's minute ten
+times over. A key is known by a short hash of
 it (``key_id``), which is what the rate limiter and the inference log see, never the key."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 from fastapi import Request
 
@@ -26,6 +30,7 @@ class Guard:
         self.keys = {key_id(k): k for k in [*settings.api_keys, *settings.admin_keys]}
         self.admins = {key_id(k) for k in settings.admin_keys}
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.budget = RateLimiter(settings.token_limit_per_minute)
 
     def known(self, authorization: str) -> str | None:
         """The key id of a valid ``Authorization`` header, else None (no rate-limit token taken)."""
@@ -55,6 +60,32 @@ class Guard:
                 headers={"Retry-After": str(int(wait) + 1)},
             )
         return kid
+
+    def spend(self, kid: str, tokens: int) -> None:
+        """Take ``tokens`` from the key's token budget; 429 naming the cost when it cannot pay now (and
+        when it never can: more than a minute's budget)."""
+        if not self.keys or self.budget.capacity <= 0:
+            return
+        if tokens > self.budget.capacity:
+            budget = int(self.budget.capacity)
+            raise APIError(429, f"this request may cost {tokens} tokens (max_tokens + prompt), more than this key's "
+                           f"budget of {budget} a minute (LIFECYCLE_TOKEN_LIMIT_PER_MINUTE); split it",
+                           type="rate_limit_error", code="token_budget_exceeded")  # fmt: skip
+        wait = self.budget.take(kid, tokens)
+        if wait > 0:
+            raise APIError(429, f"token budget of this API key spent for now (this request: {tokens} tokens)",
+                           type="rate_limit_error", code="token_budget_exceeded",
+                           headers={"Retry-After": str(int(wait) + 1)})  # fmt: skip
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of a prompt, estimated from its size (BPE vocabularies average about 4 bytes a token)."""
+    return len(text.encode("utf-8", "surrogatepass")) // 4 + 1
+
+
+def request_cost(req: Any) -> int:
+    """What a worker request may cost: its ``max_tokens`` plus its prompt or messages."""
+    return int(req.max_tokens) + estimate_tokens(req.prompt + "".join(m.content for m in req.messages))
 
 
 async def authorize(request: Request) -> None:

@@ -19,6 +19,20 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "docker/helm/llm-lifecycle"
 GPU_VALUES = REPO / "docker/helm/values-gpu.yaml"
 K8S_VERSION = "1.31.0"
+KEYS = ("--set", "existingApiKeySecret=lifecycle-api-keys")  # the chart requires the gateway's keys
+#: compose has no default secrets: each must be given (docker/.env.example)
+COMPOSE_SECRETS = {
+    k: f"test-{k.lower()}"
+    for k in (
+        "LIFECYCLE_API_KEYS",
+        "AIRFLOW_FERNET_KEY",
+        "AIRFLOW_SECRET_KEY",
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_ADMIN_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "POSTGRES_PASSWORD",
+    )
+}
 
 
 def tool(name: str) -> str:
@@ -36,7 +50,7 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def render(*values: Path, sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    args = ["template", "lifecycle", str(CHART), "--namespace", "llm-lifecycle", "--kube-version", K8S_VERSION]
+    args = ["template", "lifecycle", str(CHART), "--namespace", "llm-lifecycle", "--kube-version", K8S_VERSION, *KEYS]
     for v in values:
         args += ["-f", str(v)]
     for s in sets:
@@ -48,7 +62,7 @@ def render(*values: Path, sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
 
 def test_helm_lint_passes_for_both_values_files() -> None:
     for extra in ([], ["-f", str(GPU_VALUES)]):
-        done = helm("lint", "--strict", str(CHART), *extra)
+        done = helm("lint", "--strict", str(CHART), *KEYS, *extra)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
 
@@ -102,7 +116,7 @@ def test_gpu_values_give_gpu_workers_and_a_multi_node_training_job() -> None:
 )
 def test_bad_values_fail_with_the_field_named(setting: str, message: str) -> None:
     flag = "--set-string" if setting.startswith("image.tag=") else "--set"
-    args = ["template", "lifecycle", str(CHART), "--kube-version", K8S_VERSION, flag, setting]
+    args = ["template", "lifecycle", str(CHART), "--kube-version", K8S_VERSION, *KEYS, flag, setting]
     done = helm(*args)
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
@@ -150,20 +164,35 @@ def test_chart_settings_are_valid_and_the_airflow_backend_renders_the_charts_tra
 
 
 def test_compose_file_loads_with_compose_go_and_follows_the_rules() -> None:
-    done = subprocess.run([tool("composecheck"), str(REPO / "docker/compose.yaml")], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    def check(path: Path, **unset: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in {**os.environ, **COMPOSE_SECRETS}.items() if k not in unset}
+        return subprocess.run([tool("composecheck"), str(path)], capture_output=True, text=True, timeout=60, env=env)
+
+    done = check(REPO / "docker/compose.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "services=16" in done.stdout  # 14 of the platform, Prometheus and Grafana
+    # No default secrets: without the gateway's keys (or any other secret) compose refuses, naming it.
+    for missing in ("LIFECYCLE_API_KEYS", "AIRFLOW_FERNET_KEY"):
+        done = check(REPO / "docker/compose.yaml", **{missing: ""})
+        assert done.returncode != 0 and f"set {missing}" in done.stderr, done.stderr
     bad = REPO / "docker/compose.yaml"
     broken = yaml.safe_load(bad.read_text())
     broken["services"]["gateway"]["depends_on"]["mongo"]["condition"] = "service_sleeping"
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"compose-broken-{os.getpid()}.yaml"
     tmp.write_text(yaml.safe_dump(broken))
     try:
-        done = subprocess.run([tool("composecheck"), str(tmp)], capture_output=True, text=True, timeout=60)
+        done = check(tmp)
     finally:
         tmp.unlink()
     assert done.returncode != 0 and "gateway.depends_on.mongo.condition" in done.stderr, done.stderr
+
+
+def test_the_chart_does_not_render_a_gateway_without_api_keys() -> None:
+    done = helm("template", "lifecycle", str(CHART), "--kube-version", K8S_VERSION)
+    assert done.returncode != 0 and "apiKeys or existingApiKeySecret is required" in done.stderr, done.stderr
+    docs = render(sets=("existingApiKeySecret=", "apiKeys={key-one-1,key-two-2}"))
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert secret["stringData"]["LIFECYCLE_API_KEYS"] == "key-one-1,key-two-2"
 
 
 @pytest.mark.parametrize("name", ["serving", "trainer", "airflow", "mlflow"])

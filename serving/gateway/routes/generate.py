@@ -12,7 +12,7 @@ from serving.gateway.completions import answer_headers, collect, usage
 from serving.gateway.errors import APIError
 from serving.gateway.protocol import GenerateRequest, GenerateResponse
 from serving.gateway.routes.deps import ERRORS, CompletionsDep, KeyId
-from serving.gateway.security import authorize
+from serving.gateway.security import authorize, request_cost
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=ERRORS)
 
@@ -30,6 +30,7 @@ async def generate(
         raise APIError(400, "prompt is empty", param="prompt")
     messages = [inference_pb2.ChatMessage(role="user", content=body.prompt)]
     req = completions.request(body, model, messages=messages)
+    request.app.state.guard.spend(key_id, request_cost(req))
     rid = f"gen-{req.request_id}"
     user = body.user or key_id or (request.client.host if request.client else "")
     responses = completions.run(req, "/v1/generate", {"prompt": body.prompt}, key_id, stream=False,

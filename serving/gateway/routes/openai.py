@@ -28,7 +28,7 @@ from serving.gateway.protocol import (
     Usage,
 )
 from serving.gateway.routes.deps import ERRORS, CompletionsDep, KeyId
-from serving.gateway.security import authorize
+from serving.gateway.security import authorize, request_cost
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=ERRORS)
 SSE: dict[int | str, dict[str, Any]] = {
@@ -50,6 +50,7 @@ async def chat(
     if not any(m.content.strip() for m in messages):
         raise APIError(400, "messages: every message is empty", param="messages")
     req = completions.request(body, model, messages=messages)
+    request.app.state.guard.spend(key_id, request_cost(req))
     cid, created = f"chatcmpl-{req.request_id}", int(time.time())
     logged = {"messages": [m.model_dump() for m in body.messages]}
     responses = completions.run(req, "/v1/chat/completions", logged, key_id, stream=body.stream, response_id=cid,
@@ -83,6 +84,7 @@ async def completion(
     if not prompts[0]:
         raise APIError(400, "prompt is empty", param="prompt")
     req = completions.request(body, model, prompt=prompts[0])
+    request.app.state.guard.spend(key_id, request_cost(req))
     cid, created = f"cmpl-{req.request_id}", int(time.time())
     responses = completions.run(req, "/v1/completions", {"prompt": prompts[0]}, key_id, stream=body.stream,
                                 response_id=cid, user=_user(body.user, key_id, request))  # fmt: skip
