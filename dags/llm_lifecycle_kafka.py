@@ -50,6 +50,7 @@ training_data = Asset(
     tags=["training", "kafka"],
     doc=__doc__,
     params=form("dataset_name", *PIPELINE, dataset_name="kafka"),
+    max_active_runs=1,  # one training at a time from events: a burst of events queues, in order
 )
 def llm_lifecycle_kafka() -> None:
     @task.short_circuit(retries=0)

@@ -86,11 +86,17 @@ def record(event_ids: list[str], **fields: Any) -> None:
         store.db[COLLECTION].update_many({"_id": {"$in": event_ids}}, {"$set": fields})
 
 
-def redeliver_stuck(grace: dt.timedelta = dt.timedelta(minutes=2)) -> list[str]:
+def redeliver_stuck(grace: dt.timedelta = dt.timedelta(minutes=2), waiting_runs: int = 0) -> list[str]:
     """Re-publish events that were landed but never claimed (the triggerer died between the offset
-    commit and the asset event); ``accept`` lets them through again and ``claim`` keeps it to one run."""
+    commit and the asset event); ``accept`` lets them through again and ``claim`` keeps it to one run.
+    With ``waiting_runs`` (runs of the Kafka DAG queued or running, which may be the ones carrying these
+    events to their claim) nothing is re-published: a run waiting for a slot is not a lost event, and a
+    copy would only start a duplicate run. They are looked at again next time."""
     from lifecycle import events, topics
     from lifecycle.settings import load_settings
+
+    if waiting_runs:
+        return []
 
     settings = load_settings()
     cutoff = dt.datetime.now(dt.UTC) - grace

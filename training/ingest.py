@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,14 +161,25 @@ def write_dataset(
         # has now, and write this content under its own.
         moved = root / found
         path.rename(moved if not moved.exists() else root / f".{ds_id}.superseded-{found}")
-    tmp = root / f".{ds_id}.partial"
-    tmp.mkdir(parents=True, exist_ok=True)
-    for fname, records in (("train.jsonl", train), ("eval.jsonl", evaluation)):
-        text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
-        (tmp / fname).write_text(text, encoding="utf-8")
-    manifest = {**ds.summary(), "source": source, "rejected": [asdict(r) for r in rejected]}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    tmp.rename(path)
+    # A folder of its own per writer: two ingests of the same content at once (two events, a retry)
+    # each write whole, and the first rename wins; the other finds the version there and drops its copy.
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ds_id}.partial-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the version from a trainer running as another user
+    try:
+        for fname, records in (("train.jsonl", train), ("eval.jsonl", evaluation)):
+            text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
+            (tmp / fname).write_text(text, encoding="utf-8")
+        manifest = {**ds.summary(), "source": source, "rejected": [asdict(r) for r in rejected]}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not (path / "manifest.json").exists():
+                raise
+            ds.created = False  # written meanwhile by another ingest of the same content
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return ds
 
 

@@ -108,3 +108,29 @@ def test_a_folder_written_under_an_older_id_rule_is_moved_to_its_id_not_reused(t
     assert open_ended.id == open_id and open_ended.created
     assert not any("answer" in r.meta for r in load_split(open_ended.path, "eval"))
     assert all("answer" in r.meta for r in load_split(tmp_path / "ds" / scored.id, "eval"))  # kept, under its id
+
+
+def test_identical_ingests_at_once_write_one_version_whole(tmp_path: Path) -> None:
+    """Two training-data events with the same file, or a retry racing the first try: each ingest writes a
+    folder of its own, one becomes the version, the others find it; nothing partial is left."""
+    import threading
+
+    src = write(tmp_path / "a.jsonl", GOOD)
+    barrier, results, errors = threading.Barrier(6), [], []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(ingest(src, tmp_path / "ds"))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and len(results) == 6
+    assert len({r.id for r in results}) == 1 and sum(r.created for r in results) == 1
+    assert [p.name for p in (tmp_path / "ds").iterdir()] == [results[0].id]  # no partial folder left
+    assert len(load_split(results[0].path, "train")) == results[0].train
