@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hmac
 import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -63,6 +65,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, settings: Settings, name: str, engine: Engine, switch: Callable[[ModelSlot], None], resident: Resident
     ) -> None:
         self.settings, self.name, self.engine, self.switch, self.resident = settings, name, engine, switch, resident
+        self.model_path = ""  # the --model-path this worker was started with: the one folder LoadModel may name
 
     async def target(self, ref: str, context: grpc.aio.ServicerContext) -> ModelSlot:
         """The slot a request's ``model`` names: the served one, or a version/alias (loaded on demand)."""
@@ -166,6 +169,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def LoadModel(
         self, request: inference_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.LoadModelResponse:
+        refused = self.load_refusal(request.path, dict(context.invocation_metadata()).get("authorization", ""))
+        if refused:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         model = request.model or self.settings.model_name
         try:
             slot = await asyncio.to_thread(self.resident.load, model, request.version or "champion", request.path)
@@ -173,6 +179,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         self.switch(slot)
         return inference_pb2.LoadModelResponse(model=slot.name, version=slot.version, load_seconds=slot.load_seconds)
+
+    def load_refusal(self, path: str, authorization: str) -> str | None:
+        """Why an admin ``LoadModel`` may not run, or None. With ``LIFECYCLE_ADMIN_KEYS`` set it needs
+        ``authorization: Bearer <admin key>``; a ``path`` may name only the worker's own ``--model-path``
+        or a folder of the model cache (a registered version is always loaded verified)."""
+        keys = self.settings.admin_keys
+        token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        if keys and not any(hmac.compare_digest(token, k) for k in keys):
+            return "LoadModel needs an admin key (metadata authorization: Bearer <one of LIFECYCLE_ADMIN_KEYS>)"
+        if path:
+            folder, cache = Path(path).resolve(), self.settings.models_dir.resolve()
+            own = Path(self.model_path).resolve() if self.model_path else None
+            if folder != own and not folder.is_relative_to(cache):
+                return f"path {path} is neither this worker's --model-path nor a folder of the model cache {cache}"
+        return None
 
 
 def _cancel_submitted(engine: Engine, submitted: asyncio.Future[Any]) -> None:
@@ -226,9 +247,9 @@ async def serve(
     health_servicer = health.HealthServicer()
     set_health(health_servicer, False)
     switch = switcher(engine, health_servicer, name)
-    server, bound = create_server(
-        InferenceServicer(settings, name, engine, switch, resident), health_servicer, port, settings.host
-    )
+    servicer = InferenceServicer(settings, name, engine, switch, resident)
+    servicer.model_path = model_path
+    server, bound = create_server(servicer, health_servicer, port, settings.host)
     await server.start()
     log.info("%s: listening on %s:%d", name, settings.host, bound)
     serving = lambda: engine.current.version if engine.current else None  # noqa: E731

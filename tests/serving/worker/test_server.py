@@ -69,3 +69,19 @@ def test_status_is_answered_while_a_prompt_is_being_tokenized(tiny_llama_dir: Pa
         asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_load_model_needs_an_admin_key_and_may_name_only_known_folders(tmp_path: Path) -> None:
+    """The admin ``LoadModel``: with admin keys set, a call without one is refused; a ``path`` outside the
+    worker's own ``--model-path`` and the model cache is refused whoever asks (pure: no model loaded)."""
+    settings = load_settings(admin_keys=["adm-1"], cache_dir=tmp_path / "cache")
+    engine = Engine(max_batch=1)
+    servicer = InferenceServicer(settings, "w", engine, lambda slot: None, Resident(settings, engine))
+    servicer.model_path = str(tmp_path / "own")
+    assert "needs an admin key" in (servicer.load_refusal("", "") or "")
+    assert "needs an admin key" in (servicer.load_refusal("", "Bearer wrong") or "")
+    assert servicer.load_refusal("", "Bearer adm-1") is None  # a registered version: loaded verified
+    assert servicer.load_refusal(str(tmp_path / "own"), "Bearer adm-1") is None
+    assert servicer.load_refusal(str(settings.models_dir / "some-model"), "Bearer adm-1") is None
+    for path in ("/etc", str(tmp_path / "elsewhere"), str(settings.models_dir / ".." / "..")):
+        assert "is neither this worker's --model-path" in (servicer.load_refusal(path, "Bearer adm-1") or ""), path
