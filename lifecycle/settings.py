@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("", description="Bootstrap servers; default HOST:KAFKA_PORT.")
     kafka_version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven Central.")
     kafka_heap: str = Field("512m", description="Kafka broker JVM heap (-Xmx).")
+    kafka_username: str = Field(
+        "",
+        description="SASL/SCRAM user of every Kafka client (and of the local broker, which then listens with "
+        "SASL_PLAINTEXT and knows only this user); empty = no authentication.",
+    )
+    kafka_password: str = Field("", description="SASL/SCRAM password of KAFKA_USERNAME.")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when KAFKA_USERNAME is set."
+    )
+    kafka_security_protocol: Literal["", "SASL_PLAINTEXT", "SASL_SSL", "PLAINTEXT", "SSL"] = Field(
+        "", description="Kafka security protocol; empty = SASL_PLAINTEXT with a user, else PLAINTEXT."
+    )
     kafka_partitions: int = Field(3, ge=1, description="Partitions of each lifecycle topic.")
 
     mongo_port: Port = Field(27017, description="MongoDB wire-protocol port.")
@@ -264,6 +276,8 @@ class Settings(BaseSettings):
             raise ValueError("airflow_port must leave port+1 and port+2 free for Airflow's log servers")
         if not self.kafka_bootstrap:
             self.kafka_bootstrap = f"{self.host}:{self.kafka_port}"
+        if bool(self.kafka_username) != bool(self.kafka_password):
+            raise ValueError("kafka_username and kafka_password go together: set both or neither")
         if not self.mongo_uri:
             self.mongo_uri = f"mongodb://{self.host}:{self.mongo_port}/"
         if not self.mlflow_tracking_uri:

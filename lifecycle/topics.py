@@ -26,10 +26,23 @@ ALL = (TRAINING_DATA, MODEL_EVENTS, INFERENCE_REQUESTS, INFERENCE_RESULTS, PIPEL
        *map(dlq, CONSUMED))  # fmt: skip
 
 
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Where the brokers are and how to authenticate to them (SASL/SCRAM when a user is set): the part of
+    every Kafka client's configuration in the project (producers, consumers, admin, Airflow's connection)."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
+    protocol = settings.kafka_security_protocol or ("SASL_PLAINTEXT" if settings.kafka_username else "")
+    if protocol:
+        conf["security.protocol"] = protocol
+    if settings.kafka_username:
+        conf.update({"sasl.mechanism": settings.kafka_sasl_mechanism, "sasl.username": settings.kafka_username,
+                     "sasl.password": settings.kafka_password})  # fmt: skip
+    return conf
+
+
 def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """Idempotent producer: acks=all, no duplicates on retry, order kept per partition."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **client_config(settings),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -46,7 +59,7 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
     not Kafka's default 45 s (heartbeats come from librdkafka's own thread, so a busy process does
     not miss them). Airflow's ``lifecycle_kafka`` connection sets the same."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **client_config(settings),
         "group.id": group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -60,7 +73,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL, timeout: flo
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(client_config(settings))
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
         NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)

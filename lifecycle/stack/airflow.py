@@ -71,7 +71,7 @@ def connections(settings: Settings) -> dict[str, dict[str, Any]]:
             "conn_type": "kafka",
             "description": "Kafka of llm-lifecycle (from LIFECYCLE_KAFKA_BOOTSTRAP)",
             "extra": {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **topics.client_config(settings),
                 "group.id": "lifecycle-airflow",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

@@ -104,15 +104,19 @@ class KafkaService(Service):
 
     def _server_properties(self) -> str:
         s = self.settings
+        # With a user set the client listener takes SASL/SCRAM (only that user, created at format time);
+        # the controller listener stays on the node's own address, unauthenticated, as in a one-node KRaft.
+        name = "SASL_PLAINTEXT" if s.kafka_username else "PLAINTEXT"
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.bootstrap.servers={s.host}:{s.kafka_controller_port}",
-                f"listeners=PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://{s.host}:{s.kafka_port}",
+                f"listeners={name}://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}",
+                f"advertised.listeners={name}://{s.host}:{s.kafka_port}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{name}:{name}",
+                *self._sasl_properties(),
                 f"log.dirs={self.data_dir / 'logs'}",
                 f"num.partitions={s.kafka_partitions}",
                 "offsets.topic.replication.factor=1",
@@ -127,6 +131,19 @@ class KafkaService(Service):
             ]
         )
 
+    def _sasl_properties(self) -> list[str]:
+        s = self.settings
+        if not s.kafka_username:
+            return []
+        mech = s.kafka_sasl_mechanism
+        if not mech.startswith("SCRAM-"):
+            raise StackError(f"kafka: the local broker takes SCRAM-SHA-256 or SCRAM-SHA-512, not {mech}")
+        jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{s.kafka_username}" '
+                f'password="{s.kafka_password}";')  # fmt: skip
+        return [f"sasl.enabled.mechanisms={mech}", f"sasl.mechanism.inter.broker.protocol={mech}",
+                "inter.broker.listener.name=SASL_PLAINTEXT",
+                f"listener.name.sasl_plaintext.{mech.lower()}.sasl.jaas.config={jaas}"]  # fmt: skip
+
     def _java(self, main: str, *args: str, heap: str = "256m") -> list[str]:
         return [
             "java", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
@@ -139,6 +156,9 @@ class KafkaService(Service):
         cmd = self._java(
             "kafka.tools.StorageTool", "format", "--standalone", "-t", kafka_cluster_id(), "-c", str(props)
         )
+        s = self.settings
+        if s.kafka_username:  # the SCRAM credential, stored in the cluster metadata from the start
+            cmd += ["--add-scram", f"{s.kafka_sasl_mechanism}=[name={s.kafka_username},password={s.kafka_password}]"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise StackError(f"kafka: formatting storage failed:\n{(done.stdout + done.stderr)[-2000:]}")
@@ -155,7 +175,7 @@ class KafkaService(Service):
 
         # librdkafka logs every refused connection to stderr; while we poll, that is expected.
         config: dict[str, Any] = {
-            "bootstrap.servers": self.settings.kafka_bootstrap,
+            **topics.client_config(self.settings),
             "socket.timeout.ms": 2000,
             "logger": topics.quiet_logger(__name__),
         }

@@ -31,6 +31,7 @@ COMPOSE_SECRETS = {
         "AIRFLOW_ADMIN_PASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
         "POSTGRES_PASSWORD",
+        "KAFKA_PASSWORD",
     )
 }
 
@@ -172,7 +173,7 @@ def test_compose_file_loads_with_compose_go_and_follows_the_rules() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "services=16" in done.stdout  # 14 of the platform, Prometheus and Grafana
     # No default secrets: without the gateway's keys (or any other secret) compose refuses, naming it.
-    for missing in ("LIFECYCLE_API_KEYS", "AIRFLOW_FERNET_KEY"):
+    for missing in ("LIFECYCLE_API_KEYS", "AIRFLOW_FERNET_KEY", "KAFKA_PASSWORD"):
         done = check(REPO / "docker/compose.yaml", **{missing: ""})
         assert done.returncode != 0 and f"set {missing}" in done.stderr, done.stderr
     bad = REPO / "docker/compose.yaml"
@@ -193,6 +194,17 @@ def test_the_chart_does_not_render_a_gateway_without_api_keys() -> None:
     docs = render(sets=("existingApiKeySecret=", "apiKeys={key-one-1,key-two-2}"))
     secret = next(d for d in docs if d["kind"] == "Secret")
     assert secret["stringData"]["LIFECYCLE_API_KEYS"] == "key-one-1,key-two-2"
+    assert "LIFECYCLE_KAFKA_USERNAME" not in secret["stringData"]
+
+
+def test_kafka_credentials_go_to_the_secret_and_a_user_needs_a_password() -> None:
+    docs = render(sets=("kafka.username=lifecycle", "kafka.password=scram-secret-1"))
+    secret = next(d for d in docs if d["kind"] == "Secret")["stringData"]
+    assert (secret["LIFECYCLE_KAFKA_USERNAME"], secret["LIFECYCLE_KAFKA_PASSWORD"]) == ("lifecycle", "scram-secret-1")
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings"))
+    assert not any("PASSWORD" in k for k in config["data"])
+    done = helm("template", "lifecycle", str(CHART), "--kube-version", K8S_VERSION, *KEYS, "--set", "kafka.username=x")
+    assert done.returncode != 0 and "/kafka" in done.stderr and "password" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("name", ["serving", "trainer", "airflow", "mlflow"])
