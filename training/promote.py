@@ -19,6 +19,11 @@ fixed event id) is stored first, then published and acknowledged (acks=all), and
 alias moved and the outbox entry marked done. If Kafka is down the command fails and says so, and
 the alias has not moved; re-running publishes the same event (consumers drop it if they saw it) and
 moves the alias. Re-running a finished promotion changes nothing and publishes nothing.
+
+The alias moves under a lease in Mongo and only from the champion the evaluation compared against
+(lifecycle/champion.py): a candidate evaluated against v3 is not promoted over v4 (evaluate it again),
+and of two promotions racing one wins. Artifacts are identified by the digests recorded at training
+(lifecycle/digests.py), never by the run's tags.
 """
 
 from __future__ import annotations
