@@ -66,7 +66,9 @@ def _answer(r: Record) -> str | None:
     return str(answer) if answer not in (None, "") else None
 
 
-def load_verified(settings: Settings, store: Store, source: str, run_id: str, what: str) -> tuple[Any, Any]:
+def load_verified(
+    settings: Settings, store: Store, source: str, run_id: str, what: str, legacy: dict[str, str] | None = None
+) -> tuple[Any, Any]:
     """(model, tokenizer) of a logged lifecycle model: its adapter downloaded and checked file by file
     against the record made at training (lifecycle/digests.py, as the workers do), on the base model
     named in that record, in the settings' device and dtype (``auto``: runtime/hardware.py). No code
@@ -80,7 +82,7 @@ def load_verified(settings: Settings, store: Store, source: str, run_id: str, wh
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix="eval-", dir=settings.serving_dir))
     try:
-        adapter, rec = digests.fetch(settings, store, source, run_id, dest, what)
+        adapter, rec = digests.fetch(settings, store, source, run_id, dest, what, legacy=legacy)
         return load_model(digests.local_base(settings, rec.base_model), adapter, dtype=settings.dtype,
                           device=settings.device)  # fmt: skip
     finally:
@@ -95,7 +97,9 @@ def baseline(settings: Settings, store: Store, base_model: str) -> ModelUnderTes
     champ = registry.version_by_alias(mc, settings.model_name, registry.CHAMPION)
     if champ is not None:
         what = f"{settings.model_name} v{champ.version}"
-        model, tok = load_verified(settings, store, champ.source, str(champ.run_id), what)
+        from lifecycle.digests import legacy_tags
+
+        model, tok = load_verified(settings, store, champ.source, str(champ.run_id), what, legacy_tags(champ.tags))
         return ModelUnderTest("champion", model, tok, int(champ.version), champ.run_id or "")
     model, tok = load_model(base_model, dtype=settings.dtype, device=settings.device)
     return ModelUnderTest("base", model, tok)

@@ -62,7 +62,8 @@ def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path,
     dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=settings.serving_dir))
     try:
         with Store.connect(settings) as store:
-            adapter, rec = digests.fetch(settings, store, str(mv.source), str(mv.run_id), dest, f"{name} v{version}")
+            adapter, rec = digests.fetch(settings, store, str(mv.source), str(mv.run_id), dest, f"{name} v{version}",
+                                         legacy=digests.legacy_tags(mv.tags))  # fmt: skip
     except digests.DigestError as exc:
         shutil.rmtree(dest, ignore_errors=True)
         raise LoadError(str(exc)) from None

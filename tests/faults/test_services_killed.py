@@ -104,6 +104,30 @@ def test_kafka_killed_while_jobs_are_queued_and_answered_loses_none_and_answers_
                for j in accepted[-3:])  # fmt: skip
 
 
+def test_mongo_killed_while_a_job_runs_answers_each_item_once(tier: Settings) -> None:
+    s = tier
+    # Items of growing length: their results land one after another, so the kill falls between two writes.
+    items = [{"id": f"m{k}", "prompt": f"long answer {k}", "max_tokens": 8 + 40 * k} for k in range(12)]
+    r = httpx.post(gateway_url(s) + "/v1/jobs", json={"items": items}, timeout=30)
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    with Store.connect(s) as store:
+
+        def results() -> list[dict[str, Any]]:
+            return list(store.db[JOBS].find({"kind": "result", "job_id": job}))
+
+        assert process.wait_for(lambda: len(results()) >= 1, timeout=120, interval=0.05) == "ok"
+        before = len(results())
+        kill(s, "mongo")  # mid-job: the worker's next result write fails
+        restart(s, "mongo")
+        assert process.wait_for(lambda: len(results()) >= 12, timeout=180, interval=0.5) == "ok", len(results())
+        assert before < 12  # the kill fell while the job ran
+        got = results()
+        assert sorted(d["item_id"] for d in got) == sorted(it["id"] for it in items)  # each item, once
+        assert all(d.get("text") is not None for d in got)
+    assert httpx.get(gateway_url(s) + f"/v1/jobs/{job}", timeout=30).json()["status"] == "succeeded"
+
+
 def test_mongo_and_mlflow_killed_during_promotion_leave_one_champion_and_one_event(
     stack: Settings, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

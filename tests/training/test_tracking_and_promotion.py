@@ -94,9 +94,19 @@ def test_a_run_is_tracked_from_queued_to_succeeded(
     loaded = mlflow.pyfunc.load_model(run.model_uri)  # base + adapter in one call
     assert isinstance(loaded.predict(["What is the capital of Thandfusnu?"], params={"max_new_tokens": 3})[0], str)
     # Evaluation loads it verified, in the settings' dtype; the registry's tags are not what it trusts.
-    from lifecycle.digests import DigestError
+    from lifecycle.digests import DIGESTS, DigestError, legacy_tags
     from training.evaluate import load_verified
 
+    # A run trained before records were kept (no record, only sha256.* tags): refused without its tags;
+    # with them it loads once if the files match, and every file is recorded then (marked legacy).
+    store.db[DIGESTS].delete_one({"_id": run.mlflow_run_id})
+    with pytest.raises(DigestError, match="has no artifact record"):
+        load_verified(model_settings, store, run.model_uri, run.mlflow_run_id, "old")
+    wrong = {**legacy_tags(mlrun.data.tags), "adapter_model.safetensors": "0" * 64}
+    with pytest.raises(DigestError, match=r"old: sha256 of adapter_model\.safetensors is"):
+        load_verified(model_settings, store, run.model_uri, run.mlflow_run_id, "old", wrong)
+    load_verified(model_settings, store, run.model_uri, run.mlflow_run_id, "old", legacy_tags(mlrun.data.tags))
+    assert store.get(DIGESTS, run.mlflow_run_id)["legacy"] is True
     mc.set_tag(run.mlflow_run_id, "sha256.adapter_config.json", "0" * 64)
     for dtype in ("float32", "bfloat16"):
         s = model_settings.model_copy(update={"dtype": dtype})
