@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pymongo.errors import PyMongoError
 
-from lifecycle import registry, topics
+from lifecycle import lease, registry, topics
 from lifecycle.settings import Settings, load_settings
 from lifecycle.stack import manager, process
 from lifecycle.stack.serving import gateway_url
@@ -129,7 +129,7 @@ def test_mongo_killed_while_a_job_runs_answers_each_item_once(tier: Settings) ->
 
 
 def test_mongo_and_mlflow_killed_during_promotion_leave_one_champion_and_one_event(
-    stack: Settings, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Settings, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
 ) -> None:
     s = load_settings(model_name=f"faults-{uuid.uuid4().hex[:8]}")
     cfg = TrainConfig(base_model=str(tiny_llama_dir), dataset=str(toy_dataset), max_steps=2, checkpoint_every=0,
@@ -148,40 +148,49 @@ def test_mongo_and_mlflow_killed_during_promotion_leave_one_champion_and_one_eve
         finally:
             restart(s, "mongo")
     assert registry.version_by_alias(mc, s.model_name, "champion") is None
-    assert read_topic(s, topics.MODEL_EVENTS, lambda m, v: v.get("model_name") == s.model_name
-                      and v.get("type") == "ModelPromoted") == []  # fmt: skip
+    assert promoted_events(s) == []
 
-    # MLflow is killed right after the event is published, before the alias moves (the kill is real; the
-    # wrapper only picks the moment). The command fails saying the champion did not move; re-run, it
-    # moves once, and the event goes out again under the same id only.
-    import lifecycle.events as events_module
+    # MLflow is killed while the promotion waits at the alias (the test holds the alias lease, as a
+    # concurrent promotion would, and lets go once MLflow is dead): the command fails saying the champion
+    # did not move and publishes nothing; the promotion stays queued; re-run, it moves once, one event.
+    outcome: list[BaseException | None] = []
 
-    real_publish = events_module.publish
+    def promoting() -> None:
+        with Store.connect(s) as own:
+            try:
+                promote(s, own, run.mlflow_run_id, margin=-1.0, report=lambda m: None)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                outcome.append(exc)
 
-    def publish_then_kill(*a: Any, **kw: Any) -> None:
-        real_publish(*a, **kw)
-        if type(a[3]).__name__ == "ModelPromoted" and not killed.is_set():
-            kill(s, "mlflow")
-            killed.set()
-
-    killed = threading.Event()
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail now, not after minutes of retries
-    monkeypatch.setattr(events_module, "publish", publish_then_kill)
     with Store.connect(s) as store:
+        pending = {"model_name": s.model_name, "state": "pending"}
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail now, not after minutes of retries
         try:
-            with pytest.raises(PromotionError, match="champion NOT moved"):
-                promote(s, store, run.mlflow_run_id, margin=-1.0, report=lambda m: None)
+            with lease.held(store, f"alias:{s.model_name}"):
+                worker = threading.Thread(target=promoting)
+                worker.start()
+                # registered and queued in the outbox: its next step is the alias move, behind the lease
+                queued = lambda: store.db[MODEL_CONFIGS].find_one(pending) is not None  # noqa: E731
+                assert process.wait_for(queued, timeout=120) == "ok"
+                kill(s, "mlflow")
+            worker.join(timeout=120)
         finally:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
             restart(s, "mlflow")
-        assert killed.is_set()
-        monkeypatch.undo()
+        assert len(outcome) == 1 and isinstance(outcome[0], PromotionError), outcome
+        assert "champion NOT moved" in str(outcome[0])
         assert registry.version_by_alias(mc, s.model_name, "champion") is None
-        outbox = store.db[MODEL_CONFIGS].find_one({"model_name": s.model_name, "state": "pending"})
+        assert promoted_events(s) == []  # nothing published for a move that did not happen
+        outbox = store.db[MODEL_CONFIGS].find_one(pending)
         assert outbox is not None  # the promotion is queued, not lost
         done = promote(s, store, run.mlflow_run_id, margin=-1.0, report=lambda m: None)
         assert (done.alias, done.version, done.event_id) == ("champion", 1, outbox["event_id"])
         assert promote(s, store, run.mlflow_run_id, margin=-1.0, report=lambda m: None).already_done
     assert registry.version_by_alias(mc, s.model_name, "champion").version == "1"
-    promoted = read_topic(s, topics.MODEL_EVENTS, lambda m, v: v.get("type") == "ModelPromoted"
-                          and v.get("model_name") == s.model_name)  # fmt: skip
-    assert len(promoted) == 2 and {e["event_id"] for e in promoted} == {outbox["event_id"]}
+    assert [e["event_id"] for e in promoted_events(s)] == [outbox["event_id"]]
+
+
+def promoted_events(s: Settings) -> list[dict[str, Any]]:
+    return read_topic(s, topics.MODEL_EVENTS, lambda m, v: v.get("type") == "ModelPromoted"
+                      and v.get("model_name") == s.model_name)  # fmt: skip
