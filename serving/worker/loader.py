@@ -45,9 +45,9 @@ def resolve_version(settings: Settings, name: str, version: str = "champion") ->
     return str(found.version) if found is not None else None
 
 
-def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path, str, str]:
+def fetch_registered(settings: Settings, store: Store, name: str, version: str) -> tuple[Path, str, str]:
     """Download version ``version`` of ``name`` and verify every file of its adapter against the record
-    made at training (lifecycle/digests.py): (adapter folder, base model, digest of the version)."""
+    made at training (lifecycle/digests.py, read from ``store``): (adapter folder, base model, digest)."""
 
     check_name(name)
     if not version.isdigit():
@@ -61,16 +61,16 @@ def fetch_registered(settings: Settings, name: str, version: str) -> tuple[Path,
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
     dest = Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=settings.serving_dir))
     try:
-        with Store.connect(settings) as store:
-            adapter, rec = digests.fetch(settings, store, str(mv.source), str(mv.run_id), dest, f"{name} v{version}",
-                                         legacy=digests.legacy_tags(mv.tags))  # fmt: skip
+        adapter, rec = digests.fetch(settings, store, str(mv.source), str(mv.run_id), dest, f"{name} v{version}",
+                                     legacy=digests.legacy_tags(mv.tags))  # fmt: skip
     except digests.DigestError as exc:
         shutil.rmtree(dest, ignore_errors=True)
         raise LoadError(str(exc)) from None
-    except BaseException as exc:
+    except PyMongoError as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        if isinstance(exc, PyMongoError):
-            raise LoadError(f"{name} v{version}: its artifact record cannot be read from Mongo: {exc}") from None
+        raise LoadError(f"{name} v{version}: its artifact record cannot be read from Mongo: {exc}") from None
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
         raise
     return adapter, digests.local_base(settings, rec.base_model), rec.digest
 

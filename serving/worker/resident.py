@@ -18,7 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from lifecycle.settings import Settings
+from lifecycle.store import Store
 from serving.worker import loader
 from serving.worker.engine import Engine, ModelSlot, one_thread
 from serving.worker.lora import LoraSet, servable_unmerged
@@ -34,6 +37,7 @@ class Resident:
         self._slots: collections.OrderedDict[tuple[str, str], ModelSlot] = collections.OrderedDict()
         self._aliases: dict[tuple[str, str], tuple[float, str]] = {}
         self._lock = threading.Lock()  # one load at a time; requests for loaded versions never wait on it
+        self._store: Store | None = None  # the artifact records (Mongo), opened on the first registered load
 
     def loaded(self) -> list[ModelSlot]:
         return list(self._slots.values())
@@ -88,7 +92,7 @@ class Resident:
 
     def _registered(self, name: str, number: str) -> ModelSlot:
         t0 = time.monotonic()
-        adapter, base, digest = loader.fetch_registered(self.settings, name, number)
+        adapter, base, digest = loader.fetch_registered(self.settings, self._records(), name, number)
         try:
             if servable_unmerged(adapter):
                 model, tokenizer = self._base(base, f"{name} v{number}")
@@ -104,6 +108,15 @@ class Resident:
         finally:  # the tensors are in memory now; the download is not needed any more
             downloads = self.settings.serving_dir
             shutil.rmtree(downloads / adapter.relative_to(downloads).parts[0], ignore_errors=True)
+
+    def _records(self) -> Store:
+        """One Mongo client for the worker's life (not one, with its index checks, per version loaded)."""
+        if self._store is None:
+            try:
+                self._store = Store.connect(self.settings)
+            except PyMongoError as exc:
+                raise loader.LoadError(f"artifact records (MongoDB) not reachable: {exc}") from None
+        return self._store
 
     def _base(self, folder: str, what: str) -> tuple[Any, Any]:
         if folder not in self._bases:
