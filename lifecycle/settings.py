@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         description="SASL/SCRAM user of every Kafka client (and of the local broker, which then listens with "
         "SASL_PLAINTEXT and knows only this user); empty = no authentication.",
     )
-    kafka_password: str = Field("", description="SASL/SCRAM password of KAFKA_USERNAME.")
+    kafka_password: str = Field("", repr=False, description="SASL/SCRAM password of KAFKA_USERNAME.")
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
         "SCRAM-SHA-512", description="SASL mechanism when KAFKA_USERNAME is set."
     )
@@ -77,6 +77,18 @@ class Settings(BaseSettings):
         "",
         validation_alias=AliasChoices("LIFECYCLE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
         description="Tracking URI (MLFLOW_TRACKING_URI also read); default http://HOST:MLFLOW_PORT.",
+    )
+    mlflow_tracking_username: str = Field(
+        "",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"),
+        description="MLflow's own variable: the user every MLflow client sends (HTTP basic auth); with it the local "
+        "MLflow server (`lifecycle up`) runs MLflow's basic-auth app with this user as its admin.",
+    )
+    mlflow_tracking_password: str = Field(
+        "",
+        repr=False,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"),
+        description="Password of that MLflow user.",
     )
 
     airflow_port: Port = Field(
@@ -183,6 +195,12 @@ class Settings(BaseSettings):
         description="Trainer pods may not reach the Hugging Face hub (HF_HUB_OFFLINE=1); false lets them "
         "download a base model given as a hub id, cached on the shared volume (HF_HOME under LIFECYCLE_HOME).",
     )
+    trainer_env_secret: str = Field(
+        "",
+        description="Kubernetes Secret whose keys become every training pod's environment (the chart's "
+        "`<release>-llm-lifecycle-secrets`: MongoDB URI, Kafka and MLflow credentials), so the pod spec holds "
+        "no credential; without it a setting with a password refuses to be written into a pod spec.",
+    )
     shared_volume_claim: str = Field(
         "llm-lifecycle-state", description="PVC holding LIFECYCLE_HOME, mounted by Airflow workers and trainer pods."
     )
@@ -278,6 +296,8 @@ class Settings(BaseSettings):
             self.kafka_bootstrap = f"{self.host}:{self.kafka_port}"
         if bool(self.kafka_username) != bool(self.kafka_password):
             raise ValueError("kafka_username and kafka_password go together: set both or neither")
+        if bool(self.mlflow_tracking_username) != bool(self.mlflow_tracking_password):
+            raise ValueError("MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD go together: set both or neither")
         if not self.mongo_uri:
             self.mongo_uri = f"mongodb://{self.host}:{self.mongo_port}/"
         if not self.mlflow_tracking_uri:
