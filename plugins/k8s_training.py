@@ -29,10 +29,26 @@ CONTAINER_PYTHON = "python"
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    """Settings the trainer needs, as the environment of the pod."""
+    """Settings the trainer needs, as the environment of the pod. Credentials never go into the pod
+    spec: they come from ``LIFECYCLE_TRAINER_ENV_SECRET`` (``envFrom``), or there must be none."""
+    from urllib.parse import urlsplit
+
+    secret = settings.trainer_env_secret
+    if not secret:
+        passwords = {
+            "LIFECYCLE_MONGO_URI": urlsplit(settings.mongo_uri).password,
+            "MLFLOW_TRACKING_PASSWORD": settings.mlflow_tracking_password,
+            "LIFECYCLE_KAFKA_PASSWORD": settings.kafka_password,
+        }
+        held = [name for name, password in passwords.items() if password]
+        if held:
+            raise TrainingError(
+                f"{', '.join(held)} holds a password that would be written into the training pod's spec; set "
+                "LIFECYCLE_TRAINER_ENV_SECRET to the Secret that holds it (the chart's <release>-llm-lifecycle-secrets)"
+            )
     return {
         "LIFECYCLE_HOME": str(settings.home),
-        "LIFECYCLE_MONGO_URI": settings.mongo_uri,
+        **({} if secret else {"LIFECYCLE_MONGO_URI": settings.mongo_uri}),
         "LIFECYCLE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         # The hub cache lives on the shared volume: a model downloaded once serves every pod and rank.
@@ -65,6 +81,9 @@ def _pod_spec(settings: Settings, command: list[str], nproc: int, subdomain: str
         image=settings.trainer_image,
         command=command,
         env=[k8s.V1EnvVar(name=k, value=v) for k, v in _env(settings).items()],
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.trainer_env_secret))]
+        if settings.trainer_env_secret
+        else None,
         resources=k8s.V1ResourceRequirements(requests=resources, limits=limits),
         ports=[k8s.V1ContainerPort(name="rdzv", container_port=RDZV_PORT)] if subdomain else None,
         volume_mounts=[

@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "docker/helm/llm-lifecycle"
 GPU_VALUES = REPO / "docker/helm/values-gpu.yaml"
 K8S_VERSION = "1.31.0"
-KEYS = ("--set", "existingApiKeySecret=lifecycle-api-keys")  # the chart requires the gateway's keys
+# the chart requires the gateway's keys and credentials for MongoDB and MLflow
+KEYS = ("--set", "existingApiKeySecret=lifecycle-api-keys",
+        "--set", "mongo.uri=mongodb://lifecycle:mongo-secret-1@mongo.db.svc:27017/?replicaSet=rs0",
+        "--set", "mlflow.password=mlflow-secret-1", "--set", "mlflow.secretKey=csrf-secret-1")  # fmt: skip
 #: compose has no default secrets: each must be given (docker/.env.example)
 COMPOSE_SECRETS = {
     k: f"test-{k.lower()}"
@@ -30,6 +33,9 @@ COMPOSE_SECRETS = {
         "AIRFLOW_JWT_SECRET",
         "AIRFLOW_ADMIN_PASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
+        "MONGO_PASSWORD",
+        "MLFLOW_PASSWORD",
+        "MLFLOW_SECRET_KEY",
         "POSTGRES_PASSWORD",
         "KAFKA_PASSWORD",
     )
@@ -151,6 +157,9 @@ def test_chart_settings_are_valid_and_the_airflow_backend_renders_the_charts_tra
          "toleration_seconds": None}
     ]  # fmt: skip
     assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "lifecycle-llm-lifecycle-state"
+    # the chart's credentials reach the pod from its Secret, none is written into the pod spec
+    assert pod.spec.containers[0].env_from[0].secret_ref.name == "lifecycle-llm-lifecycle-secrets"
+    assert "secret-1" not in str(pod)
     # The multi-node Job the backend renders has the chart's Job's shape: same torchrun flags and resources.
     from plugins.k8s_training import training_job
 
@@ -173,9 +182,20 @@ def test_compose_file_loads_with_compose_go_and_follows_the_rules() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "services=16" in done.stdout  # 14 of the platform, Prometheus and Grafana
     # No default secrets: without the gateway's keys (or any other secret) compose refuses, naming it.
-    for missing in ("LIFECYCLE_API_KEYS", "AIRFLOW_FERNET_KEY", "KAFKA_PASSWORD"):
+    for missing in ("LIFECYCLE_API_KEYS", "AIRFLOW_FERNET_KEY", "KAFKA_PASSWORD", "MONGO_PASSWORD", "MLFLOW_PASSWORD"):
         done = check(REPO / "docker/compose.yaml", **{missing: ""})
         assert done.returncode != 0 and f"set {missing}" in done.stderr, done.stderr
+    # MongoDB and MLflow authenticate: mongo's root user (and --keyFile, which a replica set with auth
+    # needs), MLflow's basic-auth app letting nobody but its admin in; every client has the credentials.
+    compose = yaml.safe_load((REPO / "docker/compose.yaml").read_text())
+    env, services = compose["x-lifecycle-env"], compose["services"]
+    assert env["LIFECYCLE_MONGO_URI"].startswith("mongodb://lifecycle:${MONGO_PASSWORD:?")
+    assert "MONGO_PASSWORD" in services["mongo"]["environment"]["MONGO_INITDB_ROOT_PASSWORD"]
+    mongo = services["mongo"]
+    assert "--keyFile" in mongo["command"][0] and "-u lifecycle" in mongo["healthcheck"]["test"][1]
+    assert "--app-name=basic-auth" in services["mlflow"]["command"]
+    assert "NO_PERMISSIONS" in compose["configs"]["mlflow-auth"]["content"]
+    assert env["MLFLOW_TRACKING_USERNAME"] == "lifecycle" and "MLFLOW_PASSWORD" in env["MLFLOW_TRACKING_PASSWORD"]
     bad = REPO / "docker/compose.yaml"
     broken = yaml.safe_load(bad.read_text())
     broken["services"]["gateway"]["depends_on"]["mongo"]["condition"] = "service_sleeping"
@@ -189,7 +209,7 @@ def test_compose_file_loads_with_compose_go_and_follows_the_rules() -> None:
 
 
 def test_the_chart_does_not_render_a_gateway_without_api_keys() -> None:
-    done = helm("template", "lifecycle", str(CHART), "--kube-version", K8S_VERSION)
+    done = helm("template", "lifecycle", str(CHART), "--kube-version", K8S_VERSION, *KEYS[2:])  # all but the keys
     assert done.returncode != 0 and "apiKeys or existingApiKeySecret is required" in done.stderr, done.stderr
     docs = render(sets=("existingApiKeySecret=", "apiKeys={key-one-1,key-two-2}"))
     secret = next(d for d in docs if d["kind"] == "Secret")
@@ -205,6 +225,35 @@ def test_kafka_credentials_go_to_the_secret_and_a_user_needs_a_password() -> Non
     assert not any("PASSWORD" in k for k in config["data"])
     done = helm("template", "lifecycle", str(CHART), "--kube-version", K8S_VERSION, *KEYS, "--set", "kafka.username=x")
     assert done.returncode != 0 and "/kafka" in done.stderr and "password" in done.stderr, done.stderr
+
+
+def test_mongo_and_mlflow_credentials_are_required_and_mlflow_runs_basic_auth() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render()}
+    secret = docs[("Secret", "lifecycle-llm-lifecycle-secrets")]["stringData"]
+    assert secret["LIFECYCLE_MONGO_URI"].startswith("mongodb://lifecycle:mongo-secret-1@")
+    assert (secret["MLFLOW_TRACKING_USERNAME"], secret["MLFLOW_TRACKING_PASSWORD"]) == ("lifecycle", "mlflow-secret-1")
+    mlflow = docs[("Deployment", "lifecycle-llm-lifecycle-mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name basic-auth" in mlflow["args"][0]
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for e in mlflow["env"]}
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "MLFLOW_TRACKING_PASSWORD"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "MLFLOW_FLASK_SERVER_SECRET_KEY"
+    ini = docs[("ConfigMap", "lifecycle-llm-lifecycle-mlflow-auth")]["data"]["auth.ini"]
+    assert "default_permission = NO_PERMISSIONS" in ini and "admin_username = lifecycle" in ini
+    assert not any("secret-1" in v for d in docs.values() if d["kind"] == "ConfigMap"
+                   for v in d.get("data", {}).values())  # fmt: skip
+
+    def fails(*sets: str) -> str:
+        args = [a for kv in (("--set", x) for x in sets) for a in kv]
+        done = helm("template", "lifecycle", str(CHART), "--kube-version", K8S_VERSION, *KEYS, *args)
+        assert done.returncode != 0, f"rendered with {sets}"
+        return done.stderr
+
+    assert "mongo.uri has no user and password" in fails("mongo.uri=mongodb://mongo.db.svc:27017/")
+    assert "mongo.uri is required" in fails("mongo.uri=")
+    assert "mlflow.password is required" in fails("mlflow.password=")
+    assert "mlflow.secretKey is required" in fails("mlflow.secretKey=")
+    anonymous = render(sets=("mongo.uri=mongodb://mongo.db.svc:27017/", "mongo.allowAnonymous=true"))
+    assert next(d for d in anonymous if d["kind"] == "Secret")["stringData"]["LIFECYCLE_MONGO_URI"].endswith(":27017/")
 
 
 @pytest.mark.parametrize("name", ["serving", "trainer", "airflow", "mlflow"])

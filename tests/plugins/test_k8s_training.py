@@ -71,6 +71,25 @@ def test_pods_may_reach_the_hub_when_the_cluster_allows(monkeypatch: pytest.Monk
     assert _env(load_settings())["HF_HUB_OFFLINE"] == "0"
 
 
+def test_credentials_reach_a_pod_through_its_secret_and_never_through_its_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.client import ApiClient
+
+    from lifecycle.settings import load_settings
+
+    cfg = TrainConfig(out_dir="/state/runs/tr-s")
+    monkeypatch.setenv("LIFECYCLE_MONGO_URI", "mongodb://lifecycle:mongo-pw-1@mongo:27017/?authSource=admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "lifecycle")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "mlflow-pw-1")
+    with pytest.raises(TrainingError, match=r"LIFECYCLE_MONGO_URI, MLFLOW_TRACKING_PASSWORD holds a password .* set "
+                       "LIFECYCLE_TRAINER_ENV_SECRET"):  # fmt: skip
+        training_pod(load_settings(), cfg, nproc=1, run_id="tr-s")
+    monkeypatch.setenv("LIFECYCLE_TRAINER_ENV_SECRET", "lifecycle-llm-lifecycle-secrets")
+    pod = ApiClient().sanitize_for_serialization(training_pod(load_settings(), cfg, nproc=1, run_id="tr-s"))
+    (c,) = pod["spec"]["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": "lifecycle-llm-lifecycle-secrets"}}]
+    assert "pw-1" not in str(pod) and "LIFECYCLE_MONGO_URI" not in {e["name"] for e in c["env"]}
+
+
 def test_more_processes_than_gpus_is_refused(gpu_settings) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TrainingError, match="nproc=8 needs 8 GPUs; LIFECYCLE_TRAINER_GPUS=4"):
         training_pod(gpu_settings, TrainConfig(out_dir="/x"), nproc=8, run_id="tr-y")
