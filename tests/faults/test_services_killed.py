@@ -4,6 +4,7 @@ say. Each test restores the stack before it ends (a later test finds every servi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ from lifecycle import lease, registry, topics
 from lifecycle.settings import Settings, load_settings
 from lifecycle.stack import manager, process
 from lifecycle.stack.serving import gateway_url
-from lifecycle.store import JOBS, MODEL_CONFIGS, Store
+from lifecycle.store import DATASETS, JOBS, MODEL_CONFIGS, Store
 from tests.kafka_read import read_topic
 from tests.serving.conftest import serving_tier
 from training.config import TrainConfig
@@ -128,16 +129,80 @@ def test_mongo_killed_while_a_job_runs_answers_each_item_once(tier: Settings) ->
     assert httpx.get(gateway_url(s) + f"/v1/jobs/{job}", timeout=30).json()["status"] == "succeeded"
 
 
-def test_mongo_and_mlflow_killed_during_promotion_leave_one_champion_and_one_event(
+def test_mongo_killed_during_ingest_fails_the_attempt_and_the_retry_records_the_dataset_once(
+    stack: Settings, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    from plugins import pipeline
+
+    tag = uuid.uuid4().hex[:8]
+    rows = [{"instruction": f"ingest fault {tag} question {k}", "output": f"answer {k}"} for k in range(6000)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = {"dataset_path": str(data), "base_model": str(tiny_llama_dir), "dataset_name": f"fault-{tag}"}
+    outcome: list[BaseException | str] = []
+
+    def ingesting() -> None:
+        try:
+            outcome.append(pipeline.ingest(params))  # the Airflow task's callable
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome.append(exc)
+
+    attempt = threading.Thread(target=ingesting)
+    attempt.start()
+    try:
+        kill(stack, "mongo")
+        assert attempt.is_alive(), "the ingest ended before MongoDB was killed"  # killed during the ingest
+        attempt.join(timeout=120)
+    finally:
+        restart(stack, "mongo")
+    assert len(outcome) == 1 and isinstance(outcome[0], PyMongoError), outcome  # the task fails, Airflow retries
+    dataset_id = pipeline.ingest(params)  # the retry
+    assert pipeline.ingest(params) == dataset_id  # and one more: nothing new
+    with Store.connect(stack) as store:
+        docs = list(store.db[DATASETS].find({"name": f"fault-{tag}"}))
+    assert [d["_id"] for d in docs] == [dataset_id]
+    assert docs[0]["train"] + docs[0]["eval"] == len(rows)  # every record, once
+    folder = stack.datasets_dir / dataset_id
+    lines = sum(len((folder / f).read_text().splitlines()) for f in ("train.jsonl", "eval.jsonl"))
+    assert lines == len(rows)
+    assert not [p for p in stack.datasets_dir.iterdir() if p.name.startswith(f".{dataset_id}.partial-")]
+
+
+def test_mlflow_killed_during_training_and_mongo_and_mlflow_during_promotion_leave_one_champion_and_one_event(
     stack: Settings, tiny_llama_dir: Path, toy_dataset: Path, tmp_path: Path
 ) -> None:
     s = load_settings(model_name=f"faults-{uuid.uuid4().hex[:8]}")
-    cfg = TrainConfig(base_model=str(tiny_llama_dir), dataset=str(toy_dataset), max_steps=2, checkpoint_every=0,
-                      micro_batch_size=16, dtype="float32", out_dir=str(tmp_path / "a"))  # fmt: skip
-    with Store.connect(s) as store:
-        run = run_training(s, cfg, store=store)
-        evaluate(s, store, run.mlflow_run_id, limit=2, max_new_tokens=2)
+    out = tmp_path / "a"
+    cfg = TrainConfig(base_model=str(tiny_llama_dir), dataset=str(toy_dataset), max_steps=60, checkpoint_every=0,
+                      micro_batch_size=16, dtype="float32", out_dir=str(out))  # fmt: skip
+
+    # MLflow killed while the trainer runs: its metric flushes and the launcher's logging wait for the
+    # restarted server; the run ends FINISHED with every step's metrics and its model.
+    trained: list[Any] = []
+
+    def training() -> None:
+        with Store.connect(s) as own:
+            trained.append(run_training(s, cfg, store=own, report=lambda m: None))
+
+    trainer = threading.Thread(target=training)
+    trainer.start()
+    try:
+        assert process.wait_for(lambda: (out / "metrics.jsonl").exists(), timeout=300, interval=0.05) == "ok"
+        kill(s, "mlflow")
+        assert not (out / "result.json").exists(), "the trainer ended before MLflow was killed"
+    finally:
+        restart(s, "mlflow")
+    trainer.join(timeout=600)
+    assert len(trained) == 1, "the training run failed"
+    run = trained[0]
     mc = registry.client(s.mlflow_tracking_uri)
+    assert mc.get_run(run.mlflow_run_id).info.status == "FINISHED"
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(m.step for m in mc.get_metric_history(run.mlflow_run_id, "loss")) == steps == list(range(1, 61))
+    assert {a.path for a in mc.list_artifacts(run.mlflow_run_id)} >= {"metrics.jsonl", "result.json"}
+    assert run.model_uri.startswith("models:/")  # the model logged after the restart
+    with Store.connect(s) as store:
+        evaluate(s, store, run.mlflow_run_id, limit=2, max_new_tokens=2)
 
     # MongoDB dies before the promotion: it fails, saying so; the alias has not moved, nothing was published.
     with Store.connect(s, timeout_ms=1500) as store:
