@@ -33,10 +33,11 @@ def _test_home() -> Path:
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
     """LIFECYCLE_* variables of the test stack, set for the whole session (subprocesses inherit them)."""
-    # Tests give each Kafka-triggered run its own tiny model and registered name (an operator's opt-in).
+    # Tests give each Kafka-triggered run its own tiny model, registered name and promotion margin (an
+    # operator's opt-in).
     env = {
         "LIFECYCLE_HOME": str(_test_home()),
-        "LIFECYCLE_EVENT_PARAMS": "base_model,model_name",
+        "LIFECYCLE_EVENT_PARAMS": "base_model,model_name,promotion_margin",
         # curation only when a test asks for it: pending test feedback must not train the default model
         "LIFECYCLE_CURATE_SCHEDULE": "",
         "LIFECYCLE_CURATE_MIN_FEEDBACK": "1000000",

@@ -1,10 +1,11 @@
-"""Kafka-triggered runs in the live Airflow: a message starts a run with its payload, a duplicate
-trains once, a malformed message fails in ingest with the reason in Mongo while the watcher goes on,
-and a killed triggerer loses nothing."""
+"""Kafka-triggered runs in the live Airflow: a malformed or gate-lowering message fails in ingest with the
+reason in Mongo while the watcher goes on; two good messages at once train one at a time and leave one
+champion named by the last event; a duplicate trains once; a killed triggerer loses nothing."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import signal
@@ -14,13 +15,14 @@ from typing import Any
 
 import pytest
 
-from lifecycle import events, topics
+from lifecycle import events, registry, topics
 from lifecycle.airflow_client import call, dag_ids
 from lifecycle.settings import Settings
 from lifecycle.stack import manager, process
 from lifecycle.stack.process import wait_for
 from lifecycle.store import TRAINING_EVENTS, Store
 from lifecycle.v1 import events_pb2
+from tests.kafka_read import read_topic
 
 pytestmark = pytest.mark.stack
 DAG = "llm_lifecycle_kafka"
@@ -51,10 +53,12 @@ def settle(s: Settings, run_ids: set[str]) -> dict[str, dict[str, str]]:
     }
 
 
-def message(tiny: Path, **extra: Any) -> Any:
+def message(tiny: Path, margin: float | None = None, **extra: Any) -> Any:
     recs = [json.loads(line) for line in (REPO / "data/toy/train.jsonl").read_text().splitlines()[:32]]
     recs.append({"instruction": f"unique {uuid.uuid4()}", "output": "ok"})  # a new dataset every time
     params = {"base_model": str(tiny), "max_steps": 1, "eval_limit": 2, "model_name": f"kafka-{uuid.uuid4().hex[:6]}"}
+    if margin is not None:
+        params["promotion_margin"] = margin
     return events.new_event(events_pb2.TrainingDataArrived, dataset="toy-kafka", records=recs, params=params, **extra)
 
 
@@ -63,51 +67,60 @@ def new_runs_after(s: Settings, before: set[str], count: int) -> set[str]:
     return set(runs(s)) - before
 
 
-def test_a_message_starts_a_run_and_a_duplicate_trains_once(watching: Settings, tiny_llama_dir: Path) -> None:
+def test_bad_events_fail_in_ingest_then_two_at_once_train_one_at_a_time_a_duplicate_once_and_events_match_the_alias(
+    watching: Settings, tiny_llama_dir: Path
+) -> None:
     s = watching
     before = set(runs(s))
-    msg = message(tiny_llama_dir)
+    bad = events.new_event(events_pb2.TrainingDataArrived, dataset="empty")  # neither records nor uri
+    spoof = message(tiny_llama_dir)
+    spoof.params.update({"promotion_confidence": 0.01})  # a producer may not lower the gate
+    # Two good ones for one model, each promoted if it evaluates at all (the test stack lets events set
+    # promotion_margin, LIFECYCLE_EVENT_PARAMS; a 2-item eval could not pass the real gate).
+    msg = message(tiny_llama_dir, margin=-1.0)
+    other = message(tiny_llama_dir, margin=-1.0)  # other records, the same model: two trainings, one champion
+    other.params["model_name"] = name = msg.params["model_name"]
     t0 = dt.datetime.now(dt.UTC)
-    events.publish(s, topics.TRAINING_DATA, "toy-kafka", msg)
+    events.publish(s, topics.TRAINING_DATA, "empty", bad)
+    events.publish(s, topics.TRAINING_DATA, "toy-kafka", spoof)
+    events.publish(s, topics.TRAINING_DATA, "toy-kafka", msg)  # the watcher goes on after the bad ones
     events.publish(s, topics.TRAINING_DATA, "toy-kafka", msg)  # delivered twice
+    events.publish(s, topics.TRAINING_DATA, "toy-kafka", other)
     new_runs_after(s, before, 1)
-    # Each delivery may get its own run, created in any order: wait for the claim, then for every
-    # run created so far (the claimer among them) to end.
-    assert wait_for(lambda: _claimed(s, msg.event_id), timeout=300) == "ok"
+    # Each delivery may get its own run, created in any order: wait for both claims, then for every
+    # run created so far (the claimers among them) to end.
+    assert wait_for(lambda: _claimed(s, msg.event_id) and _claimed(s, other.event_id), timeout=900) == "ok"
     settle(s, set(runs(s)) - before)
     states = settle(s, set(runs(s)) - before)  # and any run created while the first ones ran
-    trained = [r for r, t in states.items() if t.get("fine_tune") == "success"]
-    assert len(trained) == 1, states
-    assert all(t["claim"] == "success" for t in states.values())
     started = min(dt.datetime.fromisoformat(runs(s)[r]["start_date"]) for r in states)
     assert (started - t0).total_seconds() < 60
-    with Store.connect(s) as store:
-        doc = store.get(TRAINING_EVENTS, msg.event_id)
-    assert doc is not None and doc["state"] == "claimed" and doc["dag_run_id"] == trained[0]
 
+    # the bad ones: failed in ingest, the reason in Mongo, nothing trained
+    assert _event(s, bad.event_id)["state"] == "failed"
+    assert "needs 'records', 'uri' or 'base_dataset'" in _event(s, bad.event_id)["error"]
+    assert states[_event(s, bad.event_id)["dag_run_id"]]["ingest"] == "failed"
+    assert "params.promotion_confidence may not be set by an event" in _event(s, spoof.event_id)["error"]
+    # the good ones: one training each (the duplicate trained nothing)
+    trained = [r for r, t in states.items() if t.get("fine_tune") == "success"]
+    assert len(trained) == 2, states
+    docs = [_event(s, e.event_id) for e in (msg, other)]
+    assert [d.get("state") for d in docs] == ["claimed", "claimed"]
+    assert sorted(d["dag_run_id"] for d in docs) == sorted(trained)
+    first = states[min(trained, key=lambda r: runs(s)[r]["start_date"])]
+    assert first.pop("follow_rollout") == "skipped" and set(first.values()) == {"success"}, first  # direct: no rollout
 
-def test_a_malformed_message_fails_in_ingest_and_the_watcher_goes_on(watching: Settings, tiny_llama_dir: Path) -> None:
-    s = watching
-    bad = events.new_event(events_pb2.TrainingDataArrived, dataset="empty")  # neither records nor uri
-    events.publish(s, topics.TRAINING_DATA, "empty", bad)
-    assert wait_for(lambda: _event(s, bad.event_id).get("state") == "failed", timeout=300) == "ok"
-    doc = _event(s, bad.event_id)
-    assert "needs 'records', 'uri' or 'base_dataset'" in doc["error"]
-    assert settle(s, {doc["dag_run_id"]})[doc["dag_run_id"]]["ingest"] == "failed"
-
-    # A producer may not lower the gate: the event fails in ingest naming the param, nothing trains.
-    spoof = message(tiny_llama_dir)
-    spoof.params.update({"promotion_margin": -1})
-    events.publish(s, topics.TRAINING_DATA, "toy-kafka", spoof)
-    assert wait_for(lambda: _event(s, spoof.event_id).get("state") == "failed", timeout=300) == "ok"
-    assert "params.promotion_margin may not be set by an event" in _event(s, spoof.event_id)["error"]
-
-    good = message(tiny_llama_dir)  # the watcher goes on with the next message
-    events.publish(s, topics.TRAINING_DATA, "toy-kafka", good)
-    assert wait_for(lambda: _claimed(s, good.event_id), timeout=300) == "ok"
-    run_id = _event(s, good.event_id)["dag_run_id"]
-    tasks = settle(s, {run_id})[run_id]
-    assert tasks.pop("follow_rollout") == "skipped" and set(tasks.values()) == {"success"}, tasks  # direct: no rollout
+    # one run at a time: the runs' spans do not overlap
+    at = dt.datetime.fromisoformat
+    spans = sorted((at(runs(s)[r]["start_date"]), at(runs(s)[r]["end_date"])) for r in states)
+    assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(spans)), spans
+    # one champion, and the last ModelPromoted event names it
+    mc = registry.client(s.mlflow_tracking_uri)
+    assert sorted(v.version for v in mc.search_model_versions(f"name = '{name}'")) == ["1", "2"]
+    champion = registry.version_by_alias(mc, name, registry.CHAMPION)
+    promoted = read_topic(s, topics.MODEL_EVENTS, lambda m, v: v.get("type") == "ModelPromoted"
+                          and v.get("model_name") == name)  # fmt: skip
+    assert champion is not None and champion.version == "2", champion
+    assert [e["version"] for e in promoted] == [1, 2] and len({e["event_id"] for e in promoted}) == 2, promoted
 
 
 def test_a_killed_triggerer_loses_nothing(watching: Settings, tiny_llama_dir: Path) -> None:
