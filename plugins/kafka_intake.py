@@ -86,12 +86,15 @@ def record(event_ids: list[str], **fields: Any) -> None:
         store.db[COLLECTION].update_many({"_id": {"$in": event_ids}}, {"$set": fields})
 
 
-def redeliver_stuck(grace: dt.timedelta = dt.timedelta(minutes=2), waiting_runs: int = 0) -> list[str]:
+def redeliver_stuck(
+    grace: dt.timedelta = dt.timedelta(minutes=2), waiting_runs: int = 0, event_ids: list[str] | None = None
+) -> list[str]:
     """Re-publish events that were landed but never claimed (the triggerer died between the offset
-    commit and the asset event); ``accept`` lets them through again and ``claim`` keeps it to one run.
-    With ``waiting_runs`` (runs of the Kafka DAG queued or running, which may be the ones carrying these
-    events to their claim) nothing is re-published: a run waiting for a slot is not a lost event, and a
-    copy would only start a duplicate run. They are looked at again next time."""
+    commit and the asset event, or Airflow kept the asset event queued: apache/airflow#56050); ``accept``
+    lets them through again and ``claim`` keeps it to one run. With ``waiting_runs`` (runs of the Kafka
+    DAG queued or running, which may be the ones carrying these events to their claim) nothing is
+    re-published: a run waiting for a slot is not a lost event, and a copy would only start a duplicate
+    run. They are looked at again next time. ``event_ids``: only these."""
     from lifecycle import events, topics
     from lifecycle.settings import load_settings
 
@@ -102,7 +105,10 @@ def redeliver_stuck(grace: dt.timedelta = dt.timedelta(minutes=2), waiting_runs:
     cutoff = dt.datetime.now(dt.UTC) - grace
     sent = []
     with _store() as store:
-        stuck = list(store.db[COLLECTION].find({"state": "received", "received_at": {"$lt": cutoff}}))
+        query: dict[str, Any] = {"state": "received", "received_at": {"$lt": cutoff}}
+        if event_ids is not None:
+            query["_id"] = {"$in": list(event_ids)}
+        stuck = list(store.db[COLLECTION].find(query))
     for doc in stuck:
         from confluent_kafka import Producer
 

@@ -1,14 +1,12 @@
 """Kafka-triggered runs in the live Airflow: a malformed or gate-lowering message fails in ingest with the
 reason in Mongo while the watcher goes on; two good messages at once train one at a time and leave one
-champion named by the last event; a duplicate trains once; a killed triggerer loses nothing."""
+champion named by the last event; a duplicate trains once; a killed triggerer and broker lose nothing."""
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
 import json
-import os
-import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,11 @@ import pytest
 from lifecycle import events, registry, topics
 from lifecycle.airflow_client import call, dag_ids
 from lifecycle.settings import Settings
-from lifecycle.stack import manager, process
 from lifecycle.stack.process import wait_for
 from lifecycle.store import TRAINING_EVENTS, Store
 from lifecycle.v1 import events_pb2
 from tests.kafka_read import read_topic
+from tests.services import kill, restart
 
 pytestmark = pytest.mark.stack
 DAG = "llm_lifecycle_kafka"
@@ -70,6 +68,8 @@ def new_runs_after(s: Settings, before: set[str], count: int) -> set[str]:
 def test_bad_events_fail_in_ingest_then_two_at_once_train_one_at_a_time_a_duplicate_once_and_events_match_the_alias(
     watching: Settings, tiny_llama_dir: Path
 ) -> None:
+    from plugins import kafka_intake
+
     s = watching
     before = set(runs(s))
     bad = events.new_event(events_pb2.TrainingDataArrived, dataset="empty")  # neither records nor uri
@@ -87,11 +87,18 @@ def test_bad_events_fail_in_ingest_then_two_at_once_train_one_at_a_time_a_duplic
     events.publish(s, topics.TRAINING_DATA, "toy-kafka", msg)  # delivered twice
     events.publish(s, topics.TRAINING_DATA, "toy-kafka", other)
     new_runs_after(s, before, 1)
-    # Each delivery may get its own run, created in any order: wait for both claims, then for every
-    # run created so far (the claimers among them) to end.
-    assert wait_for(lambda: _claimed(s, msg.event_id) and _claimed(s, other.event_id), timeout=900) == "ok"
+    # Each delivery may get its own run, created in any order, or Airflow may hand several to one run:
+    # wait for the first good one's claim, then for every run created so far to end.
+    assert wait_for(lambda: _claimed(s, msg.event_id), timeout=600) == "ok"
     settle(s, set(runs(s)) - before)
-    states = settle(s, set(runs(s)) - before)  # and any run created while the first ones ran
+    settle(s, set(runs(s)) - before)  # and any run created while the first ones ran
+    if not _claimed(s, other.event_id):
+        # Asset events that arrive while the DAG is at max_active_runs can stay in Airflow's queue until
+        # another event comes (apache/airflow#56050): the reconcile DAG re-publishes them; here its task
+        # runs without its grace period.
+        assert kafka_intake.redeliver_stuck(grace=dt.timedelta(0), event_ids=[other.event_id]) == [other.event_id]
+        assert wait_for(lambda: _claimed(s, other.event_id), timeout=300) == "ok"
+    states = settle(s, set(runs(s)) - before)
     started = min(dt.datetime.fromisoformat(runs(s)[r]["start_date"]) for r in states)
     assert (started - t0).total_seconds() < 60
 
@@ -100,45 +107,44 @@ def test_bad_events_fail_in_ingest_then_two_at_once_train_one_at_a_time_a_duplic
     assert "needs 'records', 'uri' or 'base_dataset'" in _event(s, bad.event_id)["error"]
     assert states[_event(s, bad.event_id)["dag_run_id"]]["ingest"] == "failed"
     assert "params.promotion_confidence may not be set by an event" in _event(s, spoof.event_id)["error"]
-    # the good ones: one training each (the duplicate trained nothing)
-    trained = [r for r, t in states.items() if t.get("fine_tune") == "success"]
-    assert len(trained) == 2, states
+    # the good ones: each claimed once, each training carries a claim (the duplicate trained nothing)
     docs = [_event(s, e.event_id) for e in (msg, other)]
     assert [d.get("state") for d in docs] == ["claimed", "claimed"]
-    assert sorted(d["dag_run_id"] for d in docs) == sorted(trained)
-    first = states[min(trained, key=lambda r: runs(s)[r]["start_date"])]
+    trained = sorted((r for r, t in states.items() if t.get("fine_tune") == "success"),
+                     key=lambda r: runs(s)[r]["start_date"])  # fmt: skip
+    assert set(trained) == {d["dag_run_id"] for d in docs}, states
+    first = states[trained[0]]
     assert first.pop("follow_rollout") == "skipped" and set(first.values()) == {"success"}, first  # direct: no rollout
 
     # one run at a time: the runs' spans do not overlap
     at = dt.datetime.fromisoformat
     spans = sorted((at(runs(s)[r]["start_date"]), at(runs(s)[r]["end_date"])) for r in states)
     assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(spans)), spans
-    # one champion, and the last ModelPromoted event names it
+    # one champion, the last version, and the ModelPromoted events name each promotion once, in order
     mc = registry.client(s.mlflow_tracking_uri)
-    assert sorted(v.version for v in mc.search_model_versions(f"name = '{name}'")) == ["1", "2"]
+    versions = sorted(int(v.version) for v in mc.search_model_versions(f"name = '{name}'"))
+    assert versions == list(range(1, len(trained) + 1))
     champion = registry.version_by_alias(mc, name, registry.CHAMPION)
+    assert champion is not None and int(champion.version) == versions[-1], champion
     promoted = read_topic(s, topics.MODEL_EVENTS, lambda m, v: v.get("type") == "ModelPromoted"
                           and v.get("model_name") == name)  # fmt: skip
-    assert champion is not None and champion.version == "2", champion
-    assert [e["version"] for e in promoted] == [1, 2] and len({e["event_id"] for e in promoted}) == 2, promoted
+    assert [e["version"] for e in promoted] == versions and len({e["event_id"] for e in promoted}) == len(versions)
 
 
-def test_a_killed_triggerer_loses_nothing(watching: Settings, tiny_llama_dir: Path) -> None:
+def test_a_killed_triggerer_and_broker_lose_nothing(watching: Settings, tiny_llama_dir: Path) -> None:
     from plugins import kafka_intake
 
     s = watching
-    triggerer = manager.select(s, ["airflow-triggerer"])[0]
     before = set(runs(s))
     msg = message(tiny_llama_dir)
-    events.publish(s, topics.TRAINING_DATA, "toy-kafka", msg)
-    pid = process.read_pid(triggerer.pidfile)
-    assert pid is not None
-    os.killpg(pid, signal.SIGKILL)  # whatever it was doing with the message
-    assert wait_for(lambda: process.read_pid(triggerer.pidfile) is None, timeout=10) == "ok"
-    assert manager.up(s, ["airflow-triggerer"], report=lambda m: None) == ["airflow-triggerer"]
+    events.publish(s, topics.TRAINING_DATA, "toy-kafka", msg)  # acknowledged by the broker
+    kill(s, "airflow-triggerer")  # whatever it was doing with the message
+    kill(s, "kafka")  # and the broker with it
+    restart(s, "kafka")
+    restart(s, "airflow-triggerer")
     # The reconcile DAG's task, without its grace period: re-publish whatever is stuck.
     assert wait_for(lambda: _landed(s, msg.event_id), timeout=120) == "ok"
-    kafka_intake.redeliver_stuck(grace=dt.timedelta(0))
+    kafka_intake.redeliver_stuck(grace=dt.timedelta(0), event_ids=[msg.event_id])
     assert wait_for(lambda: _claimed(s, msg.event_id), timeout=300) == "ok"
     states = settle(s, set(runs(s)) - before)
     assert len([r for r, t in states.items() if t.get("fine_tune") == "success"]) == 1, states

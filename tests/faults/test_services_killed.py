@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,10 +18,11 @@ from pymongo.errors import PyMongoError
 
 from lifecycle import lease, registry, topics
 from lifecycle.settings import Settings, load_settings
-from lifecycle.stack import manager, process
+from lifecycle.stack import process
 from lifecycle.stack.serving import gateway_url
 from lifecycle.store import DATASETS, JOBS, MODEL_CONFIGS, Store
 from tests.kafka_read import read_topic
+from tests.services import kill, restart
 from tests.serving.conftest import serving_tier
 from training.config import TrainConfig
 from training.evaluate import evaluate
@@ -30,19 +30,6 @@ from training.launch import run_training
 from training.promote import PromotionError, promote
 
 pytestmark = pytest.mark.stack
-
-
-def kill(stack: Settings, name: str) -> None:
-    svc = manager.select(stack, [name])[0]
-    pid = process.read_pid(svc.pidfile)
-    assert pid is not None, f"{name} is not running"
-    os.killpg(pid, signal.SIGKILL)  # the service and its children (MLflow's uvicorn workers answer otherwise)
-    assert process.wait_for(lambda: process.read_pid(svc.pidfile) is None, timeout=30) == "ok"
-
-
-def restart(stack: Settings, name: str) -> None:
-    assert manager.up(stack, [name], report=lambda m: None) == [name]
-    assert {s.name: s.state for s in manager.status(stack)}[name] == "up"
 
 
 @pytest.fixture(scope="module")
