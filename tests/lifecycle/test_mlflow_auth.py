@@ -31,7 +31,9 @@ def secured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setting
     password = f"pw-{uuid.uuid4().hex}"
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "lifecycle")  # MLflow's clients read these two
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
-    s = load_settings(home=tmp_path / "home", mlflow_port=_free_port())
+    port = _free_port()
+    # the URI named outright: MLflow's fluent API leaves MLFLOW_TRACKING_URI in os.environ (the test stack's)
+    s = load_settings(home=tmp_path / "home", mlflow_port=port, mlflow_tracking_uri=f"http://127.0.0.1:{port}")
     assert s.mlflow_tracking_password == password
     assert manager.up(s, ["mlflow"], report=lambda m: None) == ["mlflow"]  # its /health probe is open
     try:
@@ -43,8 +45,6 @@ def secured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setting
 def test_the_local_mlflow_with_a_user_refuses_anonymous_requests_and_serves_the_projects_clients(
     secured: Settings, tmp_path: Path
 ) -> None:
-    import mlflow
-
     s = secured
     search = f"{s.mlflow_tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
     assert httpx.get(search, timeout=10).status_code == 401
@@ -54,17 +54,17 @@ def test_the_local_mlflow_with_a_user_refuses_anonymous_requests_and_serves_the_
     assert "MLFLOW_TRACKING_PASSWORD" not in (s.service_data_dir("mlflow") / "auth.ini").read_text()
     assert s.mlflow_tracking_password not in (s.service_data_dir("mlflow") / "auth.ini").read_text()
 
-    # the registry and the artifact store, as training and the workers use them
-    mlflow.set_tracking_uri(s.mlflow_tracking_uri)
-    (tmp_path / "adapter.txt").write_text("weights")
-    mlflow.set_experiment("auth")
-    with mlflow.start_run() as run:
-        mlflow.log_artifact(str(tmp_path / "adapter.txt"), artifact_path="adapter")
+    # the registry and the artifact store, as training and the workers use them (a client of its own:
+    # the fluent API's global tracking URI would outlive the test)
     mc = registry.client(s.mlflow_tracking_uri)
+    (tmp_path / "adapter.txt").write_text("weights")
+    run = mc.create_run(mc.create_experiment("auth"))
+    mc.log_artifact(run.info.run_id, str(tmp_path / "adapter.txt"), artifact_path="adapter")
+    mc.set_terminated(run.info.run_id)
     mc.create_registered_model("secured")
     version = mc.create_model_version("secured", f"runs:/{run.info.run_id}/adapter", run_id=run.info.run_id)
     mc.set_registered_model_alias("secured", registry.CHAMPION, version.version)
     assert registry.version_by_alias(mc, "secured", registry.CHAMPION).version == version.version
-    got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="adapter",
-                                              dst_path=str(tmp_path / "down"))  # fmt: skip
+    (tmp_path / "down").mkdir()
+    got = mc.download_artifacts(run.info.run_id, "adapter", str(tmp_path / "down"))
     assert (Path(got) / "adapter.txt").read_text() == "weights"
