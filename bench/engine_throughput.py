@@ -4,7 +4,7 @@ prompt at a time, transformers' own continuous batching (``generate_batch``) whe
 transformers has it, and our engine with every prompt submitted at once, at each concurrency.
 
     .venv/bin/python bench/engine_throughput.py [--model DIR] [--levels 1,32,128] [--max-tokens 32]
-        [--device auto] [--dtype auto]
+        [--device auto] [--dtype auto] [--weights auto]
 
 Greedy, fixed ``max_new_tokens`` (EOS ignored by every side, so each makes the same number of
 tokens). Prints tokens/s of each and the ratio engine / static batch at each level. Runs on CPU or
@@ -108,6 +108,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--weights", default="auto", help="our engine's base weights, as LIFECYCLE_SERVE_WEIGHTS")
     args = ap.parse_args()
     if not args.model:
         from training.base_model import default_model_dir
@@ -123,6 +124,12 @@ def main() -> int:
     # The engine routes its model's attention through its own KV storage: a copy of its own, so the
     # HF baselines run on a stock model.
     mine_model = AutoModelForCausalLM.from_pretrained(args.model, dtype=choice.torch_dtype()).to(device).eval()
+    from runtime.hardware import serve_int8
+    from serving.worker import int8
+
+    wanted, why = serve_int8(args.weights, choice)
+    report = int8.apply(mine_model, tok, "int8" if args.weights == "int8" else "auto") if wanted else None
+    print(f"ours: {report.reason if report else why}")
     ours(mine_model, tok, prompts(2), 2, device)  # warm-up of every path
     hf_static(model, tok, prompts(2), 2, device)
     print("| concurrency | HF static batch | HF one prompt | HF generate_batch | ours | ours / static |")

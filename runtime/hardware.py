@@ -102,26 +102,7 @@ def _probe() -> dict[str, float]:
 
 def cpu_bf16_probe(cache_dir: Path | None = None) -> dict[str, float]:
     """The probe's figures for this machine, measured once and cached (keyed by CPU, flags, torch)."""
-    import torch
-
-    model, flags = cpu_info()
-    key = hashlib.sha256(f"{model}|{sorted(flags)}|{torch.__version__}".encode()).hexdigest()[:16]
-    path = (cache_dir or _default_cache()) / "hardware" / f"bf16-probe-{key}.json"
-    try:
-        cached = json.loads(path.read_text())
-        if isinstance(cached, dict) and {"float32", "bfloat16"} <= cached.keys():
-            return {k: float(v) for k, v in cached.items()}
-    except (OSError, ValueError):
-        pass
-    figures = _probe()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(figures))
-        tmp.replace(path)
-    except OSError as exc:  # a read-only home still gets a decision, measured each time
-        log.warning("could not cache the bf16 probe at %s: %s", path, exc)
-    return figures
+    return _cached("bf16", _probe, {"float32", "bfloat16"}, cache_dir)
 
 
 def _default_cache() -> Path:
@@ -164,6 +145,78 @@ def choose(
     if speedup >= PROBE_MIN_SPEEDUP:
         return Choice("cpu", "bfloat16", f"{model}: {flag}, {measured}")
     return Choice("cpu", "float32", f"{model}: {flag} but {measured} (< {PROBE_MIN_SPEEDUP}x)")
+
+
+#: int8 matmuls must beat the float dtype by this factor in the probe for ``auto`` to serve int8 weights.
+INT8_MIN_SPEEDUP = 1.5
+
+
+def _int8_probe() -> dict[str, float]:
+    """G(FL)OP/s of a 32x576x1536 matmul (a decode batch of 32 through a SmolLM2 projection) in int8
+    (``torch._int_mm``), float32 and bf16."""
+    import torch
+
+    result = {}
+    for name in ("int8", "float32", "bfloat16"):
+        if name == "int8":
+            a, b = torch.ones(32, 576, dtype=torch.int8), torch.ones(576, 1536, dtype=torch.int8)
+            op: Any = torch._int_mm
+        else:
+            dt = getattr(torch, name)
+            a, b, op = torch.randn(32, 576, dtype=dt), torch.randn(576, 1536, dtype=dt), torch.matmul
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.1:
+            op(a, b)
+        reps, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < 0.15:
+            op(a, b)
+            reps += 1
+        result[name] = round(2 * 32 * 576 * 1536 * reps / elapsed / 1e9, 1)
+    return result
+
+
+def _cached(name: str, probe: Any, keys: set[str], cache_dir: Path | None) -> dict[str, float]:
+    import torch
+
+    model, flags = cpu_info()
+    key = hashlib.sha256(f"{model}|{sorted(flags)}|{torch.__version__}".encode()).hexdigest()[:16]
+    path = (cache_dir or _default_cache()) / "hardware" / f"{name}-probe-{key}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and keys <= cached.keys():
+            return {k: float(v) for k, v in cached.items()}
+    except (OSError, ValueError):
+        pass
+    figures: dict[str, float] = probe()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(figures))
+        tmp.replace(path)
+    except OSError as exc:  # a read-only home still gets a decision, measured each time
+        log.warning("could not cache the %s probe at %s: %s", name, path, exc)
+    return figures
+
+
+def serve_int8(weights: str, choice: Choice, cache_dir: Path | None = None) -> tuple[bool, str]:
+    """Whether a worker's base on ``choice`` gets int8 weights (LIFECYCLE_SERVE_WEIGHTS), and why.
+    The model's own quality check (serving/worker/int8.py) comes after, under ``auto``."""
+    if weights not in ("auto", "float", "int8"):
+        raise HardwareError(f"serve_weights must be auto, float or int8, got {weights!r}")
+    if weights == "float":
+        return False, "float weights as configured"
+    if choice.device != "cpu":
+        if weights == "int8":
+            raise HardwareError(f"int8 weights are served on CPU only; {choice.device} serves {choice.dtype}")
+        return False, f"{choice.device}: float weights ({choice.dtype})"
+    if weights == "int8":
+        return True, "int8 weights as configured"
+    fig = _cached("int8", _int8_probe, {"int8", "float32", "bfloat16"}, cache_dir)
+    speedup = fig["int8"] / max(fig[choice.dtype] if choice.dtype in fig else fig["float32"], 1e-9)
+    measured = f"matmul int8 {fig['int8']:.0f} GOP/s vs {choice.dtype} {fig.get(choice.dtype, 0):.0f} GFLOP/s"
+    if speedup >= INT8_MIN_SPEEDUP:
+        return True, measured
+    return False, f"{measured} (< {INT8_MIN_SPEEDUP}x): float weights"
 
 
 def describe(choice: Choice) -> dict[str, str]:

@@ -105,6 +105,24 @@ def build_base(base_model: str, device: str = "auto", dtype: str = "auto", what:
     return model.to(choice.torch_device()).eval(), tokenizer
 
 
+def quantise(model: Any, tokenizer: Any, settings: Settings, what: str) -> None:
+    """Int8 weights for a resident base where LIFECYCLE_SERVE_WEIGHTS and this machine call for them
+    (runtime/hardware.py decides by a probe, serving/worker/int8.py checks the model's quality)."""
+    from runtime.hardware import Choice, HardwareError, serve_int8
+    from serving.worker import int8
+
+    param = next(model.parameters())
+    choice = Choice(param.device.type if param.device.index is None else str(param.device),
+                    str(param.dtype).removeprefix("torch."), "")  # fmt: skip
+    try:
+        wanted, reason = serve_int8(settings.serve_weights, choice)
+    except HardwareError as exc:
+        raise LoadError(f"{what}: {exc}") from None
+    log.info("%s: %s", what, reason)
+    if wanted:
+        int8.apply(model, tokenizer, "int8" if settings.serve_weights == "int8" else "auto", what)
+
+
 def context_length(model: Any) -> int:
     return min(int(getattr(model.config, "max_position_embeddings", 2048) or 2048), 8192)
 

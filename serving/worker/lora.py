@@ -204,8 +204,11 @@ class LoraSet:
             self.plan = Plan(keys=keys, ranks=ranks, mask=mask.to(param.device), keep=keep)
 
     def _wrap(self, path: str) -> LoraLinear:
+        from serving.worker.int8 import Int8Linear
+
         module = self.model.get_submodule(path)
-        if not hasattr(module, "weight") or module.weight.dim() != 2:
+        linear = isinstance(module, Int8Linear) or (hasattr(module, "weight") and module.weight.dim() == 2)
+        if not linear:
             raise AdapterError(f"module {path} is not a linear layer")
         layer = LoraLinear(module, self)
         parent, _, child = path.rpartition(".")

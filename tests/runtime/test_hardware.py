@@ -56,3 +56,25 @@ def test_forced_and_invalid_choices() -> None:
         choose("float16", "cpu", training=True)
     with pytest.raises(HardwareError, match="device must be auto, cpu or cuda"):
         choose("auto", "tpu")
+
+
+def test_int8_weights_are_served_on_cpu_where_measured_faster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cpu = hardware.Choice("cpu", "float32", "")
+    assert hardware.serve_int8("float", cpu) == (False, "float weights as configured")
+    assert hardware.serve_int8("int8", cpu) == (True, "int8 weights as configured")
+    monkeypatch.setattr(hardware, "_int8_probe", lambda: {"int8": 560.0, "float32": 130.0, "bfloat16": 50.0})
+    wanted, reason = hardware.serve_int8("auto", cpu, tmp_path / "a")
+    assert wanted and reason == "matmul int8 560 GOP/s vs float32 130 GFLOP/s"
+    monkeypatch.setattr(hardware, "_int8_probe", lambda: {"int8": 300.0, "float32": 130.0, "bfloat16": 290.0})
+    wanted, reason = hardware.serve_int8("auto", hardware.Choice("cpu", "bfloat16", ""), tmp_path / "b")
+    assert not wanted and "(< 1.5x): float weights" in reason  # against the dtype the base runs in
+    with pytest.raises(HardwareError, match="int8 weights are served on CPU only; cuda serves bfloat16"):
+        hardware.serve_int8("int8", hardware.Choice("cuda", "bfloat16", ""))
+    assert hardware.serve_int8("auto", hardware.Choice("cuda", "bfloat16", ""))[0] is False
+    with pytest.raises(HardwareError, match="serve_weights must be auto, float or int8, got 'int4'"):
+        hardware.serve_int8("int4", cpu)
+
+
+def test_the_real_int8_probe_measures_int8_and_float() -> None:
+    figures = hardware._int8_probe()
+    assert figures["int8"] > 0 and figures["float32"] > 0 and figures["bfloat16"] > 0

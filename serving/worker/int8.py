@@ -1,0 +1,248 @@
+"""Int8 weights and int8 activations (W8A8) for a resident base model on CPUs where it is measured faster.
+
+Every linear layer's weight is stored as int8 with one scale per output channel; at run time each
+token's activations are quantised with a scale of their own (per token, not per tensor: one outlier
+token would otherwise flatten every other row of a batch) and multiplied in integers by
+``torch._int_mm`` (oneDNN/VNNI on x86): ~4x float32's matmul rate at a decode batch of 32 on a
+2-core AVX-512 VNNI Xeon. Activation outlier channels are moved into the weights first
+(SmoothQuant, alpha 0.5) from the maxima of a short built-in calibration pass.
+
+Layers that read the same input (q/k/v, gate/up in a Llama block; found by watching the calibration
+pass, whatever the architecture) form one group: their weights are concatenated, the input is
+quantised once and multiplied once, and each layer takes its columns of the result.
+
+Quality is measured, not assumed: ``apply`` compares the teacher-forced NLL of a built-in check text
+under the float and the int8 model and, under ``auto``, keeps the float layers when int8 costs more
+than ``MAX_NLL_INCREASE`` (SmolLM2-135M: +0.5 %). LoRA adapters stay float and unmerged on top.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = ("auto", "float", "int8")
+#: int8 must cost at most this relative increase of the check text's NLL to be kept under ``auto``.
+MAX_NLL_INCREASE = 0.02
+ALPHA = 0.5  # SmoothQuant's migration strength
+
+CALIBRATION = (
+    "The river rose slowly through the night, and by morning the lower fields were under water. Farmers "
+    "moved their animals to the hills, while the children watched from the bridge. A letter from the city "
+    "arrived two days later: the council would pay for new walls, but only if the work began before winter. "
+    "Question: what is 17 multiplied by 23? Answer: 391. def area(r):\n    return 3.14159 * r ** 2\n"
+    "In 1969, three astronauts flew to the Moon; two of them walked on its surface for about two hours."
+)
+CHECK = (
+    "A small bakery on the corner opens at six every morning. The owner, who learned the trade from her "
+    "grandfather, bakes bread, rolls and a few cakes, and sells most of them before noon. Customers say the "
+    "secret is patience: the dough rests for a whole day before it goes into the oven. When asked about "
+    "expanding, she laughs and says that a bigger shop would only mean less time to talk to the people "
+    "who come in. The city has changed around her, but the smell of fresh bread has not."
+)
+CHAT = ("Tell me about the history of tea.", "How do I sort a list in Python?", "Write a haiku about snow.")
+
+
+@dataclass
+class Report:
+    kept: bool  # the int8 layers stayed in the model
+    layers: int
+    groups: int
+    nll_float: float
+    nll_int8: float
+    reason: str
+
+    @property
+    def increase(self) -> float:
+        return self.nll_int8 / self.nll_float - 1 if self.nll_float > 0 else 0.0
+
+
+class _Cache:
+    """The product of the last input, until every layer of the group took its part. The input is held
+    (its memory cannot be reused by another tensor meanwhile) and compared by identity."""
+
+    __slots__ = ("input", "parts", "pending", "version")
+
+    def __init__(self) -> None:
+        self.input: torch.Tensor | None = None
+        self.version = -1
+        self.parts: list[torch.Tensor] = []
+        self.pending: set[int] = set()
+
+
+class Group(torch.nn.Module):
+    """The int8 weights of the layers that share one input, concatenated along the output axis."""
+
+    wq: torch.Tensor  # [out, in] int8
+    w_scale: torch.Tensor  # [out]: each output channel's scale
+    inv_smooth: torch.Tensor  # [in]: SmoothQuant's division of the input
+    bias: torch.Tensor | None
+
+    def __init__(self, layers: list[torch.nn.Linear], act_max: torch.Tensor) -> None:
+        super().__init__()
+        w = torch.cat([lin.weight.detach().float() for lin in layers])
+        smooth = (act_max.float().clamp(min=1e-5) ** ALPHA / w.abs().amax(0).clamp(min=1e-5) ** (1 - ALPHA)).clamp(
+            min=1e-5
+        )
+        w = w * smooth
+        scale = w.abs().amax(1).clamp(min=1e-8) / 127
+        # [out, in], passed transposed: oneDNN ran the 576x49152 head 3.1x faster at one token than with
+        # a contiguous [in, out] copy, 1.7x at 32, and no slower elsewhere
+        self.register_buffer("wq", (w / scale[:, None]).round().to(torch.int8).contiguous())
+        self.register_buffer("w_scale", scale)
+        self.register_buffer("inv_smooth", (1 / smooth).to(layers[0].weight.dtype))
+        biases = [w.new_zeros(lin.out_features) if lin.bias is None else lin.bias.detach().float() for lin in layers]
+        with_bias = any(lin.bias is not None for lin in layers)
+        self.register_buffer("bias", torch.cat(biases) if with_bias else None)
+        self.splits = [lin.out_features for lin in layers]
+        self.cache = _Cache()  # set once: nn.Module's __setattr__ costs ~6 us a call, ~5 ms a decode step
+
+    def output(self, x: torch.Tensor, idx: int) -> torch.Tensor:
+        c = self.cache
+        version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
+        if not (x is c.input and version == c.version and idx in c.pending):
+            c.parts = list(self.compute(x).split(self.splits, -1))
+            c.input, c.version, c.pending = x, version, set(range(len(self.splits)))
+        c.pending.discard(idx)
+        part = c.parts[idx]
+        if not c.pending:
+            c.input, c.parts = None, []
+        return part
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]) * self.inv_smooth
+        scale = flat.abs().amax(1, keepdim=True).float().clamp_(min=1e-8).div_(127)  # 8x linalg's inf-norm here
+        q = torch.div(flat, scale).round_().to(torch.int8)  # a division: x * (127 / amax) rounds worse (+0.8 % NLL)
+        y = (torch._int_mm(q, self.wq.t()) * scale).mul_(self.w_scale)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.to(x.dtype).view(*x.shape[:-1], -1)
+
+
+class Int8Linear(torch.nn.Module):
+    """One layer of a group: its columns of the group's product."""
+
+    def __init__(self, group: Group, idx: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.group = [group]  # a list: the group is registered once, on the first layer
+        if idx == 0:
+            self.shared = group
+        self.idx, self.in_features, self.out_features = idx, in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group[0].output(x, self.idx)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 (group part {self.idx})"
+
+
+def _linears(model: Any) -> dict[str, torch.nn.Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def _calibrate(model: Any, tokenizer: Any) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
+    """Groups of layers reading one input (in model order) and each layer's per-channel input maxima."""
+    linears = _linears(model)
+    stats: dict[str, torch.Tensor] = {}
+    seen: list[tuple[torch.Tensor, list[str]]] = []  # inputs of the first pass, held so ids stay unique
+    first = [True]
+
+    def hook(name: str) -> Any:
+        def pre(_mod: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            amax = x.reshape(-1, x.shape[-1]).abs().amax(0).float()
+            stats[name] = torch.maximum(stats[name], amax) if name in stats else amax
+            if first[0]:
+                for held, names in seen:
+                    if held is args[0]:
+                        names.append(name)
+                        return
+                seen.append((args[0], [name]))
+
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for ids in _calibration_inputs(tokenizer):
+                model(input_ids=ids.to(device))
+                first[0] = False
+    finally:
+        for h in handles:
+            h.remove()
+    return [names for _, names in seen], stats
+
+
+def _calibration_inputs(tokenizer: Any) -> list[torch.Tensor]:
+    out = [tokenizer(CALIBRATION, return_tensors="pt").input_ids]
+    if getattr(tokenizer, "chat_template", None):
+        for q in CHAT:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=False)  # fmt: skip
+            out.append(torch.tensor([list(ids)]))
+    return out
+
+
+def nll(model: Any, tokenizer: Any) -> float:
+    """Teacher-forced mean NLL of the check text."""
+    ids = tokenizer(CHECK, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    with torch.no_grad():
+        return float(model(input_ids=ids, labels=ids).loss)
+
+
+def _swap(model: Any, modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """Put ``modules`` at their paths; returns what was there."""
+    old = {}
+    for path, module in modules.items():
+        parent, _, child = path.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        old[path] = getattr(owner, child)
+        setattr(owner, child, module)
+    return old
+
+
+def quantise(model: Any, tokenizer: Any) -> tuple[dict[str, torch.nn.Module], dict[str, torch.nn.Module], int]:
+    """Int8 layers for every linear layer of ``model`` (not yet in it), the float layers they replace,
+    and the number of groups."""
+    groups, stats = _calibrate(model, tokenizer)
+    linears = _linears(model)
+    new: dict[str, torch.nn.Module] = {}
+    for names in groups:
+        layers = [linears[n] for n in names]
+        if len({lin.in_features for lin in layers}) != 1 or any(lin.weight.dim() != 2 for lin in layers):
+            continue
+        group = Group(layers, stats[names[0]])
+        for i, (name, lin) in enumerate(zip(names, layers, strict=True)):
+            new[name] = Int8Linear(group, i, lin.in_features, lin.out_features)
+    return new, {n: linears[n] for n in new}, len(groups)
+
+
+def apply(
+    model: Any, tokenizer: Any, weights: str, what: str = "", max_increase: float = MAX_NLL_INCREASE
+) -> Report | None:
+    """Quantise ``model`` in place when ``weights`` asks for it: ``int8`` always, ``auto`` when the
+    check text's NLL rises by at most ``max_increase``; returns what was measured (None: float)."""
+    if weights == "float":
+        return None
+    new, old, n_groups = quantise(model, tokenizer)
+    if not new:
+        return None
+    before = nll(model, tokenizer)
+    _swap(model, new)
+    after = nll(model, tokenizer)
+    report = Report(True, len(new), n_groups, before, after, "")
+    if weights == "auto" and report.increase > max_increase:
+        _swap(model, old)
+        report.kept = False
+        report.reason = f"int8 raised the check text's NLL by {report.increase:.1%} (> {max_increase:.0%}): float kept"
+    else:
+        report.reason = f"int8 weights and activations: check text NLL {before:.3f} -> {after:.3f}"
+        report.reason += f" ({report.increase:+.1%})"
+    log.info("%s: %s, %d layers in %d groups", what or "model", report.reason, report.layers, report.groups)
+    return report

@@ -1,0 +1,96 @@
+"""Int8 weights and activations on a resident base: layers reading one input multiply once, the output
+stays close to the float model's, ``auto`` keeps float when the measured quality loss is too large,
+and LoRA adapters add their float delta on top, batched as on a float base."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serving.worker import int8
+from serving.worker.engine import Delta, Engine, SamplingParams
+from serving.worker.loader import attach_adapter, build_base
+from serving.worker.lora import LoraSet
+from tests.serving.worker.test_adapters import make_adapter
+
+
+def logits(model: Any, tok: Any, text: str) -> torch.Tensor:
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0]
+
+
+def test_every_linear_layer_becomes_int8_grouped_by_input_and_close_to_float(tiny_llama_dir: Path) -> None:
+    model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
+    ref = copy.deepcopy(model)
+    report = int8.apply(model, tok, "int8", "tiny")
+    assert report is not None and report.kept
+    assert not [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]  # every one replaced
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert attn.q_proj.group[0] is attn.k_proj.group[0] is attn.v_proj.group[0]  # one input, one product
+    assert mlp.gate_proj.group[0] is mlp.up_proj.group[0]
+    assert attn.o_proj.group[0] is not attn.q_proj.group[0] and mlp.down_proj.group[0] is not mlp.up_proj.group[0]
+    assert attn.q_proj.group[0].wq.dtype == torch.int8
+    got, want = logits(model, tok, "The cat sat on the mat."), logits(ref, tok, "The cat sat on the mat.")
+    assert not torch.equal(got, want)  # it did quantise
+    assert ((got - want).norm() / want.norm()).item() < 0.05
+    assert abs(report.increase) < 0.02 and report.nll_float == int8.nll(ref, tok)
+
+
+def test_each_layer_of_a_group_gets_its_own_columns_whatever_order_it_asks(tiny_llama_dir: Path) -> None:
+    model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
+    attn = model.model.layers[1].self_attn
+    q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
+    int8.apply(model, tok, "int8")
+    x, other = torch.randn(3, 5, q.in_features), torch.randn(3, 5, q.in_features)
+    alone = [layer(x.clone()) for layer in (q, k, v)]  # each computed from a fresh input
+    assert [tuple(t.shape) for t in alone] == [(3, 5, q.out_features), (3, 5, k.out_features), (3, 5, v.out_features)]
+    got_v, got_q = v(x), q(x)
+    got_other = k(other)  # another input between: computed for it, not the cached product of x
+    assert torch.equal(got_v, alone[2]) and torch.equal(got_q, alone[0]) and torch.equal(got_other, k(other.clone()))
+    assert torch.equal(k(x), alone[1])
+
+
+def test_auto_keeps_the_float_layers_when_int8_costs_more_than_allowed(tiny_llama_dir: Path) -> None:
+    model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
+    before = logits(model, tok, "hello there")
+    report = int8.apply(model, tok, "auto", "tiny", max_increase=-1.0)  # nothing is good enough
+    assert report is not None and not report.kept and "float kept" in report.reason
+    assert len([m for m in model.modules() if isinstance(m, torch.nn.Linear)]) == 2 * 7 + 1
+    assert torch.equal(logits(model, tok, "hello there"), before)
+    assert int8.apply(model, tok, "float") is None
+
+
+def test_adapters_on_an_int8_base_add_their_float_delta_batched_together(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
+    int8.apply(model, tok, "int8")
+    bare = model.model.layers[0].self_attn.q_proj
+    x = torch.randn(1, 4, bare.in_features)
+    base_out = bare(x)
+    paths = [make_adapter(tiny_llama_dir, tmp_path / f"a{i}", seed=10 + i, r=4) for i in range(2)]
+    slots = [attach_adapter("m", str(i + 1), model, tok, p) for i, p in enumerate(paths)]
+    lora_set = LoraSet.attach(model)
+    wrapped = model.model.layers[0].self_attn.q_proj
+    a, b, scale = wrapped.adapters["m@1"]
+    lora_set.set_plan(["m@1"], [4])
+    assert torch.allclose(wrapped(x), base_out + (x @ a.T @ b.T) * scale, atol=1e-5)
+    lora_set.set_plan([None], [4])
+
+    engine = Engine(max_batch=4)
+    engine.swap(slots[0])
+    done: dict[int, tuple[str, int, str]] = {}
+    for i in range(4):
+        slots[i % 2].eos_ids = set()
+
+        def sink(d: Delta, i: int = i) -> None:
+            if d.finish_reason:
+                done[i] = (d.finish_reason, d.completion_tokens, d.version)
+
+        engine.submit(messages=[{"role": "user", "content": f"question {i}"}], params=SamplingParams(max_tokens=6),
+                      sink=sink, slot=slots[i % 2])  # fmt: skip
+    while engine.queued() or engine.running():
+        engine.step()
+    assert done == {i: ("length", 6, str(i % 2 + 1)) for i in range(4)}  # both adapters in one batch
