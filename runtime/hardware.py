@@ -159,7 +159,7 @@ def _int8_probe() -> dict[str, float]:
     result = {}
     for name in ("int8", "float32", "bfloat16"):
         if name == "int8":
-            a, b = torch.ones(32, 576, dtype=torch.int8), torch.ones(576, 1536, dtype=torch.int8)
+            a, b = torch.ones(32, 576, dtype=torch.int8), torch.ones(1536, 576, dtype=torch.int8).t()  # as served
             op: Any = torch._int_mm
         else:
             dt = getattr(torch, name)

@@ -19,6 +19,7 @@ import hmac
 import logging
 import os
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,40 @@ def switcher(engine: Engine, health_servicer: health.HealthServicer, name: str) 
         log.info("%s: serving %s v%s (was %s)", name, slot.name, slot.version, was)
 
     return switch
+
+
+class _Mailbox:
+    """Deltas from the engine thread to the gRPC event loop, one wake-up of the loop per batch: a decode
+    step emits a token for every running request, and a wake-up each (a write to the loop's self-pipe, the
+    loop taking the GIL) competed with the engine thread for the cores."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: list[tuple[asyncio.Queue[Delta], Delta]] = []
+
+    def post(self, queue: asyncio.Queue[Delta], d: Delta) -> None:
+        with self.lock:
+            self.items.append((queue, d))
+            wake = len(self.items) == 1
+        if wake:
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+        for queue, d in items:
+            queue.put_nowait(d)
+
+
+_mailboxes: dict[int, _Mailbox] = {}
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    box = _mailboxes.get(id(loop))
+    if box is None or box.loop is not loop:
+        box = _mailboxes[id(loop)] = _Mailbox(loop)
+    return box
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -99,9 +134,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         slot = await self.target(request.model, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta] = asyncio.Queue()
-
-        def sink(d: Delta) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, d)
+        sink = functools.partial(_mailbox(loop).post, queue)
 
         params = SamplingParams(
             max_tokens=request.max_tokens or 64,
