@@ -1,7 +1,7 @@
 """Many adapters on one resident base: memory and speed of serving 8 LoRA versions from one worker.
 
     .venv/bin/python bench/adapters.py [--model DIR] [--adapters 8] [--rank 16] [--max-tokens 32]
-        [--dtype auto]
+        [--dtype auto] [--weights auto]
 
 Builds ``--adapters`` random LoRA adapters (the trainer's default shape: rank 16 on every linear
 layer of the blocks, saved by peft), attaches them to one resident base as the worker does, and
@@ -75,7 +75,8 @@ def decode(engine: object, slots: list, max_tokens: int, n: int = 32) -> float:
 
 
 def main() -> int:
-    from runtime.hardware import choose
+    from runtime.hardware import choose, serve_int8
+    from serving.worker import int8
     from serving.worker.engine import Engine, ModelSlot
     from serving.worker.loader import attach_adapter, build_base, context_length
     from serving.worker.lora import LoraSet
@@ -86,6 +87,7 @@ def main() -> int:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--weights", default="auto", help="the base's weights, as LIFECYCLE_SERVE_WEIGHTS")
     args = ap.parse_args()
     if not args.model:
         from training.base_model import default_model_dir
@@ -95,7 +97,10 @@ def main() -> int:
     choice = choose(args.dtype, "cpu")
     before = rss_mib()
     model, tok = build_base(args.model, "cpu", choice.dtype)
-    base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    wanted, why = serve_int8(args.weights, choice)
+    report = int8.apply(model, tok, "int8" if args.weights == "int8" else "auto") if wanted else None
+    weights = f"{'int8' if report and report.kept else choice.dtype} weights ({report.reason if report else why})"
+    base_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     with_base = rss_mib()
     slots = [attach_adapter("m", str(i + 1), model, tok, f) for i, f in enumerate(folders)]
     with_adapters = rss_mib()
@@ -110,7 +115,8 @@ def main() -> int:
     one = decode(engine, slots[:1], args.max_tokens)
     mixed = decode(engine, slots, args.max_tokens)
     mib = 1 << 20
-    print(f"model {args.model} in {choice.dtype} ({choice.reason}); {args.adapters} adapters of rank {args.rank}")
+    print(f"model {args.model} in {choice.dtype} ({choice.reason}), {weights}; {args.adapters} adapters of rank "
+          f"{args.rank}")  # fmt: skip
     print(f"RSS before loading: {before:.0f} MiB; base resident: +{with_base - before:.0f} MiB "
           f"(weights {base_bytes / mib:.0f} MiB); {args.adapters} adapters: +{with_adapters - with_base:.0f} MiB "
           f"(their tensors {adapter_bytes / mib:.1f} MiB; merged copies would need "

@@ -223,6 +223,19 @@ def quantise(model: Any, tokenizer: Any) -> tuple[dict[str, torch.nn.Module], di
     return new, {n: linears[n] for n in new}, len(groups)
 
 
+def _own_memory(model: Any) -> None:
+    """The float tensors left (embeddings, norms) copied out of the model file's mapping, so the float
+    weights int8 replaced leave memory with it, and freed heap given back (SmolLM2-135M: RSS -400 MiB)."""
+    import contextlib
+    import ctypes
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def apply(
     model: Any, tokenizer: Any, weights: str, what: str = "", max_increase: float = MAX_NLL_INCREASE
 ) -> Report | None:
@@ -242,6 +255,7 @@ def apply(
         report.kept = False
         report.reason = f"int8 raised the check text's NLL by {report.increase:.1%} (> {max_increase:.0%}): float kept"
     else:
+        _own_memory(model)
         report.reason = f"int8 weights and activations: check text NLL {before:.3f} -> {after:.3f}"
         report.reason += f" ({report.increase:+.1%})"
     log.info("%s: %s, %d layers in %d groups", what or "model", report.reason, report.layers, report.groups)
