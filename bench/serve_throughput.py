@@ -11,7 +11,8 @@ FastAPI server and in-process peers, on the same model, prompts and token counts
   runs), same dtype as ours; not streamed, so its TTFT is its latency. Its runs are interleaved with
   ours level by level.
 * **peers**, in this process after the servers stop, same dtype, EOS ignored: at the highest level,
-  HF ``generate`` on a static batch of the same prompts and transformers' continuous batching
+  HF ``generate`` on a static batch of the same prompts (also run before the servers start: the
+  better of its two runs counts) and transformers' continuous batching
   (``generate_batch``), and the static batch again in the dtype ``from_pretrained`` gives by default;
   at concurrency 1, HF ``generate`` on one prompt, and llama.cpp
   (``llama-cpp-python``, a bench-only extra: ``pip install llama-cpp-python``, built from source) on
@@ -156,6 +157,21 @@ def wait_http(url: str, timeout: float = 300) -> None:
     raise SystemExit(f"{url} did not answer in {timeout}s")
 
 
+def static_batch(model: str, dtype: str, n: int, max_tokens: int) -> float:
+    """tokens/s of HF ``generate`` on a static batch of ``n`` prompts (run before the servers too: this
+    machine's speed drifts by tens of percent over minutes, and the baseline gets its best run)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from engine_throughput import hf_static
+
+    tok = AutoTokenizer.from_pretrained(model)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+    hf_static(hf, tok, convs(2), 2, "cpu")  # warm-up
+    return hf_static(hf, tok, convs(n), max_tokens, "cpu")
+
+
 def peers(model: str, dtype: str, levels: list[int], requests: int, max_tokens: int) -> dict[str, dict[int, float]]:
     """tokens/s of the in-process peers at each level: {peer: {level: tokens/s}}."""
     import torch
@@ -241,6 +257,8 @@ def main() -> None:
     results: dict[str, dict[int, dict[str, float]]] = {"ours": {}, "naive": {}}
     script = home / "naive.py"
     script.write_text(BASELINE)
+    top = max(levels)
+    static_before = None if args.no_peers else static_batch(model, dtype, max(args.requests, top), args.max_tokens)
     naive_proc = subprocess.Popen([sys.executable, str(script), model, "18300", str(cores), dtype])
     start_serving(s, workers, model, threads=args.threads, events=False, report=lambda m: None)
     try:
@@ -257,6 +275,10 @@ def main() -> None:
         naive_proc.terminate()
         naive_proc.wait()
     others = {} if args.no_peers else peers(model, dtype, levels, args.requests, args.max_tokens)
+    if static_before is not None:
+        after = others.pop("HF static batch of the same prompts")[top]
+        print(f"HF static batch: {static_before:.1f} tokens/s before the servers, {after:.1f} after; the best counts")
+        others["HF static batch of the same prompts (best of 2)"] = {top: max(static_before, after)}
     threads = args.threads or max(1, cores // workers)
     print(f"model {model} in {dtype}, max_tokens {args.max_tokens}, greedy, {args.requests} requests per level; "
           f"ours: {workers} worker(s) x {threads} threads; naive: serialised, {cores} threads")  # fmt: skip
