@@ -37,7 +37,7 @@ def test_every_linear_layer_becomes_int8_grouped_by_input_and_close_to_float(tin
     got, want = logits(model, tok, "The cat sat on the mat."), logits(ref, tok, "The cat sat on the mat.")
     assert not torch.equal(got, want)  # it did quantise
     assert ((got - want).norm() / want.norm()).item() < 0.05
-    assert abs(report.increase) < 0.02 and report.nll_float == int8.nll(ref, tok)
+    assert abs(report.increase) < 0.02 and report.nll_float == int8.nll(ref, tok) and report.agreement > 0.5
 
 
 def test_each_layer_of_a_group_gets_its_own_columns_whatever_order_it_asks(tiny_llama_dir: Path) -> None:
@@ -62,6 +62,9 @@ def test_auto_keeps_the_float_layers_when_int8_costs_more_than_allowed(tiny_llam
     assert len([m for m in model.modules() if isinstance(m, torch.nn.Linear)]) == 2 * 7 + 1
     assert torch.equal(logits(model, tok, "hello there"), before)
     assert int8.apply(model, tok, "float") is None
+    strict = int8.apply(model, tok, "auto", "tiny", min_agreement=1.01)  # NLL fine, next-token choices not
+    assert strict is not None and not strict.kept and "next-token agreement with float on chat answers" in strict.reason
+    assert 0 < strict.agreement <= 1 and torch.equal(logits(model, tok, "hello there"), before)
 
 
 def test_adapters_on_an_int8_base_add_their_float_delta_batched_together(tiny_llama_dir: Path, tmp_path: Path) -> None:
