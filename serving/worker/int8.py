@@ -94,7 +94,7 @@ class Group(torch.nn.Module):
     w_outliers: torch.Tensor | None  # [len(outliers), out]: their weights
     bias: torch.Tensor | None
 
-    def __init__(self, layers: list[torch.nn.Linear], act_max: torch.Tensor) -> None:
+    def __init__(self, layers: list[torch.nn.Linear], act_max: torch.Tensor, outliers: int = OUTLIERS) -> None:
         super().__init__()
         w = torch.cat([lin.weight.detach().float() for lin in layers])
         smooth = (act_max.float().clamp(min=1e-5) ** ALPHA / w.abs().amax(0).clamp(min=1e-5) ** (1 - ALPHA)).clamp(
@@ -102,7 +102,7 @@ class Group(torch.nn.Module):
         )
         # The input channels with the largest calibration maxima stay float (LLM.int8()'s decomposition):
         # out of the int8 product (their weight columns and inputs zeroed there), added by one small matmul.
-        k = min(OUTLIERS, w.shape[1] // 8)
+        k = min(outliers, w.shape[1] // 8)
         idx = act_max.float().topk(k).indices.sort().values if k else None
         self.register_buffer("outliers", idx)
         self.register_buffer("w_outliers", w[:, idx].t().contiguous().to(layers[0].weight.dtype) if k else None)
@@ -240,7 +240,7 @@ def quantise(model: Any, tokenizer: Any) -> tuple[dict[str, torch.nn.Module], di
         layers = [linears[n] for n in names]
         if len({lin.in_features for lin in layers}) != 1 or any(lin.weight.dim() != 2 for lin in layers):
             continue
-        group = Group(layers, stats[names[0]])
+        group = Group(layers, stats[names[0]])  # the head needs its float channels too: agreement 0.93 without
         for i, (name, lin) in enumerate(zip(names, layers, strict=True)):
             new[name] = Int8Linear(group, i, lin.in_features, lin.out_features)
     return new, {n: linears[n] for n in new}, len(groups)
