@@ -75,10 +75,9 @@ def decode(engine: object, slots: list, max_tokens: int, n: int = 32) -> float:
 
 
 def main() -> int:
-    from runtime.hardware import choose, serve_int8
-    from serving.worker import int8
+    from runtime.hardware import choose
     from serving.worker.engine import Engine, ModelSlot
-    from serving.worker.loader import attach_adapter, build_base, context_length
+    from serving.worker.loader import attach_adapter, build_base, context_length, quantise
     from serving.worker.lora import LoraSet
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,9 +96,7 @@ def main() -> int:
     choice = choose(args.dtype, "cpu")
     before = rss_mib()
     model, tok = build_base(args.model, "cpu", choice.dtype)
-    wanted, why = serve_int8(args.weights, choice)
-    report = int8.apply(model, tok, "int8" if args.weights == "int8" else "auto") if wanted else None
-    weights = f"{'int8' if report and report.kept else choice.dtype} weights ({report.reason if report else why})"
+    weights = quantise(model, tok, args.weights, "base")
     base_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     with_base = rss_mib()
     slots = [attach_adapter("m", str(i + 1), model, tok, f) for i, f in enumerate(folders)]

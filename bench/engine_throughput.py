@@ -124,12 +124,9 @@ def main() -> int:
     # The engine routes its model's attention through its own KV storage: a copy of its own, so the
     # HF baselines run on a stock model.
     mine_model = AutoModelForCausalLM.from_pretrained(args.model, dtype=choice.torch_dtype()).to(device).eval()
-    from runtime.hardware import serve_int8
-    from serving.worker import int8
+    from serving.worker.loader import quantise
 
-    wanted, why = serve_int8(args.weights, choice)
-    report = int8.apply(mine_model, tok, "int8" if args.weights == "int8" else "auto") if wanted else None
-    print(f"ours: {report.reason if report else why}")
+    print(f"ours: {quantise(mine_model, tok, args.weights, 'ours')}")
     ours(mine_model, tok, prompts(2), 2, device)  # warm-up of every path
     hf_static(model, tok, prompts(2), 2, device)
     print("| concurrency | HF static batch | HF one prompt | HF generate_batch | ours | ours / static |")

@@ -105,9 +105,10 @@ def build_base(base_model: str, device: str = "auto", dtype: str = "auto", what:
     return model.to(choice.torch_device()).eval(), tokenizer
 
 
-def quantise(model: Any, tokenizer: Any, settings: Settings, what: str) -> None:
-    """Int8 weights for a resident base where LIFECYCLE_SERVE_WEIGHTS and this machine call for them
-    (runtime/hardware.py decides by a probe, serving/worker/int8.py checks the model's quality)."""
+def quantise(model: Any, tokenizer: Any, weights: str, what: str) -> str:
+    """Int8 weights for a resident base where ``weights`` (LIFECYCLE_SERVE_WEIGHTS) and this machine call
+    for them (runtime/hardware.py decides by a probe, serving/worker/int8.py checks the model's quality);
+    returns what was decided and why."""
     from runtime.hardware import Choice, HardwareError, serve_int8
     from serving.worker import int8
 
@@ -115,12 +116,12 @@ def quantise(model: Any, tokenizer: Any, settings: Settings, what: str) -> None:
     choice = Choice(param.device.type if param.device.index is None else str(param.device),
                     str(param.dtype).removeprefix("torch."), "")  # fmt: skip
     try:
-        wanted, reason = serve_int8(settings.serve_weights, choice)
+        wanted, reason = serve_int8(weights, choice)
     except HardwareError as exc:
         raise LoadError(f"{what}: {exc}") from None
     log.info("%s: %s", what, reason)
-    if wanted:
-        int8.apply(model, tokenizer, "int8" if settings.serve_weights == "int8" else "auto", what)
+    report = int8.apply(model, tokenizer, "int8" if weights == "int8" else "auto", what) if wanted else None
+    return report.reason if report else reason
 
 
 def context_length(model: Any) -> int:

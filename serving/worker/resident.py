@@ -122,7 +122,7 @@ class Resident:
         if folder not in self._bases:
             t0 = time.monotonic()
             model, tokenizer = loader.build_base(folder, self.settings.device, self.settings.dtype, what)
-            loader.quantise(model, tokenizer, self.settings, what)
+            loader.quantise(model, tokenizer, self.settings.serve_weights, what)
             loader.warm(ModelSlot(what, "base", model, tokenizer, loader.context_length(model)))
             self._bases[folder] = (model, tokenizer)
             log.info("%s: base %s resident after %.2fs", what, folder, time.monotonic() - t0)

@@ -82,16 +82,6 @@ class _Mailbox:
             queue.put_nowait(d)
 
 
-_mailboxes: dict[int, _Mailbox] = {}
-
-
-def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
-    box = _mailboxes.get(id(loop))
-    if box is None or box.loop is not loop:
-        box = _mailboxes[id(loop)] = _Mailbox(loop)
-    return box
-
-
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     """Translates gRPC to the engine and back; ``switch`` serves a slot that ``LoadModel`` loaded;
     ``resident`` holds every loaded version (requests may name one)."""
@@ -101,6 +91,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> None:
         self.settings, self.name, self.engine, self.switch, self.resident = settings, name, engine, switch, resident
         self.model_path = ""  # the --model-path this worker was started with: the one folder LoadModel may name
+        self._mailbox: _Mailbox | None = None  # for the loop the server runs on
 
     async def target(self, ref: str, context: grpc.aio.ServicerContext) -> ModelSlot:
         """The slot a request's ``model`` names: the served one, or a version/alias (loaded on demand)."""
@@ -134,7 +125,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         slot = await self.target(request.model, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Delta] = asyncio.Queue()
-        sink = functools.partial(_mailbox(loop).post, queue)
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = _Mailbox(loop)
+        sink = functools.partial(self._mailbox.post, queue)
 
         params = SamplingParams(
             max_tokens=request.max_tokens or 64,
