@@ -3,9 +3,11 @@
 Requests join the running batch between decode steps and leave it the step they finish or are
 cancelled. Each resident model (a ``kv.Group``) has a fixed set of batch rows and KV storage that does
 not move (``kv.py``): a joining request takes the lowest free row and its prompt is prefilled, packed
-with the other new prompts, straight into that row; a decode step is one forward pass of one token
-per row over a view of the storage; a leaving request just frees its row. Nothing is copied per
-step, and the text of each request is detokenized incrementally (only the new tokens).
+with the other new prompts, straight into that row (a beginning it shares with an earlier prompt, a
+system prompt, is copied from that prompt's row or the prefix cache, not computed again); a decode
+step is one forward pass of one token per row over a view of the storage; a leaving request just
+frees its row. Nothing is copied per step, and the text of each request is detokenized incrementally
+(only the new tokens).
 
 A model version is a ``ModelSlot``: a model plus, optionally, the key of a LoRA adapter loaded on it
 (``lora.py``). Versions that share a base model share its rows and its forward passes, each token
@@ -41,17 +43,8 @@ from serving.worker.stops import find_stop, safe_end
 from serving.worker.threads import one_thread
 
 log = logging.getLogger(__name__)
-__all__ = [
-    "Delta",
-    "Engine",
-    "EngineError",
-    "ModelSlot",
-    "QueueFullError",
-    "Request",
-    "SamplingParams",
-    "Sink",
-    "one_thread",
-]
+__all__ = ["Delta", "Engine", "EngineError", "ModelSlot", "QueueFullError", "Request", "SamplingParams", "Sink",
+           "one_thread"]  # fmt: skip
 
 
 class Engine:
@@ -65,6 +58,7 @@ class Engine:
         prefill_tokens: int = 2048,
         threads: int = 0,
         background_share: float = 0.02,
+        share_tokens: int = 32,
     ) -> None:
         self.max_batch = max_batch
         self.background_share = background_share  # engine time background passes may take beside users
@@ -72,6 +66,7 @@ class Engine:
         self.max_queue = max_queue
         self.max_tokens_limit = max_tokens_limit
         self.prefill_tokens = prefill_tokens  # most prompt tokens prefilled in one pass (one prompt at least)
+        self.share_tokens = share_tokens  # fewest prompt tokens a shared beginning must save to get a pass
         self.current: ModelSlot | None = None
         self._groups: dict[int, kv.Group] = {}
         self._busy: dict[ModelSlot, int] = {}  # slot -> requests waiting or running
@@ -278,6 +273,22 @@ class Engine:
             group.rows[row] = req
         # A prompt that begins like an earlier one starts from that prefix's keys and values.
         cached = [group.prefixes.restore(store, r.row, r.slot.adapter, c) for r, c in zip(new, context, strict=True)]
+        # Prompts of this admission sharing a beginning (a system prompt) prefill it once: the first of
+        # them in a pass of its own, the others copy its keys and values and prefill only the rest.
+        share = kv.shared(context, cached, [r.slot.adapter for r in new], self.share_tokens)
+        if any(lead >= 0 for lead, _ in share):
+            first = [i for i, (lead, _) in enumerate(share) if lead < 0]
+            self._prefill(group, [new[i] for i in first], [context[i] for i in first], [cached[i] for i in first])
+            rest = [i for i, (lead, _) in enumerate(share) if lead >= 0]
+            kv.copy_prefix(store, [(new[share[i][0]].row, new[i].row, share[i][1]) for i in rest])
+            new, context, cached = [new[i] for i in rest], [context[i] for i in rest], [share[i][1] for i in rest]
+        self._prefill(group, new, context, cached)
+        return True
+
+    def _prefill(self, group: kv.Group, new: list[Request], context: list[list[int]], cached: list[int]) -> None:
+        """Write the prompts (after their ``cached`` beginnings) into their rows, packed in one forward
+        pass, and emit each request's first token."""
+        store = group.store
         self.prefix_tokens += sum(cached)
         lengths = [len(c) - p for c, p in zip(context, cached, strict=True)]
         self.totals["prefill_tokens"] += sum(lengths)
@@ -296,7 +307,6 @@ class Engine:
         for req, c, tok in zip(new, context, chosen.tolist(), strict=True):
             group.pos[req.row], group.last[req.row] = len(c), tok
         self._emit(group, new, chosen.tolist())
-        return True
 
     def _decode(self, group: kv.Group, background: bool) -> None:
         """One token for each row of a lane, in one pass over the rows from its lowest to its highest.

@@ -128,7 +128,7 @@ def _prefill_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
         idx = (seg.starts[:, None] + torch.arange(n, device=seg.starts.device)).reshape(-1)
         q = _take(query, idx, len(seg.starts), n)
         if p:  # keys and values of the prefix and the new tokens, from the rows (written already)
-            k, v = (t.index_select(0, seg.rows)[:, :, : p + n] for t in stores)
+            k, v = (t[:, :, : p + n].index_select(0, seg.rows) for t in stores)
         else:
             k, v = (_take(t, idx, len(seg.starts), n) for t in (key, value))
         mask = None
@@ -188,6 +188,46 @@ class PrefixCache:
                                 torch.stack([store.v[x][row, :, cols] for x in layers]))  # fmt: skip
             if len(self.blocks) > self.capacity:
                 self.blocks.popitem(last=False)
+
+
+def shared(
+    contexts: list[list[int]], cached: list[int], adapters: list[str | None], least: int
+) -> list[tuple[int, int]]:
+    """Prompts admitted together that begin alike: for each, ``(leader, length)`` where its first
+    ``length`` tokens (more than it has ``cached``, one token at least left) equal those of the earlier
+    prompt ``leader`` of the same adapter, which prefills them; ``(-1, 0)`` for a leader. Everyone leads
+    unless the prompts save ``least`` tokens of prefill in all (a second pass costs more than a few)."""
+    out: list[tuple[int, int]] = []
+    leaders: list[int] = []
+    for j, (c, adapter) in enumerate(zip(contexts, adapters, strict=True)):
+        best, length = -1, cached[j]
+        for i in leaders:
+            if adapters[i] != adapter:
+                continue
+            other, n, most = contexts[i], 0, min(len(contexts[i]), len(c) - 1)
+            while n < most and other[n] == c[n]:
+                n += 1
+            if n > length:
+                best, length = i, n
+        if best < 0:
+            leaders.append(j)
+        out.append((best, length if best >= 0 else 0))
+    saved = sum(n - cached[j] for j, (lead, n) in enumerate(out) if lead >= 0)
+    return out if saved >= least else [(-1, 0)] * len(contexts)
+
+
+def copy_prefix(store: KVStore, copies: list[tuple[int, int, int]]) -> None:
+    """``(source row, row, length)``: the first ``length`` columns of each layer's keys and values copied
+    from the source row, one indexed copy per layer and length."""
+    by_length: dict[int, tuple[list[int], list[int]]] = collections.defaultdict(lambda: ([], []))
+    for source, row, length in copies:
+        by_length[length][0].append(source)
+        by_length[length][1].append(row)
+    for n, (sources, rows) in by_length.items():
+        s, d = torch.tensor(sources), torch.tensor(rows)
+        for cache in (store.k, store.v):
+            for t in cache.values():
+                t[d.to(t.device), :, :n] = t[:, :, :n].index_select(0, s.to(t.device))
 
 
 def decode_mask(pos: torch.Tensor, width: int, window: int | None) -> torch.Tensor:

@@ -62,6 +62,22 @@ def test_requests_joining_at_different_steps_get_the_tokens_of_single_greedy_gen
         assert r["done"].completion_tokens <= 20
 
 
+def test_prompts_admitted_together_prefill_their_shared_system_prompt_once(smol: Any) -> None:
+    model, tok = smol
+    eng = Engine(max_batch=8)
+    eng.swap(ModelSlot("m", "1", model, tok))
+    results = [collect(eng, messages=[{"role": "user", "content": q}], params=SamplingParams(max_tokens=12))
+               for q in QUESTIONS]  # fmt: skip
+    prompts = sum(len(r["req"].prompt_ids) for r in results)
+    run(eng)
+    # the chat template's system prompt (over 20 tokens) is prefilled for the first only; the others
+    # copy its keys and values: fewer tokens prefilled, the same greedy tokens
+    assert eng.totals["prefill_tokens"] <= prompts - 3 * 20
+    assert eng.prefix_tokens >= 3 * 20
+    for q, r in zip(QUESTIONS, results, strict=True):
+        assert r["text"] == hf_greedy(model, tok, q, 12), q
+
+
 def test_limits_stop_strings_and_validation(smol: Any) -> None:
     model, tok = smol
     eng = Engine(max_batch=4, max_queue=2, max_tokens_limit=100)
