@@ -26,6 +26,9 @@ FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.source="https://github.com/llm-lifecycle/llm-lifecycle" \
       org.opencontainers.image.title="llm-lifecycle serving"
 RUN groupadd --gid 10001 app && useradd --uid 10001 --gid app --no-create-home --shell /usr/sbin/nologin app
+# a C compiler: an int8 worker compiles its quantisation loops for the CPU it runs on (cached, see
+# serving/worker/kernels.py); without one it uses torch's ops, ~15 ms slower a decode step of 32 rows
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 COPY docker/healthcheck.py /opt/healthcheck.py
 ENV PATH=/opt/venv/bin:$PATH \
@@ -33,6 +36,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false \
     LIFECYCLE_HOME=/var/lib/llm-lifecycle \
+    LIFECYCLE_CACHE_DIR=/var/lib/llm-lifecycle/cache \
     SERVING_ROLE=gateway
 RUN mkdir -p /var/lib/llm-lifecycle && chown app:app /var/lib/llm-lifecycle
 USER 10001:10001
