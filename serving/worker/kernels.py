@@ -70,6 +70,9 @@ class Kernels:
         self._q.argtypes, self._q.restype = [p, p, i, i, p, p], None
         self._d.argtypes, self._d.restype = [p, p, p, i, i, p], None
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Kernels:  # stateless: a copied model shares the library
+        return self
+
     def quantise(self, x: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [m, k] contiguous -> (int8 [m, k], scale [m, 1]): rows of ``x * inv`` over their maximum / 127."""
         m, k = x.shape

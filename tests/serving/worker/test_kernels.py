@@ -3,6 +3,7 @@ quantised model), and the torch ops used, with a warning, where no kernel can be
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 from pathlib import Path
@@ -36,6 +37,7 @@ def test_the_kernels_build_and_give_the_torch_ops_bits(tmp_path: Path) -> None:
 def test_a_quantised_model_gives_the_same_logits_with_and_without_the_kernels(tiny_llama_dir: Path) -> None:
     model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
     assert int8.apply(model, tok, "int8", "tiny") is not None
+    model = copy.deepcopy(model)  # a quantised model copies (the library is shared, not copied)
     groups = [m for m in model.modules() if isinstance(m, int8.Group)]
     assert groups and all(g.kernels is not None for g in groups)
     ids = tok(["The cat sat on the mat.", "Hello there, how are you?"], return_tensors="pt", padding=True).input_ids
