@@ -107,7 +107,7 @@ def _rate(op: Any, a: Any, b: Any) -> float:
 
 def cpu_bf16_probe(cache_dir: Path | None = None) -> dict[str, float]:
     """The probe's figures for this machine, measured once and cached (keyed by CPU, flags, torch)."""
-    return _cached("bf16", _probe, {"float32", "bfloat16"}, cache_dir)
+    return cached("bf16", _probe, {"float32", "bfloat16"}, cache_dir)
 
 
 def _default_cache() -> Path:
@@ -171,11 +171,15 @@ def _int8_probe() -> dict[str, float]:
     return result
 
 
-def _cached(name: str, probe: Any, keys: set[str], cache_dir: Path | None) -> dict[str, float]:
+def cached(name: str, probe: Any, keys: set[str], cache_dir: Path | None, what: str = "") -> dict[str, float]:
+    """``probe()``'s figures, measured once per machine (CPU model, flags, torch) and ``what`` (e.g. a
+    model's digest) and kept under the cache dir."""
     import torch
 
     model, flags = cpu_info()
-    key = hashlib.sha256(f"{model}|{sorted(flags)}|{torch.__version__}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        (f"{model}|{sorted(flags)}|{torch.__version__}" + (f"|{what}" if what else "")).encode()
+    ).hexdigest()[:16]
     path = (cache_dir or _default_cache()) / "hardware" / f"{name}-probe-{key}.json"
     try:
         cached = json.loads(path.read_text())
@@ -207,7 +211,7 @@ def serve_int8(weights: str, choice: Choice, cache_dir: Path | None = None) -> t
         return False, f"{choice.device}: float weights ({choice.dtype})"
     if weights == "int8":
         return True, "int8 weights as configured"
-    fig = _cached("int8", _int8_probe, {"int8", "float32", "bfloat16"}, cache_dir)
+    fig = cached("int8", _int8_probe, {"int8", "float32", "bfloat16"}, cache_dir)
     against = choice.dtype if choice.dtype in fig else "float32"  # float16 on a CPU: measured as float32
     speedup = fig["int8"] / max(fig[against], 1e-9)
     measured = f"matmul int8 {fig['int8']:.0f} GOP/s vs {against} {fig[against]:.0f} GFLOP/s"

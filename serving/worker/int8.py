@@ -13,13 +13,16 @@ quantised once and multiplied once, and each layer takes its columns of the resu
 
 Quality is measured, not assumed: ``apply`` compares the teacher-forced NLL of a built-in check text
 under the float and the int8 model and, under ``auto``, keeps the float layers when int8 costs more
-than ``MAX_NLL_INCREASE`` (SmolLM2-135M: +0.5 %). LoRA adapters stay float and unmerged on top.
+than ``MAX_NLL_INCREASE`` (SmolLM2-135M: +0.5 %); the figures are cached per model weights, tokenizer,
+this module and machine, so a worker restarting on the same base skips the check. LoRA adapters stay
+float and unmerged on top.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -321,34 +324,67 @@ def _choices(model: Any, answers: tuple[torch.Tensor, torch.Tensor, int]) -> tor
     return logits[:, width - 1 : -1].argmax(-1)
 
 
+def identity(model: Any, tokenizer: Any) -> str:
+    """What the quality check's figures depend on: the model's weights (sha256 of every tensor, ~0.4 s
+    for SmolLM2-135M), the check's token ids under this tokenizer and this module's code."""
+    import hashlib
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    seen = set()
+    for name, t in model.state_dict().items():
+        if t.data_ptr() in seen:  # tied weights: once
+            continue
+        seen.add(t.data_ptr())
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+    ids = [x.tolist() for x in _calibration_inputs(tokenizer)] + [tokenizer(CHECK).input_ids]
+    if getattr(tokenizer, "chat_template", None):
+        ids += [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                              add_generation_prompt=True) for q in ANSWERS]  # fmt: skip
+    h.update(repr(ids).encode())
+    return h.hexdigest()
+
+
 def apply(
     model: Any, tokenizer: Any, weights: str, what: str = "", max_increase: float = MAX_NLL_INCREASE,
-    min_agreement: float = MIN_AGREEMENT,
+    min_agreement: float = MIN_AGREEMENT, cache_dir: Path | None = None,
 ) -> Report | None:  # fmt: skip
     """Quantise ``model`` in place when ``weights`` asks for it: ``int8`` always, ``auto`` when the
     check text's NLL rises by at most ``max_increase`` and int8 makes the float model's next-token choice
-    on its own chat answers at least ``min_agreement`` of the time; returns what was measured (None: float)."""
+    on its own chat answers at least ``min_agreement`` of the time; returns what was measured (None: float).
+    The figures are measured once per ``identity`` and machine and kept under ``cache_dir``/hardware/."""
     if weights == "float":
         return None
+    from runtime.hardware import cached
+
+    what_id = identity(model, tokenizer)  # of the float model, before any layer is swapped
     new, old, n_groups = quantise(model, tokenizer)
     if not new:
         return None
-    before = nll(model, tokenizer)
-    answers = _answers(model, tokenizer)
-    float_choices = _choices(model, answers) if answers else None
-    _swap(model, new)
-    after = nll(model, tokenizer)
-    report = Report(True, len(new), n_groups, before, after, "")
-    if answers and float_choices is not None:
-        report.agreement = float((_choices(model, answers) == float_choices).float().mean())
+
+    def measure() -> dict[str, float]:
+        answers = _answers(model, tokenizer)
+        figures = {"nll_float": nll(model, tokenizer), "agreement": 1.0}
+        float_choices = _choices(model, answers) if answers else None
+        _swap(model, new)
+        figures["nll_int8"] = nll(model, tokenizer)
+        if answers and float_choices is not None:
+            figures["agreement"] = float((_choices(model, answers) == float_choices).float().mean())
+        _swap(model, old)
+        return figures
+
+    # measured once per model, tokenizer, this module's numerics and machine (2-7 s for SmolLM2-135M)
+    fig = cached("int8-check", measure, {"nll_float", "nll_int8", "agreement"}, cache_dir, what_id)
+    before, after = fig["nll_float"], fig["nll_int8"]
+    report = Report(True, len(new), n_groups, before, after, "", fig["agreement"])
     measured = f"check text NLL {before:.3f} -> {after:.3f} ({report.increase:+.1%}), next-token agreement with float "
     measured += f"on chat answers {report.agreement:.1%}"
     if weights == "auto" and (report.increase > max_increase or report.agreement < min_agreement):
-        _swap(model, old)
         report.kept = False
         limits = f"limits +{max_increase:.0%}, {min_agreement:.0%}"
         report.reason = f"int8 too far from float ({measured}; {limits}): float kept"
     else:
+        _swap(model, new)
         _own_memory(model)
         report.reason = f"int8 weights and activations: {measured}"
     log.info("%s: %s, %d layers in %d groups", what or "model", report.reason, report.layers, report.groups)

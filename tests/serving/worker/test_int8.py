@@ -5,6 +5,7 @@ and LoRA adapters add their float delta on top, batched as on a float base."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,12 @@ def logits(model: Any, tok: Any, text: str) -> torch.Tensor:
         return model(input_ids=ids).logits[0]
 
 
-def test_every_linear_layer_becomes_int8_grouped_by_input_and_close_to_float(tiny_llama_dir: Path) -> None:
+def test_every_linear_layer_becomes_int8_grouped_by_input_and_close_to_float(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
     model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
     ref = copy.deepcopy(model)
-    report = int8.apply(model, tok, "int8", "tiny")
+    report = int8.apply(model, tok, "int8", "tiny", cache_dir=tmp_path)  # measured here, not read from a cache
     assert report is not None and report.kept
     assert not [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]  # every one replaced
     attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
@@ -97,3 +100,25 @@ def test_adapters_on_an_int8_base_add_their_float_delta_batched_together(tiny_ll
     while engine.queued() or engine.running():
         engine.step()
     assert done == {i: ("length", 6, str(i % 2 + 1)) for i in range(4)}  # both adapters in one batch
+
+
+def test_the_quality_check_is_measured_once_per_model_and_machine_and_its_figures_decide(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
+    first = int8.apply(model, tok, "auto", "tiny", cache_dir=tmp_path)
+    assert first is not None and first.kept
+    files = list((tmp_path / "hardware").glob("int8-check-*.json"))
+    assert len(files) == 1
+    figures = json.loads(files[0].read_text())
+    assert figures == {"nll_float": first.nll_float, "nll_int8": first.nll_int8, "agreement": first.agreement}
+    files[0].write_text(json.dumps({**figures, "agreement": 0.5}))  # the kept figures are what decides
+    again, _ = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
+    second = int8.apply(again, tok, "auto", "tiny", cache_dir=tmp_path)
+    assert second is not None and not second.kept and second.agreement == 0.5 and "float kept" in second.reason
+    assert isinstance(again.model.layers[0].mlp.up_proj, torch.nn.Linear)  # float layers left in place
+    with torch.no_grad():  # other weights: measured anew
+        again.model.layers[0].mlp.up_proj.weight[0, 0] += 0.01
+    third = int8.apply(again, tok, "auto", "tiny", cache_dir=tmp_path)
+    assert third is not None and third.kept and third.agreement > 0.5
+    assert len(list((tmp_path / "hardware").glob("int8-check-*.json"))) == 2
