@@ -162,7 +162,7 @@ class Group(torch.nn.Module):
             q, scale = kernels.torch_quantise(flat, h.inv_smooth)
             y = (torch._int_mm(q, h.wq_t) * scale).mul_(h.w_scale)
         if h.outliers is not None and h.w_outliers is not None:
-            y = torch.addmm(y, flat.index_select(1, h.outliers).float(), h.w_outliers)
+            y.addmm_(flat.index_select(1, h.outliers).float(), h.w_outliers)  # in place: one copy fewer
         if h.bias is not None:
             y.add_(h.bias)
         return y.to(x.dtype).view(*x.shape[:-1], -1)
