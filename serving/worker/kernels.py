@@ -57,8 +57,29 @@ void lc_dequantise(const int32_t* y, const float* scale, const float* w_scale, i
     for (int64_t j = 0; j < n; j++) o[j] = (float)row[j] * s * w_scale[j];
   }
 }
+void lc_rmsnorm(const float* x, const float* var, const float* w, float eps, int64_t m, int64_t k, float* out) {
+  for (int64_t i = 0; i < m; i++) {
+    const float r = 1.0f / sqrtf(var[i] + eps);
+    for (int64_t j = 0; j < k; j++) out[i * k + j] = w[j] * (x[i * k + j] * r);
+  }
+}
+void lc_rope(float* t, int64_t stride, const float* cos, const float* sin, int64_t m, int64_t heads, int64_t dim) {
+  const int64_t h = dim / 2;
+  float tmp[1024];
+  for (int64_t i = 0; i < m; i++) {
+    const float* c = cos + i * dim;
+    const float* s = sin + i * dim;
+    for (int64_t a = 0; a < heads; a++) {
+      float* p = t + i * stride + a * dim;
+      for (int64_t j = 0; j < dim; j++) tmp[j] = p[j];
+      for (int64_t j = 0; j < h; j++) p[j] = tmp[j] * c[j] + (-tmp[j + h]) * s[j];
+      for (int64_t j = h; j < dim; j++) p[j] = tmp[j] * c[j] + tmp[j - h] * s[j];
+    }
+  }
+}
 """
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
+# no contraction of a * b + c into one rounding: the rotation must give the torch ops' bits
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
 
 
 class Kernels:
@@ -69,6 +90,9 @@ class Kernels:
         self._q, self._d = lib.lc_quantise, lib.lc_dequantise
         self._q.argtypes, self._q.restype = [p, p, i, i, p, p], None
         self._d.argtypes, self._d.restype = [p, p, p, i, i, p], None
+        self._n, self._r = lib.lc_rmsnorm, lib.lc_rope
+        self._n.argtypes, self._n.restype = [p, p, p, ctypes.c_float, i, i, p], None
+        self._r.argtypes, self._r.restype = [p, i, p, p, i, i, i], None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Kernels:  # stateless: a copied model shares the library
         return self
@@ -88,6 +112,24 @@ class Kernels:
         self._d(y.data_ptr(), scale.data_ptr(), w_scale.data_ptr(), m, n, out.data_ptr())
         return out
 
+    def rmsnorm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        """Llama's RMSNorm of ``x`` [m, k] contiguous float32, ``w * (x * rsqrt(mean(x^2) + eps))``, with its
+        bits: the mean by torch's own reduction (its order of summing), the rest in one loop."""
+        m, k = x.shape
+        var = x.pow(2).mean(-1)
+        out = torch.empty(m, k)
+        self._n(x.data_ptr(), var.data_ptr(), w.data_ptr(), eps, m, k, out.data_ptr())
+        return out
+
+    def rope_(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
+        """Rotary position embedding in place on ``t`` [m, heads * dim] (rows may be strided, each row's
+        values contiguous) with ``cos``/``sin`` [m, dim]: ``t * cos + rotate_half(t) * sin`` in
+        Hugging Face's order, so its bits."""
+        m, n = t.shape
+        assert t.stride(1) == 1 and cos.is_contiguous() and sin.is_contiguous() and dim <= 1024
+        self._r(t.data_ptr(), t.stride(0), cos.data_ptr(), sin.data_ptr(), m, n // dim, dim)
+        return t
+
 
 def torch_quantise(x: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What ``Kernels.quantise`` does, as torch ops (any dtype, any rows)."""
@@ -95,6 +137,13 @@ def torch_quantise(x: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, to
     scale = flat.abs().amax(1, keepdim=True).float().clamp_(min=1e-8).div_(127)  # 8x linalg's inf-norm here
     # a division, as the C loop: x * (127 / amax) rounds worse (+0.8 % NLL on SmolLM2)
     return torch.div(flat, scale).round_().to(torch.int8), scale
+
+
+def torch_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
+    """What ``Kernels.rope_`` does, as Hugging Face's ``apply_rotary_pos_emb`` computes it (a new tensor)."""
+    x = t.reshape(t.shape[0], -1, dim)
+    half = torch.cat((-x[..., dim // 2 :], x[..., : dim // 2]), dim=-1)
+    return (x * cos[:, None] + half * sin[:, None]).reshape(t.shape)
 
 
 def _agrees(k: Kernels) -> bool:
@@ -108,7 +157,11 @@ def _agrees(k: Kernels) -> bool:
     q_ref, s_ref = torch_quantise(x, inv)
     y = torch.randint(-(2**24), 2**24, (5, 37), dtype=torch.int32, generator=gen)
     w = torch.rand(37, generator=gen)
-    return torch.equal(q, q_ref) and torch.equal(s, s_ref) and torch.equal(k.dequantise(y, s, w), (y * s).mul_(w))
+    t = torch.randn(5, 3 * 8, generator=gen)
+    cos, sin = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
+    rope = torch.equal(k.rope_(t.clone(), cos, sin, 8), torch_rope(t, cos, sin, 8))
+    return (torch.equal(q, q_ref) and torch.equal(s, s_ref) and torch.equal(k.dequantise(y, s, w), (y * s).mul_(w))
+            and rope)  # fmt: skip
 
 
 _loaded: dict[str, Kernels | None] = {}

@@ -338,6 +338,9 @@ class Group:
         self.later: collections.deque[Request] = collections.deque()  # background requests
         self.device = param.device
         self.prefixes = PrefixCache()
+        from serving.worker import fused
+
+        self.fast = fused.Decoder.build(model)  # None: decode steps call the model
 
     def running(self, background: bool | None = None) -> int:
         return sum(r is not None and background in (None, r.background) for r in self.rows)

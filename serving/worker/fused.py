@@ -1,0 +1,102 @@
+"""A decode step of a Llama-family model without Hugging Face's module tree, with the same bits.
+
+At 32 rows a SmolLM2-135M decode step on a 2-core Xeon was ~3,000 torch calls: with int8 weights the
+matmuls took a third of the time, the rest went to small ops and the Python around them (each RMSNorm
+six ops, each rotary embedding ten, a causal mask built and the decoder layers' keyword plumbing at every
+step). This decoder runs the same arithmetic in the same order with fewer calls: RMSNorm as torch's mean
+of squares plus one C loop, the rotary embedding in one C loop (``kernels.py``; both give Hugging Face's
+bits, checked when the loops load), the residual adds in place, no mask (the engine's KV attention has
+each row's length), and every linear layer still called as a module, so int8 groups (``int8.py``) and
+LoRA adapters (``lora.py``) work as in the full model. Its tokens equal the module path's (tested);
+prefill keeps the full model.
+
+Used where it computes what the model does: a ``*ForCausalLM`` whose every decoder layer is a Llama,
+Mistral or Qwen2 layer (pre-norm RMSNorm, rotary embedding, SiLU-gated MLP, no q/k norms), float32 on
+CPU, with the C loops loaded. Anything else: ``build`` returns None and the engine calls the model.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from serving.worker import kernels, kv
+
+LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}
+NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"}
+PROJECTIONS = (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")), ("mlp", ("gate_proj", "up_proj", "down_proj")))
+
+
+def why_not(model: Any) -> str:
+    """Why ``model`` cannot take this decoder ('' when it can)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not type(model).__name__.endswith("ForCausalLM") or inner is None or not layers:
+        return "not a decoder-only model with .model.layers"
+    param = next(model.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        return f"{param.dtype} on {param.device.type} (float32 on CPU only)"
+    if (
+        not all(hasattr(inner, a) for a in ("embed_tokens", "rotary_emb", "norm"))
+        or type(inner.norm).__name__ not in NORMS
+    ):
+        return "no embed_tokens, rotary_emb or RMSNorm final norm"
+    if getattr(model.config, "final_logit_softcapping", None) or getattr(model.config, "pretraining_tp", 1) not in (
+        1,
+        None,
+    ):
+        return "logit soft-capping or tensor-parallel pretraining"
+    for layer in layers:
+        if type(layer).__name__ not in LAYERS:
+            return f"{type(layer).__name__} layers"
+        attn, mlp = layer.self_attn, layer.mlp
+        norms = (layer.input_layernorm, layer.post_attention_layernorm)
+        if any(type(n).__name__ not in NORMS for n in norms) or hasattr(attn, "q_norm"):
+            return "layer norms other than pre-norm RMSNorm"
+        if type(mlp.act_fn).__name__ not in ("SiLUActivation", "SiLU"):
+            return f"{type(mlp.act_fn).__name__} activation"
+        if not all(hasattr(getattr(layer, part), n) for part, names in PROJECTIONS for n in names):
+            return "projections other than q/k/v/o and gate/up/down"
+    if getattr(model, "lm_head", None) is None:
+        return "no lm_head"
+    return ""
+
+
+class Decoder:
+    """``decoder(ids [rows, 1], pos [rows, 1], ctx)`` -> an object with ``.logits`` [rows, 1, vocab]."""
+
+    def __init__(self, model: Any, k: kernels.Kernels) -> None:
+        self.model = model
+        self.k = k
+
+    @staticmethod
+    def build(model: Any) -> Decoder | None:
+        k = kernels.load()
+        if k is None or why_not(model):
+            return None
+        return Decoder(model, k)
+
+    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, ctx: kv.Pass) -> Any:
+        inner, k = self.model.model, self.k
+        x = inner.embed_tokens(ids[:, 0])  # [rows, hidden], a new tensor: the residual stream, added in place
+        rows = x.shape[0]
+        cos, sin = inner.rotary_emb(x[None], position_ids=pos[:, 0][None])
+        cos, sin = cos[0].contiguous(), sin[0].contiguous()
+        for layer in inner.layers:
+            attn, mlp, norm = layer.self_attn, layer.mlp, layer.input_layernorm
+            h = k.rmsnorm(x, norm.weight, norm.variance_epsilon)
+            q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            dim = attn.head_dim
+            k.rope_(q, cos, sin, dim)
+            k.rope_(key, cos, sin, dim)
+            q4, k4, v4 = (t.view(rows, -1, 1, dim) for t in (q, key, value))
+            out, _ = kv.attention(attn, q4, k4, v4, None, scaling=attn.scaling, **{kv.NAME: ctx})
+            x.add_(attn.o_proj(out.reshape(rows, -1)))
+            norm = layer.post_attention_layernorm
+            h = k.rmsnorm(x, norm.weight, norm.variance_epsilon)
+            x.add_(mlp.down_proj(F.silu(mlp.gate_proj(h)).mul_(mlp.up_proj(h))))
+        h = k.rmsnorm(x, inner.norm.weight, inner.norm.variance_epsilon)
+        return SimpleNamespace(logits=self.model.lm_head(h)[:, None])
