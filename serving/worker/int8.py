@@ -155,7 +155,8 @@ class Group(torch.nn.Module):
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         h, k = self.hot, self.kernels
         flat = x.reshape(-1, x.shape[-1])
-        if k is not None and flat.shape[0] <= kernels.ROWS and flat.dtype == h.inv_smooth.dtype == torch.float32:
+        few = flat.shape[0] <= kernels.ROWS or torch.get_num_threads() <= 2  # see kernels.py
+        if k is not None and few and flat.dtype == h.inv_smooth.dtype == torch.float32:
             q, scale = k.quantise(flat.contiguous(), h.inv_smooth)  # the same bits as the torch ops, fewer calls
             y = k.dequantise(torch._int_mm(q, h.wq_t), scale, h.w_scale)
         else:
