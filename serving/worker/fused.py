@@ -74,10 +74,10 @@ class Decoder:
 
     @staticmethod
     def build(model: Any) -> Decoder | None:
-        k = kernels.load()
-        if k is None or why_not(model):
+        if why_not(model):
             return None
-        return Decoder(model, k)
+        k = kernels.load()
+        return None if k is None else Decoder(model, k)
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, ctx: kv.Pass) -> Any:
         inner, k = self.model.model, self.k

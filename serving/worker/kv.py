@@ -265,8 +265,8 @@ def attention(
         k_store[ctx.rows, :, ctx.cols] = key[0].transpose(0, 1)
         v_store[ctx.rows, :, ctx.cols] = value[0].transpose(0, 1)
         return _prefill_attention(module, query, key, value, (k_store, v_store), ctx, **kwargs), None
-    # decode: key [hi, kv_heads, 1, dim], written by one index_copy_ per storage (index_put_ with a row and
-    # a column index took 47 us a layer here, 32 rows)
+    # decode: key [hi, kv_heads, 1, dim], written by one index_copy_ per storage into its flattened view
+    # (index_put_ with a row and a column index: 15.8 us a call at 32 rows here, index_copy_ 11.0)
     if ctx.flat is None or ctx.flat[0] != k_store.shape:
         heads = torch.arange(k_store.shape[1], device=k_store.device)
         at = (ctx.rows[:, None] * k_store.shape[1] + heads) * k_store.shape[2] + ctx.cols[:, None]
