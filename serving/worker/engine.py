@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from serving.worker import kv, lora
+from serving.worker import fused, kv, lora
 from serving.worker.sampling import detokenize, sample
 from serving.worker.slots import Delta, EngineError, ModelSlot, QueueFullError, Request, SamplingParams, Sink, deliver
 from serving.worker.stops import find_stop, safe_end
@@ -130,6 +130,7 @@ class Engine:
             group = self._groups.get(id(slot.model))
             if group is None:
                 group = self._groups[id(slot.model)] = kv.Group(slot.model, self.max_batch)
+                group.fast = fused.Decoder.build(slot.model)  # None: decode steps call the model
             (group.later if background else group.waiting).append(req)
             self._busy[slot] = self._busy.get(slot, 0) + 1
             self._cv.notify_all()

@@ -338,9 +338,7 @@ class Group:
         self.later: collections.deque[Request] = collections.deque()  # background requests
         self.device = param.device
         self.prefixes = PrefixCache()
-        from serving.worker import fused
-
-        self.fast = fused.Decoder.build(model)  # None: decode steps call the model
+        self.fast: Any = None  # the engine's fused decoder for this model (fused.py); None: call the model
 
     def running(self, background: bool | None = None) -> int:
         return sum(r is not None and background in (None, r.background) for r in self.rows)
