@@ -1,18 +1,25 @@
-"""Per-token int8 quantisation and dequantisation of a decode step's few rows, in C.
+"""The serving engine's C loops: int8 (de)quantisation, RMSNorm and rotary embedding for the fused decode
+step, and decode attention.
 
 At 32 rows a linear layer's int8 matmul took ~60 us on a 2-core Xeon and the seven torch ops around it
 (scale the input, take each row's maximum, divide, round, cast; then scale the product by rows and
-columns) as long again: each op costs its dispatch whatever its size. These two loops do the same
-arithmetic in the same order (float32, IEEE division, round half to even), so their results are
-bit-identical to the torch ops (checked when the library loads; a test keeps it so).
+columns) as long again: each op costs its dispatch whatever its size. The quantisation loops do the same
+arithmetic in the same order (float32, IEEE division, round half to even), as do the norm and the
+rotation, so their results are bit-identical to the torch ops (checked when the library loads; a test
+keeps it so). Decode attention (one query token per row over its row's stored keys) writes the new keys
+and values and attends in one call a layer, where torch needed an index_copy_ per storage and ~8 ops:
+its sums run in another order and its exp is a polynomial within ~1 ulp, so it is checked close to SDPA,
+not equal.
 
-The source is compiled here with the system C compiler (``cc -O3 -march=native``, a fraction of a
-second) into the cache directory, keyed by source, CPU and compiler, and called through ``ctypes``
+The source is compiled here with the system C compiler (``cc -O3 -march=native -fopenmp``, a fraction of
+a second) into the cache directory, keyed by source, CPU and compiler, and called through ``ctypes``
 (which releases the GIL). No compiler, a failed build or a failed check: ``load()`` returns None and
-the int8 layers use the torch ops. These loops run on one thread, torch's ops on all of them: with
-at most 2 threads the loops were no slower at any row count measured (up to 437 rows, a prefill of 32
-prompts; 1.2-2.4x faster below 100), so they take every call there; with more threads, only calls of
-at most ``ROWS`` rows (decode steps).
+the engine uses the torch ops. Calls with enough work split their rows among torch's own OpenMP threads
+(the library links the libgomp torch loaded; where a second OpenMP runtime would be loaded instead, they
+run on one thread rather than oversubscribe the cores). Quantisation on one thread was no slower than
+torch's ops on two at any row count measured (up to 437 rows, a prefill of 32 prompts; 1.2-2.4x faster
+below 100), so with at most 2 threads the loops take every call; with more, only calls of at most
+``ROWS`` rows (decode steps).
 """
 
 from __future__ import annotations
@@ -28,15 +35,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
 ROWS = 64  # with more than 2 threads, at most this many rows take the C loops
 SOURCE = r"""
 #include <stdint.h>
 #include <math.h>
+#include <string.h>
 #define L 16
-void lc_quantise(const float* x, const float* inv, int64_t m, int64_t k, int8_t* q, float* scale) {
-  for (int64_t i = 0; i < m; i++) {
+/* A loop over rows split among nt OpenMP threads (torch's own: see shared_openmp) where it has enough work to
+   gain from it; entering even a region of one thread costs microseconds, so small calls never do. */
+#define ROWS_OF(m, nt, work, i, call)                                          \
+  if ((nt) > 1 && (work) >= 32768) {                                           \
+    _Pragma("omp parallel for num_threads(nt) schedule(static)")               \
+    for (int64_t i = 0; i < (m); i++) call;                                    \
+  } else {                                                                     \
+    for (int64_t i = 0; i < (m); i++) call;                                    \
+  }
+static inline void quantise_row(const float* x, const float* inv, int64_t i, int64_t k, int8_t* q, float* scale) {
+  {
     const float* row = x + i * k;
     int8_t* out = q + i * k;
     float acc[L] = {0};
@@ -51,13 +69,15 @@ void lc_quantise(const float* x, const float* inv, int64_t m, int64_t k, int8_t*
     for (j = 0; j < k; j++) out[j] = (int8_t)nearbyintf(row[j] * inv[j] / s);
   }
 }
-void lc_dequantise(const int32_t* y, const float* scale, const float* w_scale, int64_t m, int64_t n, float* out) {
-  for (int64_t i = 0; i < m; i++) {
-    const float s = scale[i];
-    const int32_t* row = y + i * n;
-    float* o = out + i * n;
-    for (int64_t j = 0; j < n; j++) o[j] = (float)row[j] * s * w_scale[j];
-  }
+void lc_quantise(const float* x, const float* inv, int64_t m, int64_t k, int8_t* q, float* scale, int nt) {
+  ROWS_OF(m, nt, m * k, i, quantise_row(x, inv, i, k, q, scale))
+}
+static inline void dequantise_part(const int32_t* y, float s, const float* w_scale, int64_t n, float* out) {
+  for (int64_t j = 0; j < n; j++) out[j] = (float)y[j] * s * w_scale[j];
+}
+void lc_dequantise(const int32_t* y, const float* scale, const float* w_scale, int64_t m, int64_t n, float* out,
+                   int nt) {
+  ROWS_OF(m, nt, m * n, i, dequantise_part(y + i * n, scale[i], w_scale, n, out + i * n))
 }
 void lc_rmsnorm(const float* x, const float* var, const float* w, float eps, int64_t m, int64_t k, float* out) {
   for (int64_t i = 0; i < m; i++) {
@@ -79,22 +99,113 @@ void lc_rope(float* t, int64_t stride, const float* cos, const float* sin, int64
     }
   }
 }
+
+/* e^x for x <= 0 (Cephes' expf: range reduction by ln 2, degree-5 polynomial; ~1 ulp), vectorisable */
+static inline float lc_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = nearbyintf(x * 1.44269504088896341f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float two;
+  memcpy(&two, &bits, sizeof two);
+  return y * two;
+}
+/* One query token per row over its row's keys. Row i writes its new key and value (kn, vn: [m, kv_heads, dim]
+   with strides (nr, nh, 1) and (vr, vh, 1)) at column pos[i] of its storage, then query head a attends to columns
+   [start, pos[i]] of KV head a / (heads / kv_heads), start = pos[i] - window + 1 (0 without a window).
+   q: [m, heads, dim] with strides (qr, qh, 1); k, v: the rows' storage [m, kv_heads, columns, dim] with
+   strides (kr, kh, dim, 1); work: [m * heads, width] scores; out: [m, heads * dim]. One task per (row, KV
+   head): its keys and values are read from memory once for the query heads that share them. */
+typedef struct {
+  const float *q, *kn, *vn;
+  float *k, *v;
+  int64_t qr, qh, nr, nh, vr, vh, kr, kh;
+  const int64_t* pos;
+  int64_t window, heads, kv_heads, dim, width;
+  float scaling;
+  float *work, *out;
+} attend_args;
+static inline __attribute__((always_inline)) void attend_dim(const attend_args* A, int64_t ih, const int64_t dim) {
+  const int64_t i = ih / A->kv_heads, h = ih % A->kv_heads, g = A->heads / A->kv_heads;
+  const int64_t end = A->pos[i] + 1;
+  const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
+  float* restrict kk = A->k + i * A->kr + h * A->kh;
+  float* restrict vv = A->v + i * A->kr + h * A->kh;
+  memcpy(kk + A->pos[i] * dim, A->kn + i * A->nr + h * A->nh, dim * sizeof(float));
+  memcpy(vv + A->pos[i] * dim, A->vn + i * A->vr + h * A->vh, dim * sizeof(float));
+  for (int64_t a = h * g; a < (h + 1) * g; a++) {
+    const float* restrict qq = A->q + i * A->qr + a * A->qh;
+    float* restrict s = A->work + (i * A->heads + a) * A->width;
+    float top = -INFINITY;
+    for (int64_t j = start; j < end; j++) {
+      float acc = 0.f;
+      #pragma omp simd reduction(+ : acc)
+      for (int64_t d = 0; d < dim; d++) acc = __builtin_fmaf(qq[d], kk[j * dim + d], acc);
+      s[j] = acc * A->scaling;
+      top = top > s[j] ? top : s[j];
+    }
+    float sum = 0.f;
+    #pragma omp simd reduction(+ : sum)
+    for (int64_t j = start; j < end; j++) {
+      s[j] = lc_exp(s[j] - top);
+      sum += s[j];
+    }
+    const float inv = 1.f / sum;
+    float o[256];
+    for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
+    for (int64_t j = start; j < end; j++) {
+      const float p = s[j] * inv;
+      #pragma omp simd
+      for (int64_t d = 0; d < dim; d++) o[d] = __builtin_fmaf(p, vv[j * dim + d], o[d]);
+    }
+    memcpy(A->out + (i * A->heads + a) * dim, o, dim * sizeof(float));
+  }
+}
+static void attend_one(const attend_args* A, int64_t ih) {  /* the common head sizes unrolled */
+  if (A->dim == 64) attend_dim(A, ih, 64);
+  else if (A->dim == 128) attend_dim(A, ih, 128);
+  else attend_dim(A, ih, A->dim);
+}
+void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t nr, int64_t nh, const float* vn,
+               int64_t vr, int64_t vh, float* k, float* v, int64_t kr, int64_t kh, const int64_t* pos,
+               int64_t window, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim, float scaling,
+               int64_t width, float* work, float* out, int nt) {
+  const attend_args A = {q, kn, vn, k, v, qr, qh, nr, nh, vr, vh, kr, kh, pos, window, heads, kv_heads, dim, width,
+                         scaling, work, out};
+  ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih))
+}
 """
 # no contraction of a * b + c into one rounding: the rotation must give the torch ops' bits
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 
 class Kernels:
-    """The compiled library's two functions on float32 CPU tensors."""
+    """The compiled library's functions on float32 CPU tensors."""
 
-    def __init__(self, lib: Any) -> None:
-        p, i = ctypes.c_void_p, ctypes.c_int64
+    def __init__(self, lib: Any, shared_threads: bool = True) -> None:
+        p, i, n = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         self._q, self._d = lib.lc_quantise, lib.lc_dequantise
-        self._q.argtypes, self._q.restype = [p, p, i, i, p, p], None
-        self._d.argtypes, self._d.restype = [p, p, p, i, i, p], None
+        self._q.argtypes, self._q.restype = [p, p, i, i, p, p, n], None
+        self._d.argtypes, self._d.restype = [p, p, p, i, i, p, n], None
         self._n, self._r = lib.lc_rmsnorm, lib.lc_rope
         self._n.argtypes, self._n.restype = [p, p, p, ctypes.c_float, i, i, p], None
         self._r.argtypes, self._r.restype = [p, i, p, p, i, i, i], None
+        self._a = lib.lc_attend
+        self._a.argtypes = [p, i, i, p, i, i, p, i, i, p, p, i, i, p, i, i, i, i, i, ctypes.c_float, i, p, p, n]
+        self._a.restype = None
+        # the loops' OpenMP teams are torch's own threads only where torch's libgomp is the one loaded
+        self.shared_threads = shared_threads
+
+    def threads(self) -> int:
+        return torch.get_num_threads() if self.shared_threads else 1
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Kernels:  # stateless: a copied model shares the library
         return self
@@ -104,14 +215,35 @@ class Kernels:
         m, k = x.shape
         q = torch.empty(m, k, dtype=torch.int8)
         scale = torch.empty(m, 1)
-        self._q(x.data_ptr(), inv.data_ptr(), m, k, q.data_ptr(), scale.data_ptr())
+        self._q(x.data_ptr(), inv.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), self.threads())
         return q, scale
 
     def dequantise(self, y: torch.Tensor, scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
         """``y`` int32 [m, n] -> ``y * scale * w_scale`` in float32."""
         m, n = y.shape
         out = torch.empty(m, n)
-        self._d(y.data_ptr(), scale.data_ptr(), w_scale.data_ptr(), m, n, out.data_ptr())
+        self._d(y.data_ptr(), scale.data_ptr(), w_scale.data_ptr(), m, n, out.data_ptr(), self.threads())
+        return out
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor, pos: torch.Tensor, window: int | None, scaling: float,
+               work: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Decode attention, one query token per row: each row's new ``key``/``value`` [m, kv_heads, 1, dim]
+        written at column ``pos`` of its row of ``keys``/``values`` [m, kv_heads, columns, dim] (the rows'
+        storage, each head's columns contiguous), then ``query`` [m, heads, 1, dim] over columns
+        ``pos - window + 1 .. pos``: softmax(q k^T * scaling) v, query heads grouped on KV heads. All
+        float32, last axes contiguous; ``work`` holds [m * heads, width] scores. -> [m, heads * dim].
+        Sums in another order than torch's and an exp within ~1 ulp of torch's: close, not its bits."""
+        m, heads, _, dim = query.shape
+        kv_heads, width = keys.shape[1], work.shape[1]
+        assert query.stride(3) == key.stride(3) == value.stride(3) == keys.stride(3) == 1 and keys.stride(2) == dim
+        assert keys.stride() == values.stride() and dim <= 256
+        assert work.shape[0] >= m * heads and pos.dtype == torch.int64 and pos.is_contiguous()
+        out = torch.empty(m, heads * dim)
+        self._a(query.data_ptr(), query.stride(0), query.stride(1), key.data_ptr(), key.stride(0), key.stride(1),
+                value.data_ptr(), value.stride(0), value.stride(1), keys.data_ptr(), values.data_ptr(),
+                keys.stride(0), keys.stride(1), pos.data_ptr(), window or 0, m, heads, kv_heads, dim, scaling,
+                width, work.data_ptr(), out.data_ptr(), self.threads())  # fmt: skip
         return out
 
     def rmsnorm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -148,6 +280,21 @@ def torch_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) 
     return (x * cos[:, None] + half * sin[:, None]).reshape(t.shape)
 
 
+def torch_attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor, pos: torch.Tensor, window: int | None, scaling: float,
+                 width: int) -> torch.Tensor:  # fmt: skip
+    """What ``Kernels.attend`` computes, as torch ops (SDPA with each row's mask, GQA by repeated heads)."""
+    m, heads, _, dim = query.shape
+    rows = torch.arange(m)
+    keys[rows, :, pos], values[rows, :, pos] = key[:, :, 0], value[:, :, 0]
+    col = torch.arange(width)
+    mask = (col[None] <= pos[:, None]) & ((col[None] > pos[:, None] - window) if window else True)
+    rep = heads // keys.shape[1]
+    k, v = (t[:, :, :width].repeat_interleave(rep, 1) for t in (keys, values))
+    out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask[:, None, None], scale=scaling)
+    return out.reshape(m, heads * dim)
+
+
 def _agrees(k: Kernels) -> bool:
     """The C loops give the torch ops' bits on a sample with zeroed channels, tiny and large rows."""
     gen = torch.Generator().manual_seed(0)
@@ -162,8 +309,28 @@ def _agrees(k: Kernels) -> bool:
     t = torch.randn(5, 3 * 8, generator=gen)
     cos, sin = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
     rope = torch.equal(k.rope_(t.clone(), cos, sin, 8), torch_rope(t, cos, sin, 8))
+    # attention: 3 rows (one sees only its first column, one a window), 6 query heads on 2 KV heads
+    query = torch.randn(3, 6, 1, 16, generator=gen)
+    keys, values = torch.randn(2, 3, 2, 9, 16, generator=gen) * 3
+    new = torch.randn(2, 3, 2, 1, 16, generator=gen)
+    pos = torch.tensor([0, 6, 8])
+    attend = True
+    for window in (None, 4):
+        got = k.attend(query, new[0], new[1], keys, values, pos, window, 0.25, torch.empty(18, 9))
+        ref = torch_attend(query, new[0], new[1], keys, values, pos, window, 0.25, 9)
+        attend &= torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
     return (torch.equal(q, q_ref) and torch.equal(s, s_ref) and torch.equal(k.dequantise(y, s, w), (y * s).mul_(w))
-            and rope)  # fmt: skip
+            and rope and attend)  # fmt: skip
+
+
+def shared_openmp() -> bool:
+    """Whether one OpenMP runtime is loaded (torch's): then the loops' threads are torch's own. Two
+    (a torch wheel that bundles its libgomp under another name) would oversubscribe the cores."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return len({os.path.realpath(line.split()[-1]) for line in maps.splitlines() if "libgomp" in line}) <= 1
 
 
 _loaded: dict[str, Kernels | None] = {}
@@ -197,7 +364,7 @@ def load(cache_dir: Path | None = None) -> Kernels | None:
             subprocess.run([cc, *FLAGS, "-o", str(tmp), str(src)], check=True, capture_output=True, timeout=120)
             src.unlink()
             tmp.replace(path)
-        kernels = Kernels(ctypes.CDLL(str(path)))
+        kernels = Kernels(ctypes.CDLL(str(path)), shared_openmp())
         if not _agrees(kernels):
             log.warning("the int8 C kernels (%s) disagree with torch's ops: torch's ops used", path)
             kernels = None

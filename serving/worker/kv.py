@@ -20,17 +20,20 @@ Two kinds of forward pass use it:
   to itself (one causal SDPA call per prompt length, prompts of a length batched), their keys and
   values scattered into their rows at columns ``0..len-1``;
 * **decode**: one token per row for rows ``lo..hi-1`` (free rows in between get a dummy token that
-  only sees itself), written at each row's position, attending to columns ``0..pos``.
+  only sees itself), written at each row's position, attending to columns ``0..pos``; on CPU in float32
+  one C call a layer does both (``kernels.py``), elsewhere an ``index_copy_`` and SDPA (or two matmuls).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from serving.worker import kernels
 from serving.worker.slots import Request
 
 NAME = "lifecycle_kv"
@@ -52,6 +55,7 @@ class Pass:
     bias: torch.Tensor | None = None  # decode on CPU: ``mask`` as 0 / -inf, made by the first layer
     lo: int = 0  # decode: the first row (rows are lo..lo+hi-1)
     flat: tuple[tuple[int, ...], torch.Tensor] | None = None  # decode: (storage shape, each key's flat index)
+    work: torch.Tensor | None = None  # decode on CPU with the C loops: the scores, made by the first layer
 
 
 @dataclass
@@ -265,6 +269,16 @@ def attention(
         k_store[ctx.rows, :, ctx.cols] = key[0].transpose(0, 1)
         v_store[ctx.rows, :, ctx.cols] = value[0].transpose(0, 1)
         return _prefill_attention(module, query, key, value, (k_store, v_store), ctx, **kwargs), None
+    lo, hi = ctx.lo, ctx.lo + query.shape[0]
+    c = loops() if query.device.type == "cpu" and not kwargs.get("s_aux") else None
+    if c is not None and query.dtype == key.dtype == value.dtype == k_store.dtype == torch.float32:
+        # one C call a layer writes the new keys and values and attends (4-9x faster than SDPA's masked path,
+        # ~2x the two matmuls of _decode_cpu: 32 rows x 64 columns, SmolLM2's 9 query / 3 KV heads)
+        if ctx.work is None:  # made by the first layer, reused by the others
+            ctx.work = torch.empty(query.shape[0] * query.shape[1], ctx.width)
+        scaling = query.shape[3] ** -0.5 if kwargs.get("scaling") is None else kwargs["scaling"]
+        out = c.attend(query, key, value, k_store[lo:hi], v_store[lo:hi], ctx.cols, ctx.window, scaling, ctx.work)
+        return out.view(query.shape[0], 1, query.shape[1], query.shape[3]), None
     # decode: key [hi, kv_heads, 1, dim], written by one index_copy_ per storage into its flattened view
     # (index_put_ with a row and a column index: 15.8 us a call at 32 rows here, index_copy_ 11.0)
     if ctx.flat is None or ctx.flat[0] != k_store.shape:
@@ -274,11 +288,16 @@ def attention(
     dim = k_store.shape[3]
     k_store.view(-1, dim).index_copy_(0, ctx.flat[1], key.reshape(-1, dim).to(k_store.dtype))
     v_store.view(-1, dim).index_copy_(0, ctx.flat[1], value.reshape(-1, dim).to(v_store.dtype))
-    lo, hi = ctx.lo, ctx.lo + query.shape[0]
     keys, values = k_store[lo:hi, :, : ctx.width], v_store[lo:hi, :, : ctx.width]
     if query.device.type == "cpu" and ctx.mask is not None and not kwargs.get("s_aux"):
         return _decode_cpu(query, keys, values, ctx, kwargs.get("scaling")), None
     return sdpa_attention_forward(module, query, keys, values, ctx.mask, **kwargs)
+
+
+@functools.cache
+def loops() -> kernels.Kernels | None:
+    """The C loops (``kernels.py``) where they build here: decode attention in one call a layer."""
+    return kernels.load()
 
 
 def _decode_cpu(
@@ -289,11 +308,12 @@ def _decode_cpu(
     The query heads sharing a KV head are one matrix (no repeat of keys/values). -> [rows, 1, heads, dim]"""
     rows, heads, _, dim = query.shape
     kv_heads = keys.shape[1]
+    scale = dim**-0.5 if scaling is None else scaling
     if ctx.bias is None:
         assert ctx.mask is not None
         ctx.bias = torch.zeros(ctx.mask.shape, dtype=torch.float32).masked_fill_(~ctx.mask, float("-inf"))
     q = query.reshape(rows, kv_heads, heads // kv_heads, dim).float()
-    scores = torch.matmul(q, keys.float().transpose(-1, -2)).mul_(dim**-0.5 if scaling is None else scaling)
+    scores = torch.matmul(q, keys.float().transpose(-1, -2)).mul_(scale)
     probs = torch.softmax(scores.add_(ctx.bias), dim=-1)
     # as one batch of 2-D products: matmul's 4-D path took 143 us a layer here (32 rows), bmm 40 us
     flat = values.reshape(rows * kv_heads, values.shape[2], dim)  # a view: rows and heads merge in the storage
