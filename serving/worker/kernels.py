@@ -129,7 +129,7 @@ typedef struct {
   float *k, *v;
   int64_t qr, qh, nr, nh, vr, vh, kr, kh;
   const int64_t* pos;
-  int64_t window, heads, kv_heads, dim, width;
+  int64_t window, heads, kv_heads, dim, width, tasks;
   float scaling;
   float *work, *out;
 } attend_args;
@@ -139,6 +139,9 @@ static inline __attribute__((always_inline)) void attend_dim(const attend_args* 
   const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
   float* restrict kk = A->k + i * A->kr + h * A->kh;
   float* restrict vv = A->v + i * A->kr + h * A->kh;
+  const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1;
+  const float* nk = next < 0 ? 0 : A->k + (next / A->kv_heads) * A->kr + (next % A->kv_heads) * A->kh;
+  const float* nv = next < 0 ? 0 : A->v + (next / A->kv_heads) * A->kr + (next % A->kv_heads) * A->kh;
   memcpy(kk + A->pos[i] * dim, A->kn + i * A->nr + h * A->nh, dim * sizeof(float));
   memcpy(vv + A->pos[i] * dim, A->vn + i * A->vr + h * A->vh, dim * sizeof(float));
   for (int64_t a = h * g; a < (h + 1) * g; a++) {
@@ -146,6 +149,12 @@ static inline __attribute__((always_inline)) void attend_dim(const attend_args* 
     float* restrict s = A->work + (i * A->heads + a) * A->width;
     float top = -INFINITY;
     for (int64_t j = start; j < end; j++) {
+      if (a == h * g && nk) {  /* the next task's keys and values, fetched while this one computes */
+        for (int64_t d = 0; d < dim; d += 16) {
+          __builtin_prefetch(nk + j * dim + d);
+          __builtin_prefetch(nv + j * dim + d);
+        }
+      }
       float acc = 0.f;
       #pragma omp simd reduction(+ : acc)
       for (int64_t d = 0; d < dim; d++) acc = __builtin_fmaf(qq[d], kk[j * dim + d], acc);
@@ -179,7 +188,7 @@ void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t 
                int64_t window, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim, float scaling,
                int64_t width, float* work, float* out, int nt) {
   const attend_args A = {q, kn, vn, k, v, qr, qh, nr, nh, vr, vh, kr, kh, pos, window, heads, kv_heads, dim, width,
-                         scaling, work, out};
+                         m * kv_heads, scaling, work, out};
   ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih))
 }
 """
