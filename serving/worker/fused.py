@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from serving.worker import kernels, kv
+from serving.worker import int8, kernels, kv
 
 LAYERS = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"}
 NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"}
@@ -88,7 +88,7 @@ class Decoder:
         for layer in inner.layers:
             attn, mlp, norm = layer.self_attn, layer.mlp, layer.input_layernorm
             h = k.rmsnorm(x, norm.weight, norm.variance_epsilon)
-            q, key, value = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+            q, key, value = _project(h, attn.q_proj, attn.k_proj, attn.v_proj)
             dim = attn.head_dim
             k.rope_(q, cos, sin, dim)
             k.rope_(key, cos, sin, dim)
@@ -97,6 +97,20 @@ class Decoder:
             x.add_(attn.o_proj(out.reshape(rows, -1)))
             norm = layer.post_attention_layernorm
             h = k.rmsnorm(x, norm.weight, norm.variance_epsilon)
-            x.add_(mlp.down_proj(F.silu(mlp.gate_proj(h)).mul_(mlp.up_proj(h))))
+            gate, up = _project(h, mlp.gate_proj, mlp.up_proj)
+            x.add_(mlp.down_proj(F.silu(gate).mul_(up)))
         h = k.rmsnorm(x, inner.norm.weight, inner.norm.variance_epsilon)
         return SimpleNamespace(logits=self.model.lm_head(h)[:, None])
+
+
+def _project(h: torch.Tensor, *mods: Any) -> tuple[torch.Tensor, ...]:
+    """Each module's output on ``h``: where they are an int8 group's parts in order (no adapter wraps one),
+    one product split, without the modules' calls (~10 us a layer each at 32 rows)."""
+    first = mods[0]
+    if type(first) is int8.Int8Linear:
+        group = first.group[0]
+        if len(group.splits) == len(mods) and all(
+            type(m) is int8.Int8Linear and m.group[0] is group and m.idx == i for i, m in enumerate(mods)
+        ):
+            return tuple(group.compute(h).split(group.splits, -1))
+    return tuple(m(h) for m in mods)

@@ -6,14 +6,15 @@ At 32 rows a linear layer's int8 matmul took ~60 us on a 2-core Xeon and the sev
 columns) as long again: each op costs its dispatch whatever its size. The quantisation loops do the same
 arithmetic in the same order (float32, IEEE division, round half to even), as do the norm and the
 rotation, so their results are bit-identical to the torch ops (checked when the library loads; a test
-keeps it so). Decode attention (one query token per row over its row's stored keys) writes the new keys
-and values and attends in one call a layer, where torch needed an index_copy_ per storage and ~8 ops:
-its sums run in another order and its exp is a polynomial within ~1 ulp, so it is checked close to SDPA,
-not equal.
+keeps it so). Two loops sum in another order than torch, so they are checked close to it, not equal:
+dequantisation with the float outlier channels' product and the bias added in the same pass (torch: an
+index_select, an addmm and an add, the outlier weights read in float32), and decode attention (one query
+token per row over its row's stored keys), which writes the new keys and values and attends in one call a
+layer where torch needed an index_copy_ per storage and ~8 ops; its exp is a polynomial within ~1 ulp.
 
-The source is compiled here with the system C compiler (``cc -O3 -march=native -fopenmp``, a fraction of
-a second) into the cache directory, keyed by source, CPU and compiler, and called through ``ctypes``
-(which releases the GIL). No compiler, a failed build or a failed check: ``load()`` returns None and
+The source, ``kernels.c``, is compiled here with the system C compiler (``cc -O3 -march=native -fopenmp``,
+a fraction of a second) into the cache directory, keyed by source, CPU and compiler, and called through
+``ctypes`` (which releases the GIL). No compiler, a failed build or a failed check: ``load()`` returns None and
 the engine uses the torch ops. Calls with enough work split their rows among torch's own OpenMP threads
 (the library links the libgomp torch loaded; where a second OpenMP runtime would be loaded instead, they
 run on one thread rather than oversubscribe the cores). Quantisation on one thread was no slower than
@@ -39,159 +40,7 @@ from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
 ROWS = 64  # with more than 2 threads, at most this many rows take the C loops
-SOURCE = r"""
-#include <stdint.h>
-#include <math.h>
-#include <string.h>
-#define L 16
-/* A loop over rows split among nt OpenMP threads (torch's own: see shared_openmp) where it has enough work to
-   gain from it; entering even a region of one thread costs microseconds, so small calls never do. */
-#define ROWS_OF(m, nt, work, i, call)                                          \
-  if ((nt) > 1 && (work) >= 32768) {                                           \
-    _Pragma("omp parallel for num_threads(nt) schedule(static)")               \
-    for (int64_t i = 0; i < (m); i++) call;                                    \
-  } else {                                                                     \
-    for (int64_t i = 0; i < (m); i++) call;                                    \
-  }
-static inline void quantise_row(const float* x, const float* inv, int64_t i, int64_t k, int8_t* q, float* scale) {
-  {
-    const float* row = x + i * k;
-    int8_t* out = q + i * k;
-    float acc[L] = {0};
-    int64_t j = 0;
-    for (; j + L <= k; j += L)
-      for (int l = 0; l < L; l++) { float v = fabsf(row[j + l] * inv[j + l]); acc[l] = acc[l] > v ? acc[l] : v; }
-    float amax = 0.f;
-    for (; j < k; j++) { float v = fabsf(row[j] * inv[j]); amax = amax > v ? amax : v; }
-    for (int l = 0; l < L; l++) amax = amax > acc[l] ? amax : acc[l];
-    float s = (amax > 1e-8f ? amax : 1e-8f) / 127.0f;
-    scale[i] = s;
-    for (j = 0; j < k; j++) out[j] = (int8_t)nearbyintf(row[j] * inv[j] / s);
-  }
-}
-void lc_quantise(const float* x, const float* inv, int64_t m, int64_t k, int8_t* q, float* scale, int nt) {
-  ROWS_OF(m, nt, m * k, i, quantise_row(x, inv, i, k, q, scale))
-}
-static inline void dequantise_part(const int32_t* y, float s, const float* w_scale, int64_t n, float* out) {
-  for (int64_t j = 0; j < n; j++) out[j] = (float)y[j] * s * w_scale[j];
-}
-void lc_dequantise(const int32_t* y, const float* scale, const float* w_scale, int64_t m, int64_t n, float* out,
-                   int nt) {
-  ROWS_OF(m, nt, m * n, i, dequantise_part(y + i * n, scale[i], w_scale, n, out + i * n))
-}
-void lc_rmsnorm(const float* x, const float* var, const float* w, float eps, int64_t m, int64_t k, float* out) {
-  for (int64_t i = 0; i < m; i++) {
-    const float r = 1.0f / sqrtf(var[i] + eps);
-    for (int64_t j = 0; j < k; j++) out[i * k + j] = w[j] * (x[i * k + j] * r);
-  }
-}
-void lc_rope(float* t, int64_t stride, const float* cos, const float* sin, int64_t m, int64_t heads, int64_t dim) {
-  const int64_t h = dim / 2;
-  float tmp[1024];
-  for (int64_t i = 0; i < m; i++) {
-    const float* c = cos + i * dim;
-    const float* s = sin + i * dim;
-    for (int64_t a = 0; a < heads; a++) {
-      float* p = t + i * stride + a * dim;
-      for (int64_t j = 0; j < dim; j++) tmp[j] = p[j];
-      for (int64_t j = 0; j < h; j++) p[j] = tmp[j] * c[j] + (-tmp[j + h]) * s[j];
-      for (int64_t j = h; j < dim; j++) p[j] = tmp[j] * c[j] + tmp[j - h] * s[j];
-    }
-  }
-}
-
-/* e^x for x <= 0 (Cephes' expf: range reduction by ln 2, degree-5 polynomial; ~1 ulp), vectorisable */
-static inline float lc_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = nearbyintf(x * 1.44269504088896341f);
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t bits = ((int32_t)n + 127) << 23;
-  float two;
-  memcpy(&two, &bits, sizeof two);
-  return y * two;
-}
-/* One query token per row over its row's keys. Row i writes its new key and value (kn, vn: [m, kv_heads, dim]
-   with strides (nr, nh, 1) and (vr, vh, 1)) at column pos[i] of its storage, then query head a attends to columns
-   [start, pos[i]] of KV head a / (heads / kv_heads), start = pos[i] - window + 1 (0 without a window).
-   q: [m, heads, dim] with strides (qr, qh, 1); k, v: the rows' storage [m, kv_heads, columns, dim] with
-   strides (kr, kh, dim, 1); work: [m * heads, width] scores; out: [m, heads * dim]. One task per (row, KV
-   head): its keys and values are read from memory once for the query heads that share them. */
-typedef struct {
-  const float *q, *kn, *vn;
-  float *k, *v;
-  int64_t qr, qh, nr, nh, vr, vh, kr, kh;
-  const int64_t* pos;
-  int64_t window, heads, kv_heads, dim, width, tasks;
-  float scaling;
-  float *work, *out;
-} attend_args;
-static inline __attribute__((always_inline)) void attend_dim(const attend_args* A, int64_t ih, const int64_t dim) {
-  const int64_t i = ih / A->kv_heads, h = ih % A->kv_heads, g = A->heads / A->kv_heads;
-  const int64_t end = A->pos[i] + 1;
-  const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
-  float* restrict kk = A->k + i * A->kr + h * A->kh;
-  float* restrict vv = A->v + i * A->kr + h * A->kh;
-  const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1;
-  const float* nk = next < 0 ? 0 : A->k + (next / A->kv_heads) * A->kr + (next % A->kv_heads) * A->kh;
-  const float* nv = next < 0 ? 0 : A->v + (next / A->kv_heads) * A->kr + (next % A->kv_heads) * A->kh;
-  memcpy(kk + A->pos[i] * dim, A->kn + i * A->nr + h * A->nh, dim * sizeof(float));
-  memcpy(vv + A->pos[i] * dim, A->vn + i * A->vr + h * A->vh, dim * sizeof(float));
-  for (int64_t a = h * g; a < (h + 1) * g; a++) {
-    const float* restrict qq = A->q + i * A->qr + a * A->qh;
-    float* restrict s = A->work + (i * A->heads + a) * A->width;
-    float top = -INFINITY;
-    for (int64_t j = start; j < end; j++) {
-      if (a == h * g && nk) {  /* the next task's keys and values, fetched while this one computes */
-        for (int64_t d = 0; d < dim; d += 16) {
-          __builtin_prefetch(nk + j * dim + d);
-          __builtin_prefetch(nv + j * dim + d);
-        }
-      }
-      float acc = 0.f;
-      #pragma omp simd reduction(+ : acc)
-      for (int64_t d = 0; d < dim; d++) acc = __builtin_fmaf(qq[d], kk[j * dim + d], acc);
-      s[j] = acc * A->scaling;
-      top = top > s[j] ? top : s[j];
-    }
-    float sum = 0.f;
-    #pragma omp simd reduction(+ : sum)
-    for (int64_t j = start; j < end; j++) {
-      s[j] = lc_exp(s[j] - top);
-      sum += s[j];
-    }
-    const float inv = 1.f / sum;
-    float o[256];
-    for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
-    for (int64_t j = start; j < end; j++) {
-      const float p = s[j] * inv;
-      #pragma omp simd
-      for (int64_t d = 0; d < dim; d++) o[d] = __builtin_fmaf(p, vv[j * dim + d], o[d]);
-    }
-    memcpy(A->out + (i * A->heads + a) * dim, o, dim * sizeof(float));
-  }
-}
-static void attend_one(const attend_args* A, int64_t ih) {  /* the common head sizes unrolled */
-  if (A->dim == 64) attend_dim(A, ih, 64);
-  else if (A->dim == 128) attend_dim(A, ih, 128);
-  else attend_dim(A, ih, A->dim);
-}
-void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t nr, int64_t nh, const float* vn,
-               int64_t vr, int64_t vh, float* k, float* v, int64_t kr, int64_t kh, const int64_t* pos,
-               int64_t window, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim, float scaling,
-               int64_t width, float* work, float* out, int nt) {
-  const attend_args A = {q, kn, vn, k, v, qr, qh, nr, nh, vr, vh, kr, kh, pos, window, heads, kv_heads, dim, width,
-                         m * kv_heads, scaling, work, out};
-  ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih))
-}
-"""
+SOURCE = (Path(__file__).parent / "kernels.c").read_text()  # compiled here: see load()
 # no contraction of a * b + c into one rounding: the rotation must give the torch ops' bits
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
@@ -207,6 +56,8 @@ class Kernels:
         self._n, self._r = lib.lc_rmsnorm, lib.lc_rope
         self._n.argtypes, self._n.restype = [p, p, p, ctypes.c_float, i, i, p], None
         self._r.argtypes, self._r.restype = [p, i, p, p, i, i, i], None
+        self._o = lib.lc_dequantise_outliers
+        self._o.argtypes, self._o.restype = [p, p, p, i, i, p, i, p, p, i, p, p, p, n], None
         self._a = lib.lc_attend
         self._a.argtypes = [p, i, i, p, i, i, p, i, i, p, p, i, i, p, i, i, i, i, i, ctypes.c_float, i, p, p, n]
         self._a.restype = None
@@ -232,6 +83,28 @@ class Kernels:
         m, n = y.shape
         out = torch.empty(m, n)
         self._d(y.data_ptr(), scale.data_ptr(), w_scale.data_ptr(), m, n, out.data_ptr(), self.threads())
+        return out
+
+    def dequantise_outliers(
+        self,
+        y: torch.Tensor,
+        scale: torch.Tensor,
+        w_scale: torch.Tensor,
+        x: torch.Tensor,
+        idx: torch.Tensor,
+        wo: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``y * scale * w_scale + x[:, idx] @ wo (+ bias)``: the int8 product dequantised with the float outlier
+        channels (``wo`` [n_out, n] float16, at most 64) added in the same pass. Its sums run in another order
+        than addmm's: close to the torch ops, not their bits."""
+        m, n = y.shape
+        n_out = idx.shape[0]
+        assert x.stride(1) == 1 and wo.dtype == torch.float16 and wo.is_contiguous() and n_out <= 64
+        xo, out = torch.empty(m, n_out), torch.empty(m, n)
+        self._o(y.data_ptr(), scale.data_ptr(), w_scale.data_ptr(), m, n, x.data_ptr(), x.stride(0), idx.data_ptr(),
+                wo.data_ptr(), n_out, None if bias is None else bias.data_ptr(), xo.data_ptr(), out.data_ptr(),
+                self.threads())  # fmt: skip
         return out
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
@@ -282,6 +155,20 @@ def torch_quantise(x: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, to
     return torch.div(flat, scale).round_().to(torch.int8), scale
 
 
+def torch_dequantise_outliers(
+    y: torch.Tensor,
+    scale: torch.Tensor,
+    w_scale: torch.Tensor,
+    x: torch.Tensor,
+    idx: torch.Tensor,
+    wo: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """What ``Kernels.dequantise_outliers`` does, as torch ops (any rows, any threads)."""
+    out = (y * scale).mul_(w_scale).addmm_(x.index_select(1, idx).float(), wo.float())
+    return out if bias is None else out.add_(bias)
+
+
 def torch_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
     """What ``Kernels.rope_`` does, as Hugging Face's ``apply_rotary_pos_emb`` computes it (a new tensor)."""
     x = t.reshape(t.shape[0], -1, dim)
@@ -318,6 +205,9 @@ def _agrees(k: Kernels) -> bool:
     t = torch.randn(5, 3 * 8, generator=gen)
     cos, sin = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
     rope = torch.equal(k.rope_(t.clone(), cos, sin, 8), torch_rope(t, cos, sin, 8))
+    idx, wo, bias = torch.tensor([1, 40, 82]), torch.randn(3, 37, generator=gen).half(), torch.randn(37, generator=gen)
+    got = k.dequantise_outliers(y, s, w, x, idx, wo, bias)
+    outliers = torch.allclose(got, torch_dequantise_outliers(y, s, w, x, idx, wo, bias), rtol=1e-5, atol=1e-5)
     # attention: 3 rows (one sees only its first column, one a window), 6 query heads on 2 KV heads
     query = torch.randn(3, 6, 1, 16, generator=gen)
     keys, values = torch.randn(2, 3, 2, 9, 16, generator=gen) * 3
@@ -329,7 +219,7 @@ def _agrees(k: Kernels) -> bool:
         ref = torch_attend(query, new[0], new[1], keys, values, pos, window, 0.25, 9)
         attend &= torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
     return (torch.equal(q, q_ref) and torch.equal(s, s_ref) and torch.equal(k.dequantise(y, s, w), (y * s).mul_(w))
-            and rope and attend)  # fmt: skip
+            and rope and attend and outliers)  # fmt: skip
 
 
 def shared_openmp() -> bool:

@@ -1,0 +1,195 @@
+/* The serving engine's C loops: see kernels.py, which compiles this file and checks it against torch. */
+#include <stdint.h>
+#include <math.h>
+#include <string.h>
+#define L 16
+/* A loop over rows split among nt OpenMP threads (torch's own: see shared_openmp) where it has enough work to
+   gain from it; entering even a region of one thread costs microseconds, so small calls never do. */
+#define ROWS_OF(m, nt, work, i, call)                                          \
+  if ((nt) > 1 && (work) >= 32768) {                                           \
+    _Pragma("omp parallel for num_threads(nt) schedule(static)")               \
+    for (int64_t i = 0; i < (m); i++) call;                                    \
+  } else {                                                                     \
+    for (int64_t i = 0; i < (m); i++) call;                                    \
+  }
+static inline void quantise_row(const float* x, const float* inv, int64_t i, int64_t k, int8_t* q, float* scale) {
+  {
+    const float* row = x + i * k;
+    int8_t* out = q + i * k;
+    float acc[L] = {0};
+    int64_t j = 0;
+    for (; j + L <= k; j += L)
+      for (int l = 0; l < L; l++) { float v = fabsf(row[j + l] * inv[j + l]); acc[l] = acc[l] > v ? acc[l] : v; }
+    float amax = 0.f;
+    for (; j < k; j++) { float v = fabsf(row[j] * inv[j]); amax = amax > v ? amax : v; }
+    for (int l = 0; l < L; l++) amax = amax > acc[l] ? amax : acc[l];
+    float s = (amax > 1e-8f ? amax : 1e-8f) / 127.0f;
+    scale[i] = s;
+    for (j = 0; j < k; j++) out[j] = (int8_t)nearbyintf(row[j] * inv[j] / s);
+  }
+}
+void lc_quantise(const float* x, const float* inv, int64_t m, int64_t k, int8_t* q, float* scale, int nt) {
+  ROWS_OF(m, nt, m * k, i, quantise_row(x, inv, i, k, q, scale))
+}
+static inline void dequantise_part(const int32_t* y, float s, const float* w_scale, int64_t n, float* out) {
+  for (int64_t j = 0; j < n; j++) out[j] = (float)y[j] * s * w_scale[j];
+}
+void lc_dequantise(const int32_t* y, const float* scale, const float* w_scale, int64_t m, int64_t n, float* out,
+                   int nt) {
+  ROWS_OF(m, nt, m * n, i, dequantise_part(y + i * n, scale[i], w_scale, n, out + i * n))
+}
+/* The same, plus the float outlier channels' product (their inputs xo [m, n_out] times their weights wo
+   [n_out, n], float16) and a bias where given: one pass over the output, in blocks of B columns whose
+   weights are converted once for every row. */
+#define B 64
+typedef struct {
+  const int32_t* y;
+  const float *scale, *w_scale, *xo, *bias;
+  const _Float16* wo;
+  int64_t m, n, n_out;
+  float* out;
+} deq_args;
+static inline __attribute__((always_inline)) void deq_block(const deq_args* A, int64_t b, const int64_t w) {
+  const int64_t j0 = b * B, n = A->n, n_out = A->n_out;
+  float wt[64 * B];
+  for (int64_t o = 0; o < n_out; o++)
+    for (int64_t j = 0; j < w; j++) wt[o * B + j] = (float)A->wo[o * n + j0 + j];
+  for (int64_t i = 0; i < A->m; i++) {
+    float acc[B];
+    const float s = A->scale[i];
+    const int32_t* y = A->y + i * n + j0;
+    for (int64_t j = 0; j < w; j++) acc[j] = (float)y[j] * s * A->w_scale[j0 + j];
+    const float* xo = A->xo + i * n_out;
+    for (int64_t o = 0; o < n_out; o++) {
+      const float xv = xo[o];
+      for (int64_t j = 0; j < w; j++) acc[j] = __builtin_fmaf(xv, wt[o * B + j], acc[j]);
+    }
+    if (A->bias)
+      for (int64_t j = 0; j < w; j++) acc[j] += A->bias[j0 + j];
+    memcpy(A->out + i * n + j0, acc, w * sizeof(float));
+  }
+}
+static void deq_one(const deq_args* A, int64_t b) {  /* whole blocks unrolled, the last one as it is */
+  if ((b + 1) * B <= A->n) deq_block(A, b, B);
+  else deq_block(A, b, A->n - b * B);
+}
+void lc_dequantise_outliers(const int32_t* y, const float* scale, const float* w_scale, int64_t m, int64_t n,
+                            const float* x, int64_t ldx, const int64_t* idx, const _Float16* wo, int64_t n_out,
+                            const float* bias, float* xo, float* out, int nt) {
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t o = 0; o < n_out; o++) xo[i * n_out + o] = x[i * ldx + idx[o]];
+  const deq_args A = {y, scale, w_scale, xo, bias, wo, m, n, n_out, out};
+  ROWS_OF((n + B - 1) / B, nt, m * n * (n_out + 1), b, deq_one(&A, b))
+}
+void lc_rmsnorm(const float* x, const float* var, const float* w, float eps, int64_t m, int64_t k, float* out) {
+  for (int64_t i = 0; i < m; i++) {
+    const float r = 1.0f / sqrtf(var[i] + eps);
+    for (int64_t j = 0; j < k; j++) out[i * k + j] = w[j] * (x[i * k + j] * r);
+  }
+}
+void lc_rope(float* t, int64_t stride, const float* cos, const float* sin, int64_t m, int64_t heads, int64_t dim) {
+  const int64_t h = dim / 2;
+  float tmp[1024];
+  for (int64_t i = 0; i < m; i++) {
+    const float* c = cos + i * dim;
+    const float* s = sin + i * dim;
+    for (int64_t a = 0; a < heads; a++) {
+      float* p = t + i * stride + a * dim;
+      for (int64_t j = 0; j < dim; j++) tmp[j] = p[j];
+      for (int64_t j = 0; j < h; j++) p[j] = tmp[j] * c[j] + (-tmp[j + h]) * s[j];
+      for (int64_t j = h; j < dim; j++) p[j] = tmp[j] * c[j] + tmp[j - h] * s[j];
+    }
+  }
+}
+
+/* e^x for x <= 0 (Cephes' expf: range reduction by ln 2, degree-5 polynomial; ~1 ulp), vectorisable */
+static inline float lc_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = nearbyintf(x * 1.44269504088896341f);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float two;
+  memcpy(&two, &bits, sizeof two);
+  return y * two;
+}
+/* One query token per row over its row's keys. Row i writes its new key and value (kn, vn: [m, kv_heads, dim]
+   with strides (nr, nh, 1) and (vr, vh, 1)) at column pos[i] of its storage, then query head a attends to columns
+   [start, pos[i]] of KV head a / (heads / kv_heads), start = pos[i] - window + 1 (0 without a window).
+   q: [m, heads, dim] with strides (qr, qh, 1); k, v: the rows' storage [m, kv_heads, columns, dim] with
+   strides (kr, kh, dim, 1); work: [m * heads, width] scores; out: [m, heads * dim]. One task per (row, KV
+   head): its keys and values are read from memory once for the query heads that share them. */
+typedef struct {
+  const float *q, *kn, *vn;
+  float *k, *v;
+  int64_t qr, qh, nr, nh, vr, vh, kr, kh;
+  const int64_t* pos;
+  int64_t window, heads, kv_heads, dim, width, tasks;
+  float scaling;
+  float *work, *out;
+} attend_args;
+static inline __attribute__((always_inline)) void attend_dim(const attend_args* A, int64_t ih, const int64_t dim) {
+  const int64_t i = ih / A->kv_heads, h = ih % A->kv_heads, g = A->heads / A->kv_heads;
+  const int64_t end = A->pos[i] + 1;
+  const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
+  float* restrict kk = A->k + i * A->kr + h * A->kh;
+  float* restrict vv = A->v + i * A->kr + h * A->kh;
+  const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1;
+  const float* nk = next < 0 ? 0 : A->k + (next / A->kv_heads) * A->kr + (next % A->kv_heads) * A->kh;
+  const float* nv = next < 0 ? 0 : A->v + (next / A->kv_heads) * A->kr + (next % A->kv_heads) * A->kh;
+  memcpy(kk + A->pos[i] * dim, A->kn + i * A->nr + h * A->nh, dim * sizeof(float));
+  memcpy(vv + A->pos[i] * dim, A->vn + i * A->vr + h * A->vh, dim * sizeof(float));
+  for (int64_t a = h * g; a < (h + 1) * g; a++) {
+    const float* restrict qq = A->q + i * A->qr + a * A->qh;
+    float* restrict s = A->work + (i * A->heads + a) * A->width;
+    float top = -INFINITY;
+    for (int64_t j = start; j < end; j++) {
+      if (a == h * g && nk) {  /* the next task's keys and values, fetched while this one computes */
+        for (int64_t d = 0; d < dim; d += 16) {
+          __builtin_prefetch(nk + j * dim + d);
+          __builtin_prefetch(nv + j * dim + d);
+        }
+      }
+      float acc = 0.f;
+      #pragma omp simd reduction(+ : acc)
+      for (int64_t d = 0; d < dim; d++) acc = __builtin_fmaf(qq[d], kk[j * dim + d], acc);
+      s[j] = acc * A->scaling;
+      top = top > s[j] ? top : s[j];
+    }
+    float sum = 0.f;
+    #pragma omp simd reduction(+ : sum)
+    for (int64_t j = start; j < end; j++) {
+      s[j] = lc_exp(s[j] - top);
+      sum += s[j];
+    }
+    const float inv = 1.f / sum;
+    float o[256];
+    for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
+    for (int64_t j = start; j < end; j++) {
+      const float p = s[j] * inv;
+      #pragma omp simd
+      for (int64_t d = 0; d < dim; d++) o[d] = __builtin_fmaf(p, vv[j * dim + d], o[d]);
+    }
+    memcpy(A->out + (i * A->heads + a) * dim, o, dim * sizeof(float));
+  }
+}
+static void attend_one(const attend_args* A, int64_t ih) {  /* the common head sizes unrolled */
+  if (A->dim == 64) attend_dim(A, ih, 64);
+  else if (A->dim == 128) attend_dim(A, ih, 128);
+  else attend_dim(A, ih, A->dim);
+}
+void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t nr, int64_t nh, const float* vn,
+               int64_t vr, int64_t vh, float* k, float* v, int64_t kr, int64_t kh, const int64_t* pos,
+               int64_t window, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim, float scaling,
+               int64_t width, float* work, float* out, int nt) {
+  const attend_args A = {q, kn, vn, k, v, qr, qh, nr, nh, vr, vh, kr, kh, pos, window, heads, kv_heads, dim, width,
+                         m * kv_heads, scaling, work, out};
+  ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih))
+}
