@@ -17,6 +17,7 @@ import secrets
 import subprocess
 import sys
 import urllib.request
+from datetime import datetime
 from functools import cached_property
 from importlib.metadata import version as dist_version
 from pathlib import Path
@@ -166,7 +167,17 @@ class _AirflowComponent(Service):
 
     def probe(self) -> bool:
         component = self.command.replace("-", "_")
-        return self.health().get(component, {}).get("status") == "healthy"
+        info = self.health().get(component, {})
+        if info.get("status") != "healthy":
+            return False
+        # Healthy means some such job beat within 30 s: a killed predecessor's last beat counts for that
+        # long, so this process answers only once a beat is at least as new as its pid file.
+        beat = info.get(f"latest_{component}_heartbeat")
+        try:
+            started = self.pidfile.stat().st_mtime
+        except OSError:
+            return False
+        return bool(beat) and datetime.fromisoformat(str(beat)).timestamp() >= started - 1.0
 
     def version(self) -> str:
         return dist_version("apache-airflow")
