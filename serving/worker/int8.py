@@ -96,7 +96,7 @@ class Group(torch.nn.Module):
     w_scale: torch.Tensor  # [out]: each output channel's scale
     inv_smooth: torch.Tensor  # [in]: SmoothQuant's division of the input
     outliers: torch.Tensor | None  # input channels computed in float
-    w_outliers: torch.Tensor | None  # [len(outliers), out] float16: their weights
+    w_outliers: torch.Tensor | None  # [len(outliers), out]: their weights
     bias: torch.Tensor | None
 
     def __init__(self, layers: list[torch.nn.Linear], act_max: torch.Tensor, outliers: int = OUTLIERS) -> None:
@@ -106,13 +106,11 @@ class Group(torch.nn.Module):
             min=1e-5
         )
         # The input channels with the largest calibration maxima stay float (LLM.int8()'s decomposition):
-        # out of the int8 product (their weight columns and inputs zeroed there), added by one small matmul
-        # in float32 whose weights are kept in float16 (11 significant bits, where int8 keeps 8): read once
-        # a token, they were a sixth of the bytes a decode step reads in float32.
+        # out of the int8 product (their weight columns and inputs zeroed there), added by one small matmul.
         k = min(outliers, w.shape[1] // 8)
         idx = act_max.float().topk(k).indices.sort().values if k else None
         self.register_buffer("outliers", idx)
-        self.register_buffer("w_outliers", w[:, idx].t().contiguous().half() if k else None)
+        self.register_buffer("w_outliers", w[:, idx].t().contiguous().to(layers[0].weight.dtype) if k else None)
         w = w * smooth
         if idx is not None:
             w[:, idx] = 0
@@ -135,7 +133,7 @@ class Group(torch.nn.Module):
         # The tensors a call reads, as plain attributes: a buffer's lookup through nn.Module costs ~1.5 us,
         # ~2 ms a decode step. Refreshed whenever the buffers are replaced (``_apply``: .to(), .float()).
         self.hot = _Hot(self.wq.t(), self.w_scale, self.inv_smooth, self.outliers,
-                        None if self.w_outliers is None else self.w_outliers.half(), self.bias)  # fmt: skip
+                        None if self.w_outliers is None else self.w_outliers.float(), self.bias)  # fmt: skip
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         out = super()._apply(fn, recurse)
@@ -158,19 +156,14 @@ class Group(torch.nn.Module):
         h, k = self.hot, self.kernels
         flat = x.reshape(-1, x.shape[-1])
         few = flat.shape[0] <= kernels.ROWS or torch.get_num_threads() <= 2  # see kernels.py
-        if k is not None and few and flat.dtype == h.inv_smooth.dtype == torch.float32 and not flat.is_cuda:
-            flat = flat.contiguous()
-            q, scale = k.quantise(flat, h.inv_smooth)  # the same bits as the torch ops, fewer calls
-            if h.outliers is None or h.w_outliers is None:
-                y = k.dequantise(torch._int_mm(q, h.wq_t), scale, h.w_scale)
-                return (y if h.bias is None else y.add_(h.bias)).view(*x.shape[:-1], -1)
-            y = k.dequantise_outliers(torch._int_mm(q, h.wq_t), scale, h.w_scale, flat, h.outliers, h.w_outliers,
-                                      h.bias)  # fmt: skip
-            return y.view(*x.shape[:-1], -1)
-        q, scale = kernels.torch_quantise(flat, h.inv_smooth)
-        y = (torch._int_mm(q, h.wq_t) * scale).mul_(h.w_scale)
-        if h.outliers is not None and h.w_outliers is not None:  # in place: one copy fewer
-            y.addmm_(flat.index_select(1, h.outliers).float(), h.w_outliers.float())
+        if k is not None and few and flat.dtype == h.inv_smooth.dtype == torch.float32:
+            q, scale = k.quantise(flat.contiguous(), h.inv_smooth)  # the same bits as the torch ops, fewer calls
+            y = k.dequantise(torch._int_mm(q, h.wq_t), scale, h.w_scale)
+        else:
+            q, scale = kernels.torch_quantise(flat, h.inv_smooth)
+            y = (torch._int_mm(q, h.wq_t) * scale).mul_(h.w_scale)
+        if h.outliers is not None and h.w_outliers is not None:
+            y.addmm_(flat.index_select(1, h.outliers).float(), h.w_outliers)  # in place: one copy fewer
         if h.bias is not None:
             y.add_(h.bias)
         return y.to(x.dtype).view(*x.shape[:-1], -1)

@@ -38,49 +38,6 @@ void lc_dequantise(const int32_t* y, const float* scale, const float* w_scale, i
                    int nt) {
   ROWS_OF(m, nt, m * n, i, dequantise_part(y + i * n, scale[i], w_scale, n, out + i * n))
 }
-/* The same, plus the float outlier channels' product (their inputs xo [m, n_out] times their weights wo
-   [n_out, n], float16) and a bias where given: one pass over the output, in blocks of B columns whose
-   weights are converted once for every row. */
-#define B 64
-typedef struct {
-  const int32_t* y;
-  const float *scale, *w_scale, *xo, *bias;
-  const _Float16* wo;
-  int64_t m, n, n_out;
-  float* out;
-} deq_args;
-static inline __attribute__((always_inline)) void deq_block(const deq_args* A, int64_t b, const int64_t w) {
-  const int64_t j0 = b * B, n = A->n, n_out = A->n_out;
-  float wt[64 * B];
-  for (int64_t o = 0; o < n_out; o++)
-    for (int64_t j = 0; j < w; j++) wt[o * B + j] = (float)A->wo[o * n + j0 + j];
-  for (int64_t i = 0; i < A->m; i++) {
-    float acc[B];
-    const float s = A->scale[i];
-    const int32_t* y = A->y + i * n + j0;
-    for (int64_t j = 0; j < w; j++) acc[j] = (float)y[j] * s * A->w_scale[j0 + j];
-    const float* xo = A->xo + i * n_out;
-    for (int64_t o = 0; o < n_out; o++) {
-      const float xv = xo[o];
-      for (int64_t j = 0; j < w; j++) acc[j] = __builtin_fmaf(xv, wt[o * B + j], acc[j]);
-    }
-    if (A->bias)
-      for (int64_t j = 0; j < w; j++) acc[j] += A->bias[j0 + j];
-    memcpy(A->out + i * n + j0, acc, w * sizeof(float));
-  }
-}
-static void deq_one(const deq_args* A, int64_t b) {  /* whole blocks unrolled, the last one as it is */
-  if ((b + 1) * B <= A->n) deq_block(A, b, B);
-  else deq_block(A, b, A->n - b * B);
-}
-void lc_dequantise_outliers(const int32_t* y, const float* scale, const float* w_scale, int64_t m, int64_t n,
-                            const float* x, int64_t ldx, const int64_t* idx, const _Float16* wo, int64_t n_out,
-                            const float* bias, float* xo, float* out, int nt) {
-  for (int64_t i = 0; i < m; i++)
-    for (int64_t o = 0; o < n_out; o++) xo[i * n_out + o] = x[i * ldx + idx[o]];
-  const deq_args A = {y, scale, w_scale, xo, bias, wo, m, n, n_out, out};
-  ROWS_OF((n + B - 1) / B, nt, m * n * (n_out + 1), b, deq_one(&A, b))
-}
 void lc_rmsnorm(const float* x, const float* var, const float* w, float eps, int64_t m, int64_t k, float* out) {
   for (int64_t i = 0; i < m; i++) {
     const float r = 1.0f / sqrtf(var[i] + eps);

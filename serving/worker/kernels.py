@@ -6,11 +6,10 @@ At 32 rows a linear layer's int8 matmul took ~60 us on a 2-core Xeon and the sev
 columns) as long again: each op costs its dispatch whatever its size. The quantisation loops do the same
 arithmetic in the same order (float32, IEEE division, round half to even), as do the norm and the
 rotation, so their results are bit-identical to the torch ops (checked when the library loads; a test
-keeps it so). Two loops sum in another order than torch, so they are checked close to it, not equal:
-dequantisation with the float outlier channels' product and the bias added in the same pass (torch: an
-index_select, an addmm and an add, the outlier weights read in float32), and decode attention (one query
-token per row over its row's stored keys), which writes the new keys and values and attends in one call a
-layer where torch needed an index_copy_ per storage and ~8 ops; its exp is a polynomial within ~1 ulp.
+keeps it so). Decode attention (one query token per row over its row's stored keys) writes the new keys
+and values and attends in one call a layer, where torch needed an index_copy_ per storage and ~8 ops;
+its sums run in another order and its exp is a polynomial within ~1 ulp, so it is checked close to SDPA,
+not equal.
 
 The source, ``kernels.c``, is compiled here with the system C compiler (``cc -O3 -march=native -fopenmp``,
 a fraction of a second) into the cache directory, keyed by source, CPU and compiler, and called through
@@ -56,8 +55,6 @@ class Kernels:
         self._n, self._r = lib.lc_rmsnorm, lib.lc_rope
         self._n.argtypes, self._n.restype = [p, p, p, ctypes.c_float, i, i, p], None
         self._r.argtypes, self._r.restype = [p, i, p, p, i, i, i], None
-        self._o = lib.lc_dequantise_outliers
-        self._o.argtypes, self._o.restype = [p, p, p, i, i, p, i, p, p, i, p, p, p, n], None
         self._a = lib.lc_attend
         self._a.argtypes = [p, i, i, p, i, i, p, i, i, p, p, i, i, p, i, i, i, i, i, ctypes.c_float, i, p, p, n]
         self._a.restype = None
@@ -83,28 +80,6 @@ class Kernels:
         m, n = y.shape
         out = torch.empty(m, n)
         self._d(y.data_ptr(), scale.data_ptr(), w_scale.data_ptr(), m, n, out.data_ptr(), self.threads())
-        return out
-
-    def dequantise_outliers(
-        self,
-        y: torch.Tensor,
-        scale: torch.Tensor,
-        w_scale: torch.Tensor,
-        x: torch.Tensor,
-        idx: torch.Tensor,
-        wo: torch.Tensor,
-        bias: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """``y * scale * w_scale + x[:, idx] @ wo (+ bias)``: the int8 product dequantised with the float outlier
-        channels (``wo`` [n_out, n] float16, at most 64) added in the same pass. Its sums run in another order
-        than addmm's: close to the torch ops, not their bits."""
-        m, n = y.shape
-        n_out = idx.shape[0]
-        assert x.stride(1) == 1 and wo.dtype == torch.float16 and wo.is_contiguous() and n_out <= 64
-        xo, out = torch.empty(m, n_out), torch.empty(m, n)
-        self._o(y.data_ptr(), scale.data_ptr(), w_scale.data_ptr(), m, n, x.data_ptr(), x.stride(0), idx.data_ptr(),
-                wo.data_ptr(), n_out, None if bias is None else bias.data_ptr(), xo.data_ptr(), out.data_ptr(),
-                self.threads())  # fmt: skip
         return out
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
@@ -155,20 +130,6 @@ def torch_quantise(x: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, to
     return torch.div(flat, scale).round_().to(torch.int8), scale
 
 
-def torch_dequantise_outliers(
-    y: torch.Tensor,
-    scale: torch.Tensor,
-    w_scale: torch.Tensor,
-    x: torch.Tensor,
-    idx: torch.Tensor,
-    wo: torch.Tensor,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    """What ``Kernels.dequantise_outliers`` does, as torch ops (any rows, any threads)."""
-    out = (y * scale).mul_(w_scale).addmm_(x.index_select(1, idx).float(), wo.float())
-    return out if bias is None else out.add_(bias)
-
-
 def torch_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
     """What ``Kernels.rope_`` does, as Hugging Face's ``apply_rotary_pos_emb`` computes it (a new tensor)."""
     x = t.reshape(t.shape[0], -1, dim)
@@ -205,9 +166,6 @@ def _agrees(k: Kernels) -> bool:
     t = torch.randn(5, 3 * 8, generator=gen)
     cos, sin = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
     rope = torch.equal(k.rope_(t.clone(), cos, sin, 8), torch_rope(t, cos, sin, 8))
-    idx, wo, bias = torch.tensor([1, 40, 82]), torch.randn(3, 37, generator=gen).half(), torch.randn(37, generator=gen)
-    got = k.dequantise_outliers(y, s, w, x, idx, wo, bias)
-    outliers = torch.allclose(got, torch_dequantise_outliers(y, s, w, x, idx, wo, bias), rtol=1e-5, atol=1e-5)
     # attention: 3 rows (one sees only its first column, one a window), 6 query heads on 2 KV heads
     query = torch.randn(3, 6, 1, 16, generator=gen)
     keys, values = torch.randn(2, 3, 2, 9, 16, generator=gen) * 3
@@ -219,7 +177,7 @@ def _agrees(k: Kernels) -> bool:
         ref = torch_attend(query, new[0], new[1], keys, values, pos, window, 0.25, 9)
         attend &= torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
     return (torch.equal(q, q_ref) and torch.equal(s, s_ref) and torch.equal(k.dequantise(y, s, w), (y * s).mul_(w))
-            and rope and attend and outliers)  # fmt: skip
+            and rope and attend)  # fmt: skip
 
 
 def shared_openmp() -> bool:

@@ -1,7 +1,6 @@
 """The C kernels: compiled here, bit-identical to the torch ops they replace where they promise it
-(quantisation, dequantisation, norm, rotation), close where they sum in another order (the int8 outlier
-channels, decode attention), alone and inside a quantised model; the torch ops used, with a warning,
-where no kernel can be built."""
+(quantisation, dequantisation, norm, rotation; alone and inside a quantised model), close where they sum
+in another order (decode attention); the torch ops used, with a warning, where no kernel can be built."""
 
 from __future__ import annotations
 
@@ -38,17 +37,6 @@ def test_the_kernels_build_and_give_the_torch_ops_bits(tmp_path: Path) -> None:
     scale, w = torch.rand(32, 1, generator=gen), torch.rand(3000, generator=gen)
     assert torch.get_num_threads() == 1 or k.threads() > 1
     assert torch.equal(k.dequantise(y, scale, w), (y * scale).mul_(w))
-    # with 32 float outlier channels (float16 weights) and a bias, in blocks of columns split among threads
-    for rows, cols in ((32, 3000), (1, 49157), (70, 5)):
-        y = torch.randint(-(2**22), 2**22, (rows, cols), dtype=torch.int32, generator=gen)
-        scale, w = torch.rand(rows, 1, generator=gen) * 1e-4, torch.rand(cols, generator=gen)
-        x = torch.randn(rows, 600, generator=gen)[:, :576]  # rows with a stride, as a view hands them over
-        idx = torch.randperm(576, generator=gen)[:32].sort().values
-        wo, bias = torch.randn(32, cols, generator=gen).half(), torch.randn(cols, generator=gen)
-        ref = kernels.torch_dequantise_outliers(y, scale, w, x, idx, wo, bias)
-        torch.testing.assert_close(k.dequantise_outliers(y, scale, w, x, idx, wo, bias), ref, rtol=1e-5, atol=1e-5)
-        ref = kernels.torch_dequantise_outliers(y, scale, w, x, idx, wo, None)
-        torch.testing.assert_close(k.dequantise_outliers(y, scale, w, x, idx, wo, None), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("rows", "heads", "kv_heads", "dim", "window"),
@@ -88,9 +76,7 @@ def test_a_quantised_model_gives_the_same_logits_with_and_without_the_kernels(ti
         for g in groups:
             g.kernels = None
         plain = model(input_ids=ids).logits
-    # the loops quantise with the torch ops' bits; the outlier channels' product is summed in another order
-    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
-    assert not torch.equal(fused, torch.zeros_like(fused))
+    assert torch.equal(fused, plain)
 
 
 def test_without_a_working_compiler_the_torch_ops_are_used(
