@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <math.h>
 #include <string.h>
+#include <omp.h>
 #define L 16
 /* A loop over rows split among nt OpenMP threads (torch's own: see shared_openmp) where it has enough work to
    gain from it; entering even a region of one thread costs microseconds, so small calls never do. */
@@ -77,17 +78,19 @@ static inline float lc_exp(float x) {
   memcpy(&two, &bits, sizeof two);
   return y * two;
 }
-/* One query token per row over its row's keys. Row i writes its new key and value (kn, vn: [m, kv_heads, dim]
-   with strides (nr, nh, 1) and (vr, vh, 1)) at column pos[i] of its storage, then query head a attends to columns
-   [start, pos[i]] of KV head a / (heads / kv_heads), start = pos[i] - window + 1 (0 without a window).
-   q: [m, heads, dim] with strides (qr, qh, 1); k, v: the rows' storage [m, kv_heads, columns, dim] with
-   strides (kr, kh, dim, 1); work: [m * heads, width] scores; out: [m, heads * dim]. One task per (row, KV
-   head): its keys and values are read from memory once for the query heads that share them. */
+/* Attention of m query tokens, token i at column pos[i] of storage row row[i] (row i where row is NULL: a
+   decode step's one token per row; a prefill's tokens share their prompt's row). First every token's new
+   key and value (kn, vn: [m, kv_heads, dim] with strides (nr, nh, 1) and (vr, vh, 1)) is written at its
+   column; then query head a of token i attends to columns [start, pos[i]] of its row's KV head
+   a / (heads / kv_heads), start = pos[i] - window + 1 (0 without a window). q: [m, heads, dim] with strides
+   (qr, qh, 1); k, v: the storage [rows, kv_heads, columns, dim] with strides (kr, kh, dim, 1); work:
+   [nt, width] scores, a row per thread; out: [m, heads * dim]. One task per (token, KV head): its keys and values are
+   read once for the query heads that share them. */
 typedef struct {
   const float *q, *kn, *vn;
   float *k, *v;
   int64_t qr, qh, nr, nh, vr, vh, kr, kh;
-  const int64_t* pos;
+  const int64_t *pos, *row;
   int64_t window, heads, kv_heads, dim, width, tasks;
   float scaling;
   float *work, *out;
@@ -96,16 +99,16 @@ static inline __attribute__((always_inline)) void attend_dim(const attend_args* 
   const int64_t i = ih / A->kv_heads, h = ih % A->kv_heads, g = A->heads / A->kv_heads;
   const int64_t end = A->pos[i] + 1;
   const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
-  float* restrict kk = A->k + i * A->kr + h * A->kh;
-  float* restrict vv = A->v + i * A->kr + h * A->kh;
-  const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1;
-  const float* nk = next < 0 ? 0 : A->k + (next / A->kv_heads) * A->kr + (next % A->kv_heads) * A->kh;
-  const float* nv = next < 0 ? 0 : A->v + (next / A->kv_heads) * A->kr + (next % A->kv_heads) * A->kh;
-  memcpy(kk + A->pos[i] * dim, A->kn + i * A->nr + h * A->nh, dim * sizeof(float));
-  memcpy(vv + A->pos[i] * dim, A->vn + i * A->vr + h * A->vh, dim * sizeof(float));
+  const int64_t r = A->row ? A->row[i] : i;
+  const float* restrict kk = A->k + r * A->kr + h * A->kh;
+  const float* restrict vv = A->v + r * A->kr + h * A->kh;
+  const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1, nr = next < 0 ? 0 : next / A->kv_heads;
+  const int64_t next_row = A->row ? A->row[nr] : nr;
+  const float* nk = next < 0 ? 0 : A->k + next_row * A->kr + (next % A->kv_heads) * A->kh;
+  const float* nv = next < 0 ? 0 : A->v + next_row * A->kr + (next % A->kv_heads) * A->kh;
   for (int64_t a = h * g; a < (h + 1) * g; a++) {
     const float* restrict qq = A->q + i * A->qr + a * A->qh;
-    float* restrict s = A->work + (i * A->heads + a) * A->width;
+    float* restrict s = A->work + omp_get_thread_num() * A->width;  /* this thread's scores */
     float top = -INFINITY;
     for (int64_t j = start; j < end; j++) {
       if (a == h * g && nk) {  /* the next task's keys and values, fetched while this one computes */
@@ -144,9 +147,15 @@ static void attend_one(const attend_args* A, int64_t ih) {  /* the common head s
 }
 void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t nr, int64_t nh, const float* vn,
                int64_t vr, int64_t vh, float* k, float* v, int64_t kr, int64_t kh, const int64_t* pos,
-               int64_t window, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim, float scaling,
-               int64_t width, float* work, float* out, int nt) {
-  const attend_args A = {q, kn, vn, k, v, qr, qh, nr, nh, vr, vh, kr, kh, pos, window, heads, kv_heads, dim, width,
-                         m * kv_heads, scaling, work, out};
+               const int64_t* row, int64_t window, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim,
+               float scaling, int64_t width, float* work, float* out, int nt) {
+  for (int64_t i = 0; i < m; i++)  /* every new key and value first: a prefill's tokens read each other's */
+    for (int64_t h = 0; h < kv_heads; h++) {
+      const int64_t at = (row ? row[i] : i) * kr + h * kh + pos[i] * dim;
+      memcpy(k + at, kn + i * nr + h * nh, dim * sizeof(float));
+      memcpy(v + at, vn + i * vr + h * vh, dim * sizeof(float));
+    }
+  const attend_args A = {q, kn, vn, k, v, qr, qh, nr, nh, vr, vh, kr, kh, pos, row, window, heads, kv_heads, dim,
+                         width, m * kv_heads, scaling, work, out};
   ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih))
 }

@@ -56,7 +56,7 @@ class Kernels:
         self._n.argtypes, self._n.restype = [p, p, p, ctypes.c_float, i, i, p], None
         self._r.argtypes, self._r.restype = [p, i, p, p, i, i, i], None
         self._a = lib.lc_attend
-        self._a.argtypes = [p, i, i, p, i, i, p, i, i, p, p, i, i, p, i, i, i, i, i, ctypes.c_float, i, p, p, n]
+        self._a.argtypes = [p, i, i, p, i, i, p, i, i, p, p, i, i, p, p, i, i, i, i, i, ctypes.c_float, i, p, p, n]
         self._a.restype = None
         # the loops' OpenMP teams are torch's own threads only where torch's libgomp is the one loaded
         self.shared_threads = shared_threads
@@ -83,24 +83,28 @@ class Kernels:
         return out
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
-               values: torch.Tensor, pos: torch.Tensor, window: int | None, scaling: float,
-               work: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """Decode attention, one query token per row: each row's new ``key``/``value`` [m, kv_heads, 1, dim]
-        written at column ``pos`` of its row of ``keys``/``values`` [m, kv_heads, columns, dim] (the rows'
-        storage, each head's columns contiguous), then ``query`` [m, heads, 1, dim] over columns
-        ``pos - window + 1 .. pos``: softmax(q k^T * scaling) v, query heads grouped on KV heads. All
-        float32, last axes contiguous; ``work`` holds [m * heads, width] scores. -> [m, heads * dim].
-        Sums in another order than torch's and an exp within ~1 ulp of torch's: close, not its bits."""
+               values: torch.Tensor, pos: torch.Tensor, window: int | None, scaling: float, work: torch.Tensor,
+               rows: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Attention of m query tokens over their rows' stored keys. Token i's new ``key``/``value``
+        [m, kv_heads, 1, dim] is written at column ``pos[i]`` of storage row ``rows[i]`` (row i without
+        ``rows``: a decode step's one token per row) of ``keys``/``values`` [rows, kv_heads, columns, dim]
+        (each head's columns contiguous); then ``query`` [m, heads, 1, dim] attends to its row's columns
+        ``pos - window + 1 .. pos``: softmax(q k^T * scaling) v, query heads grouped on KV heads. All float32,
+        last axes contiguous; ``work`` [threads, width] holds each thread's scores. -> [m, heads * dim]. Sums in another
+        order than torch's and an exp within ~1 ulp of torch's: close, not its bits."""
         m, heads, _, dim = query.shape
         kv_heads, width = keys.shape[1], work.shape[1]
         assert query.stride(3) == key.stride(3) == value.stride(3) == keys.stride(3) == 1 and keys.stride(2) == dim
         assert keys.stride() == values.stride() and dim <= 256
-        assert work.shape[0] >= m * heads and pos.dtype == torch.int64 and pos.is_contiguous()
+        threads = self.threads()
+        assert work.shape[0] >= threads and work.is_contiguous() and pos.dtype == torch.int64 and pos.is_contiguous()
+        assert rows is None or (rows.dtype == torch.int64 and rows.is_contiguous() and rows.shape[0] == m)
         out = torch.empty(m, heads * dim)
         self._a(query.data_ptr(), query.stride(0), query.stride(1), key.data_ptr(), key.stride(0), key.stride(1),
                 value.data_ptr(), value.stride(0), value.stride(1), keys.data_ptr(), values.data_ptr(),
-                keys.stride(0), keys.stride(1), pos.data_ptr(), window or 0, m, heads, kv_heads, dim, scaling,
-                width, work.data_ptr(), out.data_ptr(), self.threads())  # fmt: skip
+                keys.stride(0), keys.stride(1), pos.data_ptr(), None if rows is None else rows.data_ptr(),
+                window or 0, m, heads, kv_heads, dim, scaling, width, work.data_ptr(), out.data_ptr(),
+                threads)  # fmt: skip
         return out
 
     def rmsnorm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -173,7 +177,7 @@ def _agrees(k: Kernels) -> bool:
     pos = torch.tensor([0, 6, 8])
     attend = True
     for window in (None, 4):
-        got = k.attend(query, new[0], new[1], keys, values, pos, window, 0.25, torch.empty(18, 9))
+        got = k.attend(query, new[0], new[1], keys, values, pos, window, 0.25, torch.empty(k.threads(), 9))
         ref = torch_attend(query, new[0], new[1], keys, values, pos, window, 0.25, 9)
         attend &= torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
     return (torch.equal(q, q_ref) and torch.equal(s, s_ref) and torch.equal(k.dequantise(y, s, w), (y * s).mul_(w))

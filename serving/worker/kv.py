@@ -55,7 +55,7 @@ class Pass:
     bias: torch.Tensor | None = None  # decode on CPU: ``mask`` as 0 / -inf, made by the first layer
     lo: int = 0  # decode: the first row (rows are lo..lo+hi-1)
     flat: tuple[tuple[int, ...], torch.Tensor] | None = None  # decode: (storage shape, each key's flat index)
-    work: torch.Tensor | None = None  # decode on CPU with the C loops: the scores, made by the first layer
+    work: torch.Tensor | None = None  # on CPU with the C loops: each thread's scores, made by the first layer
 
 
 @dataclass
@@ -265,20 +265,30 @@ def attention(
     if kwargs.get("softcap") is not None:
         raise ValueError("attention soft-capping is not supported by the serving engine")
     k_store, v_store = ctx.store.layer(module.layer_idx, key)
+    c = loops() if query.device.type == "cpu" and not kwargs.get("s_aux") and query.shape[-1] <= 256 else None
+    if (c is not None and query.dtype == key.dtype == value.dtype == k_store.dtype == torch.float32
+            and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1):  # fmt: skip
+        # One C call a layer writes the new keys and values and attends. Decode, 32 rows x 64 columns, SmolLM2's
+        # 9 query / 3 KV heads: 4-9x faster than SDPA's masked path, ~2x the two matmuls of _decode_cpu.
+        # Prefill: each packed token over its own row, where SDPA took ~10 ops per prompt shape.
+        scaling = query.shape[3] ** -0.5 if kwargs.get("scaling") is None else kwargs["scaling"]
+        if ctx.prefill:  # [1, heads, tokens, dim] -> [tokens, heads, 1, dim], views
+            q, k, v = (t[0].transpose(0, 1)[:, :, None] for t in (query, key, value))
+            if ctx.work is None:  # made by the first layer, reused by the others
+                ctx.width = int(ctx.cols.max()) + 1
+                ctx.work = torch.empty(c.threads(), ctx.width)
+            out = c.attend(q, k, v, k_store, v_store, ctx.cols, ctx.window, scaling, ctx.work, rows=ctx.rows)
+            return out.view(1, q.shape[0], q.shape[1], q.shape[3]), None
+        lo, hi = ctx.lo, ctx.lo + query.shape[0]
+        if ctx.work is None:
+            ctx.work = torch.empty(c.threads(), ctx.width)
+        out = c.attend(query, key, value, k_store[lo:hi], v_store[lo:hi], ctx.cols, ctx.window, scaling, ctx.work)
+        return out.view(query.shape[0], 1, query.shape[1], query.shape[3]), None
     if ctx.prefill:  # key: [1, kv_heads, tokens, dim] -> each token into its row and column
         k_store[ctx.rows, :, ctx.cols] = key[0].transpose(0, 1)
         v_store[ctx.rows, :, ctx.cols] = value[0].transpose(0, 1)
         return _prefill_attention(module, query, key, value, (k_store, v_store), ctx, **kwargs), None
     lo, hi = ctx.lo, ctx.lo + query.shape[0]
-    c = loops() if query.device.type == "cpu" and not kwargs.get("s_aux") else None
-    if c is not None and query.dtype == key.dtype == value.dtype == k_store.dtype == torch.float32:
-        # one C call a layer writes the new keys and values and attends (4-9x faster than SDPA's masked path,
-        # ~2x the two matmuls of _decode_cpu: 32 rows x 64 columns, SmolLM2's 9 query / 3 KV heads)
-        if ctx.work is None:  # made by the first layer, reused by the others
-            ctx.work = torch.empty(query.shape[0] * query.shape[1], ctx.width)
-        scaling = query.shape[3] ** -0.5 if kwargs.get("scaling") is None else kwargs["scaling"]
-        out = c.attend(query, key, value, k_store[lo:hi], v_store[lo:hi], ctx.cols, ctx.window, scaling, ctx.work)
-        return out.view(query.shape[0], 1, query.shape[1], query.shape[3]), None
     # decode: key [hi, kv_heads, 1, dim], written by one index_copy_ per storage into its flattened view
     # (index_put_ with a row and a column index: 15.8 us a call at 32 rows here, index_copy_ 11.0)
     if ctx.flat is None or ctx.flat[0] != k_store.shape:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from serving.worker import int8, kernels
 from serving.worker.loader import build_base
@@ -55,13 +56,41 @@ def test_decode_attention_writes_the_new_keys_and_attends_as_sdpa(
     pos = torch.randint(0, width, (rows,), generator=gen)
     pos[0], pos[-1] = width - 1, 0  # the longest row, and a row that sees only its own token
     k_ref, v_ref = keys.clone(), values.clone()
-    out = k.attend(q, key, value, keys, values, pos, window, dim**-0.5, torch.empty(rows * heads, width))
+    out = k.attend(q, key, value, keys, values, pos, window, dim**-0.5, torch.empty(k.threads(), width))
     ref = kernels.torch_attend(q, key, value, k_ref, v_ref, pos, window, dim**-0.5, width)
     assert torch.equal(keys, k_ref) and torch.equal(values, v_ref)  # the new keys and values, at pos
     assert torch.equal(keys[torch.arange(rows), :, pos], key[:, :, 0])
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     own = out.view(rows, heads, dim)[-1]  # the row at position 0 returns its own value
     torch.testing.assert_close(own, value[-1, :, 0].repeat_interleave(heads // kv_heads, 0), rtol=0, atol=0)
+
+
+def test_prefill_attention_writes_each_prompts_tokens_into_its_row_and_attends_causally(tmp_path: Path) -> None:
+    k = kernels.load(tmp_path)
+    assert k is not None
+    gen = torch.Generator().manual_seed(7)
+    heads, kv_heads, dim, columns = 6, 2, 64, 24
+    keys, values = torch.randn(2, 4, kv_heads, columns, dim, generator=gen)
+    # packed prompts: row 3 with 5 new tokens after a 4-token cached prefix, row 1 with 7 tokens from column 0
+    rows = torch.tensor([3] * 5 + [1] * 7)
+    cols = torch.cat([torch.arange(4, 9), torch.arange(0, 7)])
+    q = torch.randn(1, heads, 12, dim, generator=gen)  # as the model hands them over: [1, heads, tokens, dim]
+    key, value = torch.randn(2, 1, kv_heads, 12, dim, generator=gen)
+    before = keys.clone(), values.clone()
+    view = (t[0].transpose(0, 1)[:, :, None] for t in (q, key, value))
+    out = k.attend(*view, keys, values, cols, None, 0.125, torch.empty(k.threads(), 9), rows=rows)
+    assert torch.equal(keys[rows, :, cols], key[0].transpose(0, 1))
+    assert torch.equal(values[rows, :, cols], value[0].transpose(0, 1))
+    untouched = torch.ones(4, columns, dtype=torch.bool)
+    untouched[rows, cols] = False
+    assert torch.equal(keys.transpose(1, 2)[untouched], before[0].transpose(1, 2)[untouched])
+    for r, at in ((3, slice(0, 5)), (1, slice(5, 12))):  # each prompt: causal SDPA over its row up to its column
+        n = cols[at].max().item() + 1
+        rep = heads // kv_heads
+        kr, vr = (t[r, :, :n].repeat_interleave(rep, 0) for t in (keys, values))
+        mask = torch.arange(n)[None] <= cols[at][:, None]
+        ref = F.scaled_dot_product_attention(q[0, :, at], kr, vr, attn_mask=mask, scale=0.125)
+        torch.testing.assert_close(out[at].view(-1, heads, dim), ref.transpose(0, 1), rtol=1e-5, atol=1e-6)
 
 
 def test_a_quantised_model_gives_the_same_logits_with_and_without_the_kernels(tiny_llama_dir: Path) -> None:
