@@ -94,13 +94,13 @@ class Decoder:
             k.rope_(key, cos, sin, dim)
             q4, k4, v4 = (t.view(rows, -1, 1, dim) for t in (q, key, value))
             out, _ = kv.attention(attn, q4, k4, v4, None, scaling=attn.scaling, **{kv.NAME: ctx})
-            x.add_(attn.o_proj(out.reshape(rows, -1)))
+            x.add_(_project(out.reshape(rows, -1), attn.o_proj)[0])
             norm = layer.post_attention_layernorm
             h = k.rmsnorm(x, norm.weight, norm.variance_epsilon)
             gate, up = _project(h, mlp.gate_proj, mlp.up_proj)
-            x.add_(mlp.down_proj(F.silu(gate).mul_(up)))
+            x.add_(_project(F.silu(gate).mul_(up), mlp.down_proj)[0])
         h = k.rmsnorm(x, inner.norm.weight, inner.norm.variance_epsilon)
-        return SimpleNamespace(logits=self.model.lm_head(h)[:, None])
+        return SimpleNamespace(logits=_project(h, self.model.lm_head)[0][:, None])
 
 
 def _project(h: torch.Tensor, *mods: Any) -> tuple[torch.Tensor, ...]:
