@@ -16,12 +16,15 @@ Called without a ``lifecycle_kv`` context (``generate``, evaluation) it is plain
 
 Two kinds of forward pass use it:
 
-* **prefill**: the new prompts packed into one sequence (batch 1) for the weights, each attending only
-  to itself (one causal SDPA call per prompt length, prompts of a length batched), their keys and
-  values scattered into their rows at columns ``0..len-1``;
+* **prefill**: the new prompts packed into one sequence (batch 1) for the weights, their keys and
+  values scattered into their rows at columns ``0..len-1``, each attending only to its own row (one
+  causal SDPA call per prompt shape, prompts of a shape batched);
 * **decode**: one token per row for rows ``lo..hi-1`` (free rows in between get a dummy token that
-  only sees itself), written at each row's position, attending to columns ``0..pos``; on CPU in float32
-  one C call a layer does both (``kernels.py``), elsewhere an ``index_copy_`` and SDPA (or two matmuls).
+  only sees itself), written at each row's position, attending to columns ``0..pos`` (an
+  ``index_copy_`` and SDPA, or two matmuls on CPU).
+
+On CPU in float32, with the C loops built (``kernels.py``), one C call a layer does either pass: it
+writes the new keys and values and attends each token over its own row.
 """
 
 from __future__ import annotations
