@@ -94,8 +94,10 @@ def test_kafka_killed_while_jobs_are_queued_and_answered_loses_none_and_answers_
 
 def test_mongo_killed_while_a_job_runs_answers_each_item_once(tier: Settings) -> None:
     s = tier
-    # Items of growing length: their results land one after another, so the kill falls between two writes.
-    items = [{"id": f"m{k}", "prompt": f"long answer {k}", "max_tokens": 8 + 40 * k} for k in range(12)]
+    # One short item, then long ones of growing length: the kill falls after the first result and ~900
+    # decode steps (seconds, even for the tiny model) before the next; the rest land one after another.
+    items = [{"id": f"m{k}", "prompt": f"long answer {k}", "max_tokens": 4 if k == 0 else 930 + 8 * k}
+             for k in range(12)]  # fmt: skip
     r = httpx.post(gateway_url(s) + "/v1/jobs", json={"items": items}, timeout=30)
     assert r.status_code == 202, r.text
     job = r.json()["id"]
