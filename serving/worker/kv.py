@@ -276,16 +276,14 @@ def attention(
         # reading of the keys from memory bounds both). Prefill: each packed token over its own row, where
         # SDPA took ~10 ops per prompt shape (a 32-prompt prefill: ~190 -> ~40 ms).
         scaling = query.shape[3] ** -0.5 if kwargs.get("scaling") is None else kwargs["scaling"]
+        if ctx.work is None:  # made by the first layer, reused by the others
+            ctx.width = int(ctx.cols.max()) + 1 if ctx.prefill else ctx.width
+            ctx.work = torch.empty(c.threads(), ctx.width)
         if ctx.prefill:  # [1, heads, tokens, dim] -> [tokens, heads, 1, dim], views
             q, k, v = (t[0].transpose(0, 1)[:, :, None] for t in (query, key, value))
-            if ctx.work is None:  # made by the first layer, reused by the others
-                ctx.width = int(ctx.cols.max()) + 1
-                ctx.work = torch.empty(c.threads(), ctx.width)
             out = c.attend(q, k, v, k_store, v_store, ctx.cols, ctx.window, scaling, ctx.work, rows=ctx.rows)
             return out.view(1, q.shape[0], q.shape[1], q.shape[3]), None
         lo, hi = ctx.lo, ctx.lo + query.shape[0]
-        if ctx.work is None:
-            ctx.work = torch.empty(c.threads(), ctx.width)
         out = c.attend(query, key, value, k_store[lo:hi], v_store[lo:hi], ctx.cols, ctx.window, scaling, ctx.work)
         return out.view(query.shape[0], 1, query.shape[1], query.shape[3]), None
     if ctx.prefill:  # key: [1, kv_heads, tokens, dim] -> each token into its row and column
