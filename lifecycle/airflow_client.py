@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -18,7 +19,33 @@ class AirflowApiError(RuntimeError):
         self.status, self.body = status, body
 
 
-def call(settings: Settings, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+# An idempotent request that meets "Database error" (SQLite's lock held by a busy scheduler, a dropped
+# connection) is sent again after these pauses; a POST is not (it could create a second run).
+RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0)
+
+
+def call(
+    settings: Settings,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    pauses: tuple[float, ...] = RETRY_PAUSES,
+) -> dict[str, Any]:
+    for pause in (*pauses, None):
+        try:
+            return _call_once(settings, method, path, body)
+        except AirflowApiError as exc:
+            if pause is None or not _transient(method, exc):
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _transient(method: str, exc: AirflowApiError) -> bool:
+    return method in ("GET", "PATCH", "PUT", "DELETE") and exc.status in (500, 503) and "Database error" in exc.body
+
+
+def _call_once(settings: Settings, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
     creds = admin_credentials(settings)
     if creds is None:
         raise AirflowApiError(401, "the local stack's Airflow has no admin credentials yet (run `lifecycle up`)")
