@@ -234,6 +234,11 @@ class Settings(BaseSettings):
         description="Against a tainted champion (trained on a deleted record) the gate promotes a candidate that is "
         "not worse by more than this (non-inferiority), instead of asking for an improvement.",
     )  # fmt: skip
+    retry_delay: float = Field(
+        15.0, gt=0, le=300,
+        description="Seconds before a failed DAG task's first retry; each later one waits about twice as long "
+        "(Airflow's exponential backoff, at most 5 minutes).",
+    )  # fmt: skip
     startup_timeout: float = Field(180.0, gt=0, description="Seconds to wait for each service.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of our processes.")
     log_format: Literal["text", "json"] = Field(

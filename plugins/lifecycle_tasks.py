@@ -15,20 +15,22 @@ from airflow.sdk import Asset, XComArg, dag, get_current_context, task
 
 from lifecycle.settings import Settings, load_settings
 
-#: default_args of the project's DAGs: an owner, and retries with exponential backoff.
-DEFAULT_ARGS = {
-    "owner": "llm-lifecycle",
-    "retries": 2,
-    "retry_delay": pendulum.duration(seconds=15),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": pendulum.duration(minutes=5),
-}
-
 
 def parse_settings() -> Settings:
     """The settings a DAG file may read while it is parsed: from the environment, with their defaults;
     no connection is opened. An invalid value fails the import, naming the variable."""
     return load_settings()
+
+
+#: default_args of the project's DAGs: an owner, and retries with exponential backoff from
+#: ``LIFECYCLE_RETRY_DELAY``.
+DEFAULT_ARGS = {
+    "owner": "llm-lifecycle",
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=parse_settings().retry_delay),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": pendulum.duration(minutes=5),
+}
 
 
 def lifecycle_dag(dag_id: str, *, schedule: Any, tags: list[str], doc: str | None, **kwargs: Any) -> Callable[..., Any]:

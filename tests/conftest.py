@@ -46,6 +46,7 @@ def stack_env() -> Iterator[dict[str, str]]:
         # failed DAG runs mail here; tests/dags/test_notify.py listens (elsewhere the refused mail is logged)
         "LIFECYCLE_NOTIFY_EMAIL": "ops@lifecycle.test",
         "LIFECYCLE_SMTP_URL": "smtp://127.0.0.1:18025",
+        "LIFECYCLE_RETRY_DELAY": "2",  # a task failing on purpose is retried within seconds
         "LIFECYCLE_RETRAIN_SCHEDULE": "* * * * *",  # fires only while tests/dags/test_retrain_schedule.py unpauses it
         **TEST_PORTS,
     }
