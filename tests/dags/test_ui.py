@@ -121,10 +121,13 @@ def _lifecycle_page_shows(d: Any, base: str, s: Settings, mlflow_run_id: str, ve
     from lifecycle import registry
 
     champion = registry.version_by_alias(registry.client(s.mlflow_tracking_uri), s.model_name, registry.CHAMPION)
-    assert champion is not None
-    top = [c for c in d.find_elements(By.CSS_SELECTOR, ".card[data-alias=champion]")
-           if c.text.startswith(f"champion: {s.model_name} v{champion.version} ")]  # fmt: skip
-    assert top and f"/#/models/{s.model_name}/versions/{champion.version}" in top[0].get_attribute("innerHTML")
+    shown = [c for c in d.find_elements(By.CSS_SELECTOR, ".card[data-alias=champion]")
+             if c.text.startswith(f"champion: {s.model_name} ")]  # fmt: skip
+    if champion is None:  # the gate kept every version out (a few eval items rarely prove an improvement)
+        assert not shown, [c.text for c in shown]
+    else:
+        top = [c for c in shown if c.text.startswith(f"champion: {s.model_name} v{champion.version} ")]
+        assert top and f"/#/models/{s.model_name}/versions/{champion.version}" in top[0].get_attribute("innerHTML")
     d.execute_script("arguments[0].scrollIntoView()", card)
     d.switch_to.default_content()
     screenshot(d, s, "airflow-lifecycle-page")
@@ -166,9 +169,13 @@ def test_every_dag_with_params_opens_a_form_whose_defaults_are_valid(stack: Sett
             trigger = _open_form(d, base, dag_id)
             assert until(trigger.is_enabled, timeout=5, what=f"{dag_id}: Trigger enabled with the defaults")
         # llm_curate is safe to run from its form (the test stack's threshold leaves nothing to curate)
-        before = set(_runs(stack, "llm_curate"))
-        trigger = _open_form(d, base, "llm_curate")
-        d.execute_script("arguments[0].scrollIntoView()", trigger)
-        trigger.click()
-        run = _wait_run(stack, "llm_curate", before, timeout=300)
+        call(stack, "PATCH", "/api/v2/dags/llm_curate", {"is_paused": False})  # the test stack creates DAGs paused
+        try:
+            before = set(_runs(stack, "llm_curate"))
+            trigger = _open_form(d, base, "llm_curate")
+            d.execute_script("arguments[0].scrollIntoView()", trigger)
+            trigger.click()
+            run = _wait_run(stack, "llm_curate", before, timeout=300)
+        finally:
+            call(stack, "PATCH", "/api/v2/dags/llm_curate", {"is_paused": True})
     assert run["state"] == "success", run
