@@ -120,8 +120,28 @@ def quantise(model: Any, tokenizer: Any, weights: str, what: str) -> str:
     except HardwareError as exc:
         raise LoadError(f"{what}: {exc}") from None
     log.info("%s: %s", what, reason)
-    report = int8.apply(model, tokenizer, "int8" if weights == "int8" else "auto", what) if wanted else None
-    return report.reason if report else reason
+    if not wanted:
+        return reason
+    import torch
+
+    from serving.worker import fused
+
+    # An int8 product quantises its input whatever its dtype; the rest of a step (norms, rotary, attention,
+    # the residual) runs in the model's dtype, and only in float32 do the fused decoder and the C attention
+    # take it (fused.py, kv.py). Measured on a 2-core AMD EPYC with native bf16 (bench/engine_throughput.py,
+    # SmolLM2-135M, 32 prompts x 32 tokens): int8 with bf16 activations 279 tokens/s, with float32 413.
+    dtype = param.dtype
+    if param.device.type == "cpu" and dtype != torch.float32:
+        model.float()
+        if fused.why_not(model):  # no faster path for it in float32: the dtype it was loaded in
+            model.to(dtype)
+    report = int8.apply(model, tokenizer, "int8" if weights == "int8" else "auto", what)
+    if (report is None or not report.kept) and next(model.parameters()).dtype != dtype:
+        model.to(dtype)  # float weights kept: served in the dtype chosen for them
+    if report is None:
+        return reason
+    kept = next(model.parameters()).dtype
+    return report.reason + (f"; activations in {str(kept).removeprefix('torch.')}" if kept != dtype else "")
 
 
 def context_length(model: Any) -> int:

@@ -122,3 +122,20 @@ def test_the_quality_check_is_measured_once_per_model_and_machine_and_its_figure
     third = int8.apply(again, tok, "auto", "tiny", cache_dir=tmp_path)
     assert third is not None and third.kept and third.agreement > 0.5
     assert len(list((tmp_path / "hardware").glob("int8-check-*.json"))) == 2
+
+
+def test_a_bf16_base_given_int8_weights_runs_its_activations_in_float32_and_a_float_one_stays_bf16(
+    tiny_llama_dir: Path,
+) -> None:
+    from serving.worker import fused
+    from serving.worker.loader import quantise
+
+    model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="bfloat16")
+    reason = quantise(model, tok, "int8", "tiny")
+    assert "activations in float32" in reason, reason
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # norms and embeddings: float32
+    assert model.model.layers[0].self_attn.q_proj.group[0].wq.dtype == torch.int8
+    assert fused.why_not(model) == ""  # the fused decoder takes its steps
+    plain, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="bfloat16")
+    assert quantise(plain, tok, "float", "tiny") == "float weights as configured"
+    assert {p.dtype for p in plain.parameters()} == {torch.bfloat16}
