@@ -54,6 +54,7 @@ feedback = Asset(
     tags=["flywheel", "kafka"],
     doc=__doc__,
     max_active_runs=1,
+    is_paused_upon_creation=False,  # the flywheel turns once deployed (LIFECYCLE_CURATE_MIN_FEEDBACK bounds it)
     params={
         "min_feedback": Param(
             SETTINGS.curate_min_feedback,

@@ -169,13 +169,9 @@ def test_every_dag_with_params_opens_a_form_whose_defaults_are_valid(stack: Sett
             trigger = _open_form(d, base, dag_id)
             assert until(trigger.is_enabled, timeout=5, what=f"{dag_id}: Trigger enabled with the defaults")
         # llm_curate is safe to run from its form (the test stack's threshold leaves nothing to curate)
-        call(stack, "PATCH", "/api/v2/dags/llm_curate", {"is_paused": False})  # the test stack creates DAGs paused
-        try:
-            before = set(_runs(stack, "llm_curate"))
-            trigger = _open_form(d, base, "llm_curate")
-            d.execute_script("arguments[0].scrollIntoView()", trigger)
-            trigger.click()
-            run = _wait_run(stack, "llm_curate", before, timeout=300)
-        finally:
-            call(stack, "PATCH", "/api/v2/dags/llm_curate", {"is_paused": True})
+        before = set(_runs(stack, "llm_curate"))
+        trigger = _open_form(d, base, "llm_curate")
+        d.execute_script("arguments[0].scrollIntoView()", trigger)
+        trigger.click()
+        run = _wait_run(stack, "llm_curate", before, timeout=300)
     assert run["state"] == "success", run
