@@ -31,14 +31,14 @@ def call(
     body: dict[str, Any] | None = None,
     pauses: tuple[float, ...] = RETRY_PAUSES,
 ) -> dict[str, Any]:
-    for pause in (*pauses, None):
+    for pause in pauses:
         try:
             return _call_once(settings, method, path, body)
         except AirflowApiError as exc:
-            if pause is None or not _transient(method, exc):
+            if not _transient(method, exc):
                 raise
-            time.sleep(pause)
-    raise AssertionError("unreachable")
+        time.sleep(pause)
+    return _call_once(settings, method, path, body)  # the last try: its error is raised as it is
 
 
 def _transient(method: str, exc: AirflowApiError) -> bool:
