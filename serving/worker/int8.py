@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from serving.worker import kernels
+from serving.worker import int8_check, kernels
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +44,8 @@ CALIBRATION = (
     "Question: what is 17 multiplied by 23? Answer: 391. def area(r):\n    return 3.14159 * r ** 2\n"
     "In 1969, three astronauts flew to the Moon; two of them walked on its surface for about two hours."
 )
-CHECK = (
-    "A small bakery on the corner opens at six every morning. The owner, who learned the trade from her "
-    "grandfather, bakes bread, rolls and a few cakes, and sells most of them before noon. Customers say the "
-    "secret is patience: the dough rests for a whole day before it goes into the oven. When asked about "
-    "expanding, she laughs and says that a bigger shop would only mean less time to talk to the people "
-    "who come in. The city has changed around her, but the smell of fresh bread has not."
-)
 CHAT = ("Tell me about the history of tea.", "How do I sort a list in Python?", "Write a haiku about snow.")
-#: The check's chat prompts (not the calibration's): the float model's greedy answers to them are fed to
-#: both models, whose next-token choices must agree this often under ``auto``.
-ANSWERS = ("What is the capital of France?", "Give me three tips for sleeping well.", "What is 12 times 11?",
-           "Write a haiku about autumn.", "Explain photosynthesis simply.", "Who wrote Romeo and Juliet?",
-           "How do I boil an egg?", "Name three planets.")  # fmt: skip
 MIN_AGREEMENT = 0.93  # SmolLM2 int8 without outlier channels: 0.92, and it answered Paris wrong
-ANSWER_TOKENS = 24
 
 
 @dataclass
@@ -91,6 +78,8 @@ class _Cache:
 
 class Group(torch.nn.Module):
     """The int8 weights of the layers that share one input, concatenated along the output axis."""
+
+    vnni = True  # the VNNI loop where the C loops have it (False: C quantisation + torch._int_mm)
 
     wq: torch.Tensor  # [out, in] int8
     w_scale: torch.Tensor  # [out]: each output channel's scale
@@ -127,13 +116,33 @@ class Group(torch.nn.Module):
         self.splits = [lin.out_features for lin in layers]
         self.cache = _Cache()  # set once: nn.Module's __setattr__ costs ~6 us a call, ~5 ms a decode step
         self.kernels = kernels.load()
+        self.packed: kernels.Packed | None = None
         self._hold()
 
+    def unpacked(self) -> torch.Tensor:
+        """The int8 weight [out, in] (the ``wq`` buffer holds it packed where the VNNI loop runs)."""
+        return self.wq if self.packed is None else self.packed.unpack()
+
     def _hold(self) -> None:
-        # The tensors a call reads, as plain attributes: a buffer's lookup through nn.Module costs ~1.5 us,
-        # ~2 ms a decode step. Refreshed whenever the buffers are replaced (``_apply``: .to(), .float()).
-        self.hot = _Hot(self.wq.t(), self.w_scale, self.inv_smooth, self.outliers,
-                        None if self.w_outliers is None else self.w_outliers.float(), self.bias)  # fmt: skip
+        # With AVX-512 VNNI in the C loops (weights on the CPU) the buffer holds the weight packed for them in
+        # place of [out, in]: one copy of the int8 weights either way. The tensors a call reads, as plain
+        # attributes: a buffer's lookup through nn.Module costs ~1.5 us, ~2 ms a decode step. Refreshed
+        # whenever the buffers are replaced (``_apply``: .to(), .float()).
+        k, w, p = self.kernels, self.wq, self.packed
+        vnni = k is not None and k.vnni and w.device.type == "cpu" and self.vnni
+        if p is not None:
+            p.weights = w  # the packed buffer, as ``_apply`` left it
+            if not vnni:
+                self.wq, self.packed = p.unpack(), None
+        elif vnni:
+            self.packed = kernels.Packed(w)
+            self.wq = self.packed.weights
+        p, wo = self.packed, None if self.w_outliers is None else self.w_outliers.float()
+        if p is not None:  # the C loop's dtype
+            bias = None if self.bias is None else self.bias.float()
+            self.hot = _Hot(None, self.w_scale.float(), self.inv_smooth.float(), self.outliers, wo, bias, p)
+        else:
+            self.hot = _Hot(self.wq.t(), self.w_scale, self.inv_smooth, self.outliers, wo, self.bias)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         out = super()._apply(fn, recurse)
@@ -155,13 +164,17 @@ class Group(torch.nn.Module):
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         h, k = self.hot, self.kernels
         flat = x.reshape(-1, x.shape[-1])
+        if h.packed is not None and k is not None:  # every step in one C call (kernels.c: lc_qlinear)
+            y = k.qlinear(flat.float().contiguous(), h.inv_smooth, h.packed, h.w_scale, h.outliers,
+                          h.w_outliers, h.bias)  # fmt: skip
+            return y.to(x.dtype).view(*x.shape[:-1], -1)
         few = flat.shape[0] <= kernels.ROWS or torch.get_num_threads() <= 2  # see kernels.py
         if k is not None and few and flat.dtype == h.inv_smooth.dtype == torch.float32:
             q, scale = k.quantise(flat.contiguous(), h.inv_smooth)  # the same bits as the torch ops, fewer calls
-            y = k.dequantise(torch._int_mm(q, h.wq_t), scale, h.w_scale)
+            y = k.dequantise(torch._int_mm(q, h.wq_t), scale, h.w_scale)  # type: ignore[arg-type]
         else:
             q, scale = kernels.torch_quantise(flat, h.inv_smooth)
-            y = (torch._int_mm(q, h.wq_t) * scale).mul_(h.w_scale)
+            y = (torch._int_mm(q, h.wq_t) * scale).mul_(h.w_scale)  # type: ignore[arg-type]
         if h.outliers is not None and h.w_outliers is not None:
             y.addmm_(flat.index_select(1, h.outliers).float(), h.w_outliers)  # in place: one copy fewer
         if h.bias is not None:
@@ -170,13 +183,13 @@ class Group(torch.nn.Module):
 
 
 class _Hot:
-    __slots__ = ("bias", "inv_smooth", "outliers", "w_outliers", "w_scale", "wq_t")
+    __slots__ = ("bias", "inv_smooth", "outliers", "packed", "w_outliers", "w_scale", "wq_t")
 
-    def __init__(self, wq_t: torch.Tensor, w_scale: torch.Tensor, inv_smooth: torch.Tensor,
+    def __init__(self, wq_t: torch.Tensor | None, w_scale: torch.Tensor, inv_smooth: torch.Tensor,
                  outliers: torch.Tensor | None, w_outliers: torch.Tensor | None,
-                 bias: torch.Tensor | None) -> None:  # fmt: skip
+                 bias: torch.Tensor | None, packed: kernels.Packed | None = None) -> None:  # fmt: skip
         self.wq_t, self.w_scale, self.inv_smooth = wq_t, w_scale, inv_smooth
-        self.outliers, self.w_outliers, self.bias = outliers, w_outliers, bias
+        self.outliers, self.w_outliers, self.bias, self.packed = outliers, w_outliers, bias, packed
 
 
 class Int8Linear(torch.nn.Module):
@@ -244,13 +257,6 @@ def _calibration_inputs(tokenizer: Any) -> list[torch.Tensor]:
     return out
 
 
-def nll(model: Any, tokenizer: Any) -> float:
-    """Teacher-forced mean NLL of the check text."""
-    ids = tokenizer(CHECK, return_tensors="pt").input_ids.to(next(model.parameters()).device)
-    with torch.no_grad():
-        return float(model(input_ids=ids, labels=ids).loss)
-
-
 def _swap(model: Any, modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
     """Put ``modules`` at their paths; returns what was there."""
     old = {}
@@ -291,46 +297,12 @@ def _own_memory(model: Any) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _answers(model: Any, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """The float model's greedy answers to ``ANSWERS`` (left-padded ids, attention mask, prompt width),
-    None without a chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-             for q in ANSWERS]  # fmt: skip
-    side, pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"
-    if pad is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side, tokenizer.pad_token = side, pad
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)  # fmt: skip
-    width = enc["input_ids"].shape[1]
-    mask = torch.cat([enc["attention_mask"], enc["attention_mask"].new_ones(out.shape[0], out.shape[1] - width)], 1)
-    return out, mask, width
-
-
-def _choices(model: Any, answers: tuple[torch.Tensor, torch.Tensor, int]) -> torch.Tensor:
-    """The model's next-token choice at every answer position, given the answers so far."""
-    ids, mask, width = answers
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-    return logits[:, width - 1 : -1].argmax(-1)
-
-
 def identity(model: Any, tokenizer: Any) -> str:
     """What the quality check's figures depend on: the model's weights (sha256 of every tensor, ~0.4 s
     for SmolLM2-135M), the check's token ids under this tokenizer and this module's code."""
     import hashlib
 
-    h = hashlib.sha256(Path(__file__).read_bytes())
+    h = hashlib.sha256(Path(__file__).read_bytes() + Path(int8_check.__file__).read_bytes() + kernels.SOURCE.encode())
     seen = set()
     for name, t in model.state_dict().items():
         if t.data_ptr() in seen:  # tied weights: once
@@ -338,10 +310,10 @@ def identity(model: Any, tokenizer: Any) -> str:
         seen.add(t.data_ptr())
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
-    ids = [x.tolist() for x in _calibration_inputs(tokenizer)] + [tokenizer(CHECK).input_ids]
+    ids = [x.tolist() for x in _calibration_inputs(tokenizer)] + [tokenizer(int8_check.CHECK).input_ids]
     if getattr(tokenizer, "chat_template", None):
         ids += [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                              add_generation_prompt=True) for q in ANSWERS]  # fmt: skip
+                                              add_generation_prompt=True) for q in int8_check.ANSWERS]  # fmt: skip
     h.update(repr(ids).encode())
     return h.hexdigest()
 
@@ -364,13 +336,13 @@ def apply(
         return None
 
     def measure() -> dict[str, float]:
-        answers = _answers(model, tokenizer)
-        figures = {"nll_float": nll(model, tokenizer), "agreement": 1.0}
-        float_choices = _choices(model, answers) if answers else None
+        answers = int8_check.answers(model, tokenizer)
+        figures = {"nll_float": int8_check.nll(model, tokenizer), "agreement": 1.0}
+        float_choices = int8_check.choices(model, answers) if answers else None
         _swap(model, new)
-        figures["nll_int8"] = nll(model, tokenizer)
+        figures["nll_int8"] = int8_check.nll(model, tokenizer)
         if answers and float_choices is not None:
-            figures["agreement"] = float((_choices(model, answers) == float_choices).float().mean())
+            figures["agreement"] = float((int8_check.choices(model, answers) == float_choices).float().mean())
         _swap(model, old)
         return figures
 

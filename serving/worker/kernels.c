@@ -13,10 +13,13 @@
   } else {                                                                     \
     for (int64_t i = 0; i < (m); i++) call;                                    \
   }
-static inline void quantise_row(const float* x, const float* inv, int64_t i, int64_t k, int8_t* q, float* scale) {
+/* Row i of x * inv over its maximum / 127, rounded: int8 at q + i * ldq, or with offset 128 (uint8, what VNNI's
+   unsigned-by-signed product takes) and the row padded to ldq with the offset's zero. */
+static inline void quantise_row(const float* x, const float* inv, int64_t i, int64_t k, int8_t* q, float* scale,
+                                int64_t ldq, int offset) {
   {
     const float* row = x + i * k;
-    int8_t* out = q + i * k;
+    int8_t* out = q + i * ldq;
     float acc[L] = {0};
     int64_t j = 0;
     for (; j + L <= k; j += L)
@@ -26,11 +29,17 @@ static inline void quantise_row(const float* x, const float* inv, int64_t i, int
     for (int l = 0; l < L; l++) amax = amax > acc[l] ? amax : acc[l];
     float s = (amax > 1e-8f ? amax : 1e-8f) / 127.0f;
     scale[i] = s;
-    for (j = 0; j < k; j++) out[j] = (int8_t)nearbyintf(row[j] * inv[j] / s);
+    if (!offset) {
+      for (j = 0; j < k; j++) out[j] = (int8_t)nearbyintf(row[j] * inv[j] / s);
+    } else {
+      uint8_t* u = (uint8_t*)out;
+      for (j = 0; j < k; j++) u[j] = (uint8_t)((int)nearbyintf(row[j] * inv[j] / s) + 128);
+      for (; j < ldq; j++) u[j] = 128;
+    }
   }
 }
 void lc_quantise(const float* x, const float* inv, int64_t m, int64_t k, int8_t* q, float* scale, int nt) {
-  ROWS_OF(m, nt, m * k, i, quantise_row(x, inv, i, k, q, scale))
+  ROWS_OF(m, nt, m * k, i, quantise_row(x, inv, i, k, q, scale, k, 0))
 }
 static inline void dequantise_part(const int32_t* y, float s, const float* w_scale, int64_t n, float* out) {
   for (int64_t j = 0; j < n; j++) out[j] = (float)y[j] * s * w_scale[j];
@@ -159,3 +168,93 @@ void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t 
                          width, m * kv_heads, scaling, work, out};
   ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih))
 }
+
+/* y [m, n] = x [m, k] @ W^T for a W of int8 weights with per-column scales and a few float input channels, in
+   one call: each row of x * inv quantised to int8 (as lc_quantise, offset by 128 into qbuf [m, ldq]), the integer
+   product by AVX-512 VNNI on weights packed for it (see int8.py's pack: tiles of QC x 16 columns, for each 4 input
+   channels the tile's 64-byte vectors in turn), comp = 128 x each column's sum (the offset's share, taken back),
+   then (float)acc * scale * w_scale as lc_dequantise, + the outlier channels' float product (x's columns idx
+   [o] times wo [o, n]) + bias. lc_vnni() says whether this machine's build has it. */
+#define QR 8
+#define QC 3
+#define QMAX_O 256 /* outlier channels at most (int8.py keeps 32) */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+#include <immintrin.h>
+int lc_vnni(void) { return 1; }
+typedef struct {
+  const float *x, *scale, *w_scale, *wo, *bias;
+  const uint8_t* q;
+  const int8_t* wp;
+  const int32_t* comp;
+  const int64_t* idx;
+  int64_t m, k, ldq, n, o;
+  float* y;
+} qmm_args;
+static inline __attribute__((always_inline)) void qmm_tile(const qmm_args* A, int64_t t, int64_t r0, int rows) {
+  const int64_t kg = A->ldq / 4, n0 = t * QC * 16;
+  const int8_t* wp = A->wp + t * kg * QC * 64;
+  __m512i acc[QR][QC];
+  for (int r = 0; r < QR; r++)
+    for (int c = 0; c < QC; c++) acc[r][c] = _mm512_setzero_si512();
+  const uint8_t* a = A->q + r0 * A->ldq;
+  for (int64_t g = 0; g < kg; g++) {
+    __m512i w[QC];
+    for (int c = 0; c < QC; c++) w[c] = _mm512_loadu_si512(wp + (g * QC + c) * 64);
+    for (int r = 0; r < QR; r++)
+      if (r < rows) {
+        int32_t four;
+        memcpy(&four, a + r * A->ldq + g * 4, 4);
+        const __m512i b = _mm512_set1_epi32(four);
+        for (int c = 0; c < QC; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], b, w[c]);
+      }
+  }
+  /* the sums out of registers at constant places (read at variable ones, the array would live in memory) */
+  int32_t sums[QR][QC][16] __attribute__((aligned(64)));
+  for (int r = 0; r < QR; r++)
+    for (int c = 0; c < QC; c++) _mm512_store_si512(sums[r][c], acc[r][c]);
+  float xo[QR][QMAX_O];  /* the rows' outlier channels */
+  for (int r = 0; r < rows; r++)
+    for (int64_t j = 0; j < A->o; j++) xo[r][j] = A->x[(r0 + r) * A->k + A->idx[j]];
+  for (int c = 0; c < QC; c++) {
+    const int64_t col = n0 + c * 16;
+    if (col >= A->n) break;
+    const __mmask16 mk = A->n - col >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (A->n - col)) - 1);
+    __m512 d[QR];
+    for (int r = 0; r < QR; r++) d[r] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < A->o; j++) {
+      const __m512 wo = _mm512_maskz_loadu_ps(mk, A->wo + j * A->n + col);
+      for (int r = 0; r < QR; r++)
+        if (r < rows) d[r] = _mm512_fmadd_ps(_mm512_set1_ps(xo[r][j]), wo, d[r]);
+    }
+    const __m512i comp = _mm512_maskz_loadu_epi32(mk, A->comp + col);
+    const __m512 ws = _mm512_maskz_loadu_ps(mk, A->w_scale + col);
+    const __m512 bias = A->bias ? _mm512_maskz_loadu_ps(mk, A->bias + col) : _mm512_setzero_ps();
+    for (int r = 0; r < QR; r++) {
+      if (r >= rows) break;
+      __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(sums[r][c]), comp));
+      v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(A->scale[r0 + r])), ws);
+      if (A->o) v = _mm512_add_ps(v, d[r]);
+      if (A->bias) v = _mm512_add_ps(v, bias);
+      _mm512_mask_storeu_ps(A->y + (r0 + r) * A->n + col, mk, v);
+    }
+  }
+}
+static void qmm_cols(const qmm_args* A, int64_t t) {  /* one column tile, every row */
+  int64_t r0 = 0;
+  for (; r0 + QR <= A->m; r0 += QR) qmm_tile(A, t, r0, QR);
+  if (r0 < A->m) qmm_tile(A, t, r0, (int)(A->m - r0));
+}
+void lc_qlinear(const float* x, const float* inv, int64_t m, int64_t k, int64_t ldq, uint8_t* q, float* scale,
+                const int8_t* wp, const int32_t* comp, const float* w_scale, int64_t n, const int64_t* idx,
+                int64_t o, const float* wo, const float* bias, float* y, int nt) {
+  ROWS_OF(m, nt, m * k, i, quantise_row(x, inv, i, k, (int8_t*)q, scale, ldq, 1))
+  const qmm_args A = {x, scale, w_scale, wo, bias, q, wp, comp, idx, m, k, ldq, n, o, y};
+  const int64_t tiles = (n + QC * 16 - 1) / (QC * 16);
+  ROWS_OF(tiles, nt, n * ldq, t, qmm_cols(&A, t))  /* work: the weights read */
+}
+#else
+int lc_vnni(void) { return 0; }
+void lc_qlinear(const float* x, const float* inv, int64_t m, int64_t k, int64_t ldq, uint8_t* q, float* scale,
+                const int8_t* wp, const int32_t* comp, const float* w_scale, int64_t n, const int64_t* idx,
+                int64_t o, const float* wo, const float* bias, float* y, int nt) {}
+#endif

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from serving.worker import int8
+from serving.worker import int8, int8_check
 from serving.worker.engine import Delta, Engine, SamplingParams
 from serving.worker.loader import attach_adapter, build_base
 from serving.worker.lora import LoraSet
@@ -40,7 +40,7 @@ def test_every_linear_layer_becomes_int8_grouped_by_input_and_close_to_float(
     got, want = logits(model, tok, "The cat sat on the mat."), logits(ref, tok, "The cat sat on the mat.")
     assert not torch.equal(got, want)  # it did quantise
     assert ((got - want).norm() / want.norm()).item() < 0.05
-    assert abs(report.increase) < 0.02 and report.nll_float == int8.nll(ref, tok) and report.agreement > 0.5
+    assert abs(report.increase) < 0.02 and report.nll_float == int8_check.nll(ref, tok) and report.agreement > 0.5
 
 
 def test_each_layer_of_a_group_gets_its_own_columns_whatever_order_it_asks(tiny_llama_dir: Path) -> None:

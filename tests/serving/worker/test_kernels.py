@@ -1,6 +1,7 @@
 """The C kernels: compiled here, bit-identical to the torch ops they replace where they promise it
 (quantisation, dequantisation, norm, rotation; alone and inside a quantised model), close where they sum
-in another order (decode attention); the torch ops used, with a warning, where no kernel can be built."""
+in another order (decode attention, the VNNI loop's float outlier channels; its integers are exact); the torch
+ops used, with a warning, where no kernel can be built."""
 
 from __future__ import annotations
 
@@ -99,13 +100,51 @@ def test_a_quantised_model_gives_the_same_logits_with_and_without_the_kernels(ti
     model = copy.deepcopy(model)  # a quantised model copies (the library is shared, not copied)
     groups = [m for m in model.modules() if isinstance(m, int8.Group)]
     assert groups and all(g.kernels is not None for g in groups)
+    loops = groups[0].kernels
+    assert loops is not None
     ids = tok(["The cat sat on the mat.", "Hello there, how are you?"], return_tensors="pt", padding=True).input_ids
-    with torch.no_grad():
-        fused = model(input_ids=ids).logits  # 2 x ~8 rows: within kernels.ROWS, the C loops run
+
+    def logits(kernels_: kernels.Kernels | None, vnni: bool) -> torch.Tensor:
         for g in groups:
-            g.kernels = None
-        plain = model(input_ids=ids).logits
+            g.kernels, g.vnni = kernels_, vnni
+            g._hold()  # packs or unpacks the weights
+        assert all((g.packed is not None) == (vnni and loops.vnni) for g in groups)
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    packed = logits(loops, True)  # the VNNI loop where this CPU has it
+    fused = logits(loops, False)  # 2 x ~8 rows: within kernels.ROWS, the C loops run around torch._int_mm
+    plain = logits(None, False)
     assert torch.equal(fused, plain)
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)  # the outlier sums in another order
+    assert torch.equal(logits(loops, True), packed)  # unpacked and packed again: the same weights
+
+
+def test_the_vnni_loop_gives_int_mm_integers_and_the_float_parts_closely(tmp_path: Path) -> None:
+    k = kernels.load(tmp_path)
+    assert k is not None
+    from runtime.hardware import cpu_info
+
+    assert k.vnni == {"avx512_vnni", "avx512bw"}.issubset(cpu_info()[1])  # built where the CPU has it
+    if not k.vnni:  # elsewhere the groups keep torch._int_mm (the test above)
+        return
+    gen = torch.Generator().manual_seed(2)
+    for rows, n, cols, o in ((33, 100, 83, 0), (1, 49, 576, 32), (40, 96, 1536, 5)):
+        x = torch.randn(rows, cols, generator=gen) * torch.rand(cols, generator=gen) * 30
+        inv = torch.rand(cols, generator=gen)
+        w = torch.randint(-127, 128, (n, cols), dtype=torch.int8, generator=gen)
+        ws, bias = torch.rand(n, generator=gen) / 100, torch.randn(n, generator=gen)
+        idx, wo = torch.randperm(cols, generator=gen)[:o].sort().values, torch.randn(o, n, generator=gen)
+        packed = kernels.Packed(w)
+        assert torch.equal(packed.unpack(), w) and packed.weights.numel() % (48 * 4) == 0
+        q, scale = k.quantise(x, inv)
+        exact = (q.long() @ w.long().t()).float()  # the integer product (torch._int_mm's, for any row count)
+        if o == 0:  # no float part: torch's dequantisation bits exactly
+            got = k.qlinear(x, inv, packed, ws, None, None, None)
+            assert torch.equal(got, k.dequantise(exact.int(), scale, ws))
+        got = k.qlinear(x, inv, packed, ws, idx, wo, bias)
+        ref = k.dequantise(exact.int(), scale, ws) + x[:, idx] @ wo + bias
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_without_a_working_compiler_the_torch_ops_are_used(
