@@ -97,38 +97,63 @@ static inline float lc_exp(float x) {
    read once for the query heads that share them. */
 typedef struct {
   const float *q, *kn, *vn;
-  float *k, *v;
+  void *k, *v;
   int64_t qr, qh, nr, nh, vr, vh, kr, kh;
   const int64_t *pos, *row;
   int64_t window, heads, kv_heads, dim, width, tasks;
   float scaling;
   float *work, *out;
 } attend_args;
-static inline __attribute__((always_inline)) void attend_dim(const attend_args* A, int64_t ih, const int64_t dim) {
+/* element idx of a storage of float32, or of float16 (half: half the bytes to read, ~3 decimal digits) */
+static inline __attribute__((always_inline)) float kv_at(const void* base, int64_t idx, const int half) {
+  return half ? (float)((const _Float16*)base)[idx] : ((const float*)base)[idx];
+}
+#ifdef __AVX512F__
+#include <immintrin.h>
+static inline __attribute__((always_inline)) __m512 half16(const void* base, int64_t idx) {  /* 16 float16 */
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)((const _Float16*)base + idx)));
+}
+#endif
+static inline __attribute__((always_inline)) const void* kv_ptr(const void* base, int64_t idx, const int half) {
+  return (const char*)base + idx * (half ? 2 : 4);
+}
+static inline __attribute__((always_inline)) void attend_dim(const attend_args* A, int64_t ih, const int64_t dim,
+                                                             const int half) {
   const int64_t i = ih / A->kv_heads, h = ih % A->kv_heads, g = A->heads / A->kv_heads;
   const int64_t end = A->pos[i] + 1;
   const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
   const int64_t r = A->row ? A->row[i] : i;
-  const float* restrict kk = A->k + r * A->kr + h * A->kh;
-  const float* restrict vv = A->v + r * A->kr + h * A->kh;
+  const void* kk = kv_ptr(A->k, r * A->kr + h * A->kh, half);
+  const void* vv = kv_ptr(A->v, r * A->kr + h * A->kh, half);
   const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1, nr = next < 0 ? 0 : next / A->kv_heads;
-  const int64_t next_row = A->row ? A->row[nr] : nr;
-  const float* nk = next < 0 ? 0 : A->k + next_row * A->kr + (next % A->kv_heads) * A->kh;
-  const float* nv = next < 0 ? 0 : A->v + next_row * A->kr + (next % A->kv_heads) * A->kh;
+  const int64_t next_row = A->row ? A->row[nr] : nr, at = next_row * A->kr + (next % A->kv_heads) * A->kh;
+  const void* nk = next < 0 ? 0 : kv_ptr(A->k, at, half);
+  const void* nv = next < 0 ? 0 : kv_ptr(A->v, at, half);
+  const int64_t line = half ? 32 : 16;  /* elements per cache line */
   for (int64_t a = h * g; a < (h + 1) * g; a++) {
     const float* restrict qq = A->q + i * A->qr + a * A->qh;
     float* restrict s = A->work + omp_get_thread_num() * A->width;  /* this thread's scores */
     float top = -INFINITY;
     for (int64_t j = start; j < end; j++) {
       if (a == h * g && nk) {  /* the next task's keys and values, fetched while this one computes */
-        for (int64_t d = 0; d < dim; d += 16) {
-          __builtin_prefetch(nk + j * dim + d);
-          __builtin_prefetch(nv + j * dim + d);
+        for (int64_t d = 0; d < dim; d += line) {
+          __builtin_prefetch(kv_ptr(nk, j * dim + d, half));
+          __builtin_prefetch(kv_ptr(nv, j * dim + d, half));
         }
       }
       float acc = 0.f;
-      #pragma omp simd reduction(+ : acc)
-      for (int64_t d = 0; d < dim; d++) acc = __builtin_fmaf(qq[d], kk[j * dim + d], acc);
+#ifdef __AVX512F__
+      if (half && dim % 16 == 0) {  /* float16 loads widened 16 at a time (the generic loop stays scalar) */
+        __m512 va = _mm512_setzero_ps();
+        for (int64_t d = 0; d < dim; d += 16)
+          va = _mm512_fmadd_ps(_mm512_loadu_ps(qq + d), half16(kk, j * dim + d), va);
+        acc = _mm512_reduce_add_ps(va);
+      } else
+#endif
+      {
+        #pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < dim; d++) acc = __builtin_fmaf(qq[d], kv_at(kk, j * dim + d, half), acc);
+      }
       s[j] = acc * A->scaling;
       top = top > s[j] ? top : s[j];
     }
@@ -143,30 +168,53 @@ static inline __attribute__((always_inline)) void attend_dim(const attend_args* 
     for (int64_t d = 0; d < dim; d++) o[d] = 0.f;
     for (int64_t j = start; j < end; j++) {
       const float p = s[j] * inv;
+#ifdef __AVX512F__
+      if (half && dim % 16 == 0) {
+        for (int64_t d = 0; d < dim; d += 16)
+          _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_set1_ps(p), half16(vv, j * dim + d), _mm512_loadu_ps(o + d)));
+        continue;
+      }
+#endif
       #pragma omp simd
-      for (int64_t d = 0; d < dim; d++) o[d] = __builtin_fmaf(p, vv[j * dim + d], o[d]);
+      for (int64_t d = 0; d < dim; d++) o[d] = __builtin_fmaf(p, kv_at(vv, j * dim + d, half), o[d]);
     }
     memcpy(A->out + (i * A->heads + a) * dim, o, dim * sizeof(float));
   }
 }
-static void attend_one(const attend_args* A, int64_t ih) {  /* the common head sizes unrolled */
-  if (A->dim == 64) attend_dim(A, ih, 64);
-  else if (A->dim == 128) attend_dim(A, ih, 128);
-  else attend_dim(A, ih, A->dim);
+static void attend_one(const attend_args* A, int64_t ih, const int half) {  /* the common head sizes unrolled */
+  if (half) {
+    if (A->dim == 64) attend_dim(A, ih, 64, 1);
+    else if (A->dim == 128) attend_dim(A, ih, 128, 1);
+    else attend_dim(A, ih, A->dim, 1);
+  } else {
+    if (A->dim == 64) attend_dim(A, ih, 64, 0);
+    else if (A->dim == 128) attend_dim(A, ih, 128, 0);
+    else attend_dim(A, ih, A->dim, 0);
+  }
 }
+/* k, v: float32 storage, or float16 where half (the new keys and values rounded to it as they are written) */
 void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t nr, int64_t nh, const float* vn,
-               int64_t vr, int64_t vh, float* k, float* v, int64_t kr, int64_t kh, const int64_t* pos,
+               int64_t vr, int64_t vh, void* k, void* v, int64_t kr, int64_t kh, const int64_t* pos,
                const int64_t* row, int64_t window, int64_t m, int64_t heads, int64_t kv_heads, int64_t dim,
-               float scaling, int64_t width, float* work, float* out, int nt) {
+               float scaling, int64_t width, float* work, float* out, int nt, int half) {
   for (int64_t i = 0; i < m; i++)  /* every new key and value first: a prefill's tokens read each other's */
     for (int64_t h = 0; h < kv_heads; h++) {
       const int64_t at = (row ? row[i] : i) * kr + h * kh + pos[i] * dim;
-      memcpy(k + at, kn + i * nr + h * nh, dim * sizeof(float));
-      memcpy(v + at, vn + i * vr + h * vh, dim * sizeof(float));
+      const float *kf = kn + i * nr + h * nh, *vf = vn + i * vr + h * vh;
+      if (half) {
+        _Float16 *kd = (_Float16*)k + at, *vd = (_Float16*)v + at;
+        for (int64_t d = 0; d < dim; d++) {
+          kd[d] = (_Float16)kf[d];
+          vd[d] = (_Float16)vf[d];
+        }
+      } else {
+        memcpy((float*)k + at, kf, dim * sizeof(float));
+        memcpy((float*)v + at, vf, dim * sizeof(float));
+      }
     }
   const attend_args A = {q, kn, vn, k, v, qr, qh, nr, nh, vr, vh, kr, kh, pos, row, window, heads, kv_heads, dim,
                          width, m * kv_heads, scaling, work, out};
-  ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih))
+  ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih, half))
 }
 
 /* y [m, n] = x [m, k] @ W^T for a W of int8 weights with per-column scales and a few float input channels, in

@@ -64,7 +64,7 @@ class Kernels:
         self._n.argtypes, self._n.restype = [p, p, p, ctypes.c_float, i, i, p], None
         self._r.argtypes, self._r.restype = [p, i, p, p, i, i, i], None
         self._a = lib.lc_attend
-        self._a.argtypes = [p, i, i, p, i, i, p, i, i, p, p, i, i, p, p, i, i, i, i, i, ctypes.c_float, i, p, p, n]
+        self._a.argtypes = [p, i, i, p, i, i, p, i, i, p, p, i, i, p, p, i, i, i, i, i, ctypes.c_float, i, p, p, n, n]
         self._a.restype = None
         self._l = lib.lc_qlinear
         self._l.argtypes, self._l.restype = [p, p, i, i, i, p, p, p, p, p, i, p, i, p, p, p, n], None
@@ -120,13 +120,15 @@ class Kernels:
         [m, kv_heads, 1, dim] is written at column ``pos[i]`` of storage row ``rows[i]`` (row i without
         ``rows``: a decode step's one token per row) of ``keys``/``values`` [rows, kv_heads, columns, dim]
         (each head's columns contiguous); then ``query`` [m, heads, 1, dim] attends to its row's columns
-        ``pos - window + 1 .. pos``: softmax(q k^T * scaling) v, query heads grouped on KV heads. All float32,
-        last axes contiguous; ``work`` [threads, width] holds each thread's scores. -> [m, heads * dim]. Sums in another
+        ``pos - window + 1 .. pos``: softmax(q k^T * scaling) v, query heads grouped on KV heads. All float32
+        (the storage float32 or float16: the new keys and values rounded to it as written), last axes
+        contiguous; ``work`` [threads, width] holds each thread's scores. -> [m, heads * dim]. Sums in another
         order than torch's and an exp within ~1 ulp of torch's: close, not its bits."""
         m, heads, _, dim = query.shape
         kv_heads, width = keys.shape[1], work.shape[1]
         assert query.stride(3) == key.stride(3) == value.stride(3) == keys.stride(3) == 1 and keys.stride(2) == dim
-        assert keys.stride() == values.stride() and dim <= 256
+        assert keys.stride() == values.stride() and dim <= 256 and keys.dtype == values.dtype
+        assert keys.dtype in (torch.float32, torch.float16)
         threads = self.threads()
         assert work.shape[0] >= threads and work.is_contiguous() and pos.dtype == torch.int64 and pos.is_contiguous()
         assert rows is None or (rows.dtype == torch.int64 and rows.is_contiguous() and rows.shape[0] == m)
@@ -135,7 +137,7 @@ class Kernels:
                 value.data_ptr(), value.stride(0), value.stride(1), keys.data_ptr(), values.data_ptr(),
                 keys.stride(0), keys.stride(1), pos.data_ptr(), None if rows is None else rows.data_ptr(),
                 window or 0, m, heads, kv_heads, dim, scaling, width, work.data_ptr(), out.data_ptr(),
-                threads)  # fmt: skip
+                threads, int(keys.dtype == torch.float16))  # fmt: skip
         return out
 
     def rmsnorm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -232,10 +234,13 @@ def _agrees(k: Kernels) -> bool:
     new = torch.randn(2, 3, 2, 1, 16, generator=gen)
     pos = torch.tensor([0, 6, 8])
     attend = True
-    for window in (None, 4):
-        got = k.attend(query, new[0], new[1], keys, values, pos, window, 0.25, torch.empty(k.threads(), 9))
-        ref = torch_attend(query, new[0], new[1], keys, values, pos, window, 0.25, 9)
-        attend &= torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
+    for window, half in ((None, False), (4, False), (4, True)):
+        dtype = torch.float16 if half else torch.float32
+        stored = [t.to(dtype) for t in (keys, values)]  # a float16 store: torch's ops on what it holds
+        got = k.attend(query, new[0], new[1], stored[0], stored[1], pos, window, 0.25, torch.empty(k.threads(), 9))
+        seen = [t.to(dtype).float() for t in (keys, values, new[0], new[1])]
+        ref = torch_attend(query, seen[2], seen[3], seen[0], seen[1], pos, window, 0.25, 9)
+        attend &= torch.allclose(got, ref, rtol=1e-5, atol=1e-6) and torch.equal(stored[0].float(), seen[0])
     return (torch.equal(q, q_ref) and torch.equal(s, s_ref) and torch.equal(k.dequantise(y, s, w), (y * s).mul_(w))
             and rope and attend and (not k.vnni or _qlinear_agrees(k, gen)))  # fmt: skip
 

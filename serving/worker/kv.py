@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from serving.worker import kernels
+from serving.worker import int8, kernels
 from serving.worker.slots import Request
 
 NAME = "lifecycle_kv"
@@ -74,8 +74,9 @@ class Segment:
 class KVStore:
     """Per-layer key/value storage of up to ``rows`` sequences of up to ``columns`` tokens."""
 
-    def __init__(self, model: Any, rows: int) -> None:
+    def __init__(self, model: Any, rows: int, dtype: torch.dtype | None = None) -> None:
         self.rows = rows
+        self.dtype = dtype  # None: the keys' own dtype
         self.columns = 0
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
@@ -103,8 +104,8 @@ class KVStore:
         """The storage of layer ``idx``, allocated on first use with the layer's head shape."""
         if idx not in self.k:
             shape = (self.rows, like.shape[1], self.columns, like.shape[3])
-            self.k[idx] = torch.zeros(shape, dtype=like.dtype, device=like.device)
-            self.v[idx] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            self.k[idx] = torch.zeros(shape, dtype=self.dtype or like.dtype, device=like.device)
+            self.v[idx] = torch.zeros(shape, dtype=self.dtype or like.dtype, device=like.device)
         return self.k[idx], self.v[idx]
 
 
@@ -136,7 +137,7 @@ def _prefill_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
         idx = (seg.starts[:, None] + torch.arange(n, device=seg.starts.device)).reshape(-1)
         q = _take(query, idx, len(seg.starts), n)
         if p:  # keys and values of the prefix and the new tokens, from the rows (written already)
-            k, v = (t[:, :, : p + n].index_select(0, seg.rows) for t in stores)
+            k, v = (t[:, :, : p + n].index_select(0, seg.rows).to(query.dtype) for t in stores)
         else:
             k, v = (_take(t, idx, len(seg.starts), n) for t in (key, value))
         mask = None
@@ -269,7 +270,8 @@ def attention(
         raise ValueError("attention soft-capping is not supported by the serving engine")
     k_store, v_store = ctx.store.layer(module.layer_idx, key)
     c = loops() if query.device.type == "cpu" and not kwargs.get("s_aux") and query.shape[-1] <= 256 else None
-    if (c is not None and query.dtype == key.dtype == value.dtype == k_store.dtype == torch.float32
+    if (c is not None and query.dtype == key.dtype == value.dtype == torch.float32
+            and k_store.dtype in (torch.float32, torch.float16)
             and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1):  # fmt: skip
         # One C call a layer writes the new keys and values and attends. Decode, 32 rows x 64 columns, SmolLM2's
         # 9 query / 3 KV heads: ~2x the two matmuls of _decode_cpu with the keys in cache (in a whole step the
@@ -287,8 +289,8 @@ def attention(
         out = c.attend(query, key, value, k_store[lo:hi], v_store[lo:hi], ctx.cols, ctx.window, scaling, ctx.work)
         return out.view(query.shape[0], 1, query.shape[1], query.shape[3]), None
     if ctx.prefill:  # key: [1, kv_heads, tokens, dim] -> each token into its row and column
-        k_store[ctx.rows, :, ctx.cols] = key[0].transpose(0, 1)
-        v_store[ctx.rows, :, ctx.cols] = value[0].transpose(0, 1)
+        k_store[ctx.rows, :, ctx.cols] = key[0].transpose(0, 1).to(k_store.dtype)
+        v_store[ctx.rows, :, ctx.cols] = value[0].transpose(0, 1).to(v_store.dtype)
         return _prefill_attention(module, query, key, value, (k_store, v_store), ctx, **kwargs), None
     lo, hi = ctx.lo, ctx.lo + query.shape[0]
     # decode: key [hi, kv_heads, 1, dim], written by one index_copy_ per storage into its flattened view
@@ -301,6 +303,8 @@ def attention(
     k_store.view(-1, dim).index_copy_(0, ctx.flat[1], key.reshape(-1, dim).to(k_store.dtype))
     v_store.view(-1, dim).index_copy_(0, ctx.flat[1], value.reshape(-1, dim).to(v_store.dtype))
     keys, values = k_store[lo:hi, :, : ctx.width], v_store[lo:hi, :, : ctx.width]
+    if values.dtype != query.dtype:  # a float16 store the C loops did not take
+        keys, values = keys.to(query.dtype), values.to(query.dtype)
     if query.device.type == "cpu" and ctx.mask is not None and not kwargs.get("s_aux"):
         return _decode_cpu(query, keys, values, ctx, kwargs.get("scaling")), None
     return sdpa_attention_forward(module, query, keys, values, ctx.mask, **kwargs)
@@ -362,7 +366,14 @@ class Group:
         prepare(model)
         self.model = model
         self.window = sliding_window(model)
-        self.store = KVStore(model, rows)
+        # float16 keys and values where the base runs int8 on the CPU with the C loops (exactness is given up
+        # there already): at 32 rows x ~100 columns a decode step reads as many bytes of them as of weights
+        half = (
+            param.device.type == "cpu"
+            and loops() is not None
+            and any(isinstance(m, int8.Group) for m in model.modules())
+        )
+        self.store = KVStore(model, rows, torch.float16 if half else None)
         self.rows: list[Request | None] = [None] * rows
         self.pos = [0] * rows  # tokens in each row's KV storage
         self.last = [0] * rows  # each row's latest token (the next step's input)

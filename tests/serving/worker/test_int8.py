@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from serving.worker import int8, int8_check
-from serving.worker.engine import Delta, Engine, SamplingParams
+from serving.worker.engine import Delta, Engine, ModelSlot, SamplingParams
 from serving.worker.loader import attach_adapter, build_base
 from serving.worker.lora import LoraSet
 from tests.serving.worker.test_adapters import make_adapter
@@ -139,3 +139,19 @@ def test_a_bf16_base_given_int8_weights_runs_its_activations_in_float32_and_a_fl
     plain, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="bfloat16")
     assert quantise(plain, tok, "float", "tiny") == "float weights as configured"
     assert {p.dtype for p in plain.parameters()} == {torch.bfloat16}
+
+
+def test_an_int8_base_keeps_its_keys_and_values_in_float16_and_a_float_base_in_float32(tiny_llama_dir: Path) -> None:
+    stores = {}
+    for weights in ("int8", "float"):
+        model, tok = build_base(str(tiny_llama_dir), device="cpu", dtype="float32")
+        int8.apply(model, tok, weights)
+        engine = Engine(max_batch=2)
+        engine.swap(ModelSlot("m", "1", model, tok))
+        engine.submit(messages=[{"role": "user", "content": "hello"}], params=SamplingParams(max_tokens=3))
+        engine.step()  # admitted and prefilled: the storage exists
+        group = next(iter(engine._groups.values()))
+        stores[weights] = {t.dtype for t in (*group.store.k.values(), *group.store.v.values())}
+        while engine.queued() or engine.running():
+            engine.step()
+    assert stores == {"int8": {torch.float16}, "float": {torch.float32}}

@@ -41,29 +41,32 @@ def test_the_kernels_build_and_give_the_torch_ops_bits(tmp_path: Path) -> None:
     assert torch.equal(k.dequantise(y, scale, w), (y * scale).mul_(w))
 
 
+@pytest.mark.parametrize("half", [False, True])  # a float16 store: its values read widened, new ones rounded
 @pytest.mark.parametrize(("rows", "heads", "kv_heads", "dim", "window"),
                          [(32, 9, 3, 64, None), (3, 4, 4, 128, None), (5, 6, 2, 48, 7), (1, 8, 1, 64, 3)])  # fmt: skip
 def test_decode_attention_writes_the_new_keys_and_attends_as_sdpa(
-    tmp_path: Path, rows: int, heads: int, kv_heads: int, dim: int, window: int | None
+    tmp_path: Path, rows: int, heads: int, kv_heads: int, dim: int, window: int | None, half: bool
 ) -> None:
     k = kernels.load(tmp_path)
     assert k is not None
     gen = torch.Generator().manual_seed(rows)
     columns, width = 40, 33
-    keys, values = torch.randn(2, rows, kv_heads, columns, dim, generator=gen)
+    dtype = torch.float16 if half else torch.float32
+    keys, values = torch.randn(2, rows, kv_heads, columns, dim, generator=gen).to(dtype)
     proj = torch.randn(rows, (heads + 2 * kv_heads) * dim, generator=gen)  # q, k, v side by side, as a group
     q, key, value = proj.split([heads * dim, kv_heads * dim, kv_heads * dim], -1)
     q, key, value = q.view(rows, heads, 1, dim), key.view(rows, kv_heads, 1, dim), value.view(rows, kv_heads, 1, dim)
     pos = torch.randint(0, width, (rows,), generator=gen)
     pos[0], pos[-1] = width - 1, 0  # the longest row, and a row that sees only its own token
-    k_ref, v_ref = keys.clone(), values.clone()
+    k_ref, v_ref = keys.float(), values.float()  # what the store holds, as float32 (a copy either way)
+    seen_key, seen_value = key.to(dtype).float(), value.to(dtype).float()  # the new ones as the store keeps them
     out = k.attend(q, key, value, keys, values, pos, window, dim**-0.5, torch.empty(k.threads(), width))
-    ref = kernels.torch_attend(q, key, value, k_ref, v_ref, pos, window, dim**-0.5, width)
-    assert torch.equal(keys, k_ref) and torch.equal(values, v_ref)  # the new keys and values, at pos
-    assert torch.equal(keys[torch.arange(rows), :, pos], key[:, :, 0])
+    ref = kernels.torch_attend(q, seen_key, seen_value, k_ref, v_ref, pos, window, dim**-0.5, width)
+    assert torch.equal(keys.float(), k_ref) and torch.equal(values.float(), v_ref)  # the new keys and values, at pos
+    assert torch.equal(keys[torch.arange(rows), :, pos].float(), seen_key[:, :, 0])
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     own = out.view(rows, heads, dim)[-1]  # the row at position 0 returns its own value
-    torch.testing.assert_close(own, value[-1, :, 0].repeat_interleave(heads // kv_heads, 0), rtol=0, atol=0)
+    torch.testing.assert_close(own, seen_value[-1, :, 0].repeat_interleave(heads // kv_heads, 0), rtol=0, atol=0)
 
 
 def test_prefill_attention_writes_each_prompts_tokens_into_its_row_and_attends_causally(tmp_path: Path) -> None:
