@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import hmac
 import logging
@@ -157,6 +158,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         try:
             while True:
                 d = await queue.get()
+                while not d.finish_reason and not queue.empty():  # what came meanwhile goes out as one message
+                    later = queue.get_nowait()
+                    error = later.finish_reason == "error"
+                    d = later if error else dataclasses.replace(later, text=d.text + later.text)
                 if d.finish_reason == "error":
                     await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {d.error}")
                 usage = inference_pb2.Usage(prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens)

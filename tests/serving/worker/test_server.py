@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,51 @@ def test_load_model_needs_an_admin_key_and_may_name_only_known_folders(tmp_path:
     assert servicer.load_refusal(str(settings.models_dir / "some-model"), "Bearer adm-1") is None
     for path in ("/etc", str(tmp_path / "elsewhere"), str(settings.models_dir / ".." / "..")):
         assert "is neither this worker's --model-path" in (servicer.load_refusal(path, "Bearer adm-1") or ""), path
+
+
+def test_tokens_made_while_the_loop_was_busy_go_out_as_one_message(tiny_llama_dir: Path) -> None:
+    """A stream's deltas that pile up while the worker's event loop is busy (under load: the engine thread
+    holds the cores) are sent as one message, whose text is theirs joined: the same answer in fewer messages."""
+    model, tok = load_model(str(tiny_llama_dir))
+    engine = Engine(max_batch=2)
+    slot = ModelSlot("m", "1", model, tok)
+    slot.eos_ids = set()  # every answer runs to max_tokens
+    engine.swap(slot)
+    settings = load_settings()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        servicer = InferenceServicer(settings, "w", engine, lambda slot: None, Resident(settings, engine))
+        server, port = create_server(servicer, health.HealthServicer(), 0)
+        await server.start()
+        return server, port
+
+    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    engine.start()
+    busy = threading.Event()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            ask = inference_pb2.GenerateRequest(prompt="Once upon a time", max_tokens=32)
+            free = list(stub.Generate(ask, timeout=60))
+            call = stub.Generate(ask, timeout=60)
+            first = next(call)
+            loop.call_soon_threadsafe(busy.wait, 30)  # the loop busy: the deltas wait in the mailbox
+            deadline = time.monotonic() + 30
+            while engine.running() and time.monotonic() < deadline:  # polled until the answer is complete
+                time.sleep(0.01)
+            assert not engine.running()
+            busy.set()
+            rest = list(call)
+    finally:
+        busy.set()
+        engine.stop()
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    assert len(free) > 16 and free[-1].usage.completion_tokens == 32  # a message a token, or nearly
+    # the tokens made while the loop was busy (all but the few before it was) came in one message
+    assert len(rest) < len(free) / 2 and rest[-1].finish_reason == "length" and rest[-1].usage.completion_tokens == 32
+    assert first.text + "".join(r.text for r in rest) == "".join(r.text for r in free)
