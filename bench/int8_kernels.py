@@ -3,7 +3,7 @@ group: quantise, integer product, dequantise, float outlier channels; ``serving/
 quantisation loops around ``torch._int_mm``, and torch's ops alone. Each group of the quantised model
 (q/k/v, o, gate/up, down, head) is called alone on a decode step's rows, the ways alternating, and its best
 time is counted as many times as the model has such groups. Checks that the C loops give torch's bits and
-the VNNI loop a result close to them (its outlier sums run in another order).
+the VNNI loop a result close to them (its outlier channels in int16).
 
     .venv/bin/python bench/int8_kernels.py [--model DIR] [--rows 1,32] [--calls 200] [--repeats 3]
 
@@ -85,7 +85,10 @@ def main() -> int:
                 ways = ways[-len(names) :]
                 x = torch.randn(rows, shape[1])
                 outs = [w.compute(x) for w in ways]
-                if not torch.equal(outs[-2], outs[-1]) or not torch.allclose(outs[0], outs[-1], rtol=1e-4, atol=1e-4):
+                scale = float(outs[-1].abs().max())  # the VNNI loop's outlier channels in int16: ~1e-4 of the largest
+                if not torch.equal(outs[-2], outs[-1]) or not torch.allclose(
+                    outs[0], outs[-1], rtol=1e-3, atol=1e-3 * scale
+                ):
                     print(f"the ways differ for {shape}")
                     return 1
                 times = [float("inf")] * len(ways)

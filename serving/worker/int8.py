@@ -135,7 +135,7 @@ class Group(torch.nn.Module):
             if not vnni:
                 self.wq, self.packed = p.unpack(), None
         elif vnni:
-            self.packed = kernels.Packed(w)
+            self.packed = kernels.Packed(w, self.w_outliers)
             self.wq = self.packed.weights
         p, wo = self.packed, None if self.w_outliers is None else self.w_outliers.float()
         if p is not None:  # the C loop's dtype
@@ -165,8 +165,7 @@ class Group(torch.nn.Module):
         h, k = self.hot, self.kernels
         flat = x.reshape(-1, x.shape[-1])
         if h.packed is not None and k is not None:  # every step in one C call (kernels.c: lc_qlinear)
-            y = k.qlinear(flat.float().contiguous(), h.inv_smooth, h.packed, h.w_scale, h.outliers,
-                          h.w_outliers, h.bias)  # fmt: skip
+            y = k.qlinear(flat.float().contiguous(), h.inv_smooth, h.packed, h.w_scale, h.outliers, h.bias)
             return y.to(x.dtype).view(*x.shape[:-1], -1)
         few = flat.shape[0] <= kernels.ROWS or torch.get_num_threads() <= 2  # see kernels.py
         if k is not None and few and flat.dtype == h.inv_smooth.dtype == torch.float32:

@@ -217,25 +217,39 @@ void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t 
   ROWS_OF(m * kv_heads, nt, m * heads * width * dim / 32, ih, attend_one(&A, ih, half))
 }
 
-/* y [m, n] = x [m, k] @ W^T for a W of int8 weights with per-column scales and a few float input channels, in
-   one call: each row of x * inv quantised to int8 (as lc_quantise, offset by 128 into qbuf [m, ldq]), the integer
-   product by AVX-512 VNNI on weights packed for it (see int8.py's pack: tiles of QC x 16 columns, for each 4 input
-   channels the tile's 64-byte vectors in turn), comp = 128 x each column's sum (the offset's share, taken back),
-   then (float)acc * scale * w_scale as lc_dequantise, + the outlier channels' float product (x's columns idx
-   [o] times wo [o, n]) + bias. lc_vnni() says whether this machine's build has it. */
+/* y [m, n] = x [m, k] @ W^T for a W of int8 weights with per-column scales and a few outlier input channels, in
+   one call. Each row of x * inv quantised to int8 (as lc_quantise, offset by 128 into q [m, ldq]); the row's
+   outlier channels (x's columns idx [o]) to int16 with a scale of their own, xs (amax / lim, pairs in xo [m, op]);
+   the int8 product by AVX-512 VNNI (vpdpbusd) on weights packed for it (int8.py's Packed: tiles of QC x 16
+   columns, for each 4 input channels the tile's 64-byte vectors in turn), comp = 128 x each column's sum (the
+   offset's share, taken back); the outliers' product by vpdpwssd on their int16 weights wo (per column scales
+   wo_scale; [op / 2, np, 2]: for each pair of channels, every column's two), whose lim keeps o products in int32.
+   Then y = (float)acc * scale * w_scale (lc_dequantise's bits) + (float)acc16 * xs * wo_scale, + bias.
+   lc_vnni() says whether this machine's build has it. */
 #define QR 8
 #define QC 3
-#define QMAX_O 256 /* outlier channels at most (int8.py keeps 32) */
+static inline void outliers_row(const float* x, int64_t i, int64_t k, const int64_t* idx, int64_t o, int64_t op,
+                                float lim, int16_t* xo, float* xs) {
+  const float* row = x + i * k;
+  float amax = 0.f;
+  for (int64_t j = 0; j < o; j++) {
+    const float v = fabsf(row[idx[j]]);
+    amax = amax > v ? amax : v;
+  }
+  const float s = amax / lim;
+  xs[i] = s;
+  for (int64_t j = 0; j < op; j++) xo[i * op + j] = j < o && s > 0.f ? (int16_t)nearbyintf(row[idx[j]] / s) : 0;
+}
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
 #include <immintrin.h>
 int lc_vnni(void) { return 1; }
 typedef struct {
-  const float *x, *scale, *w_scale, *wo, *bias;
+  const float *scale, *w_scale, *wo_scale, *xs, *bias;
   const uint8_t* q;
   const int8_t* wp;
   const int32_t* comp;
-  const int64_t* idx;
-  int64_t m, k, ldq, n, o;
+  const int16_t *xo, *wo;
+  int64_t m, ldq, n, np, op;
   float* y;
 } qmm_args;
 static inline __attribute__((always_inline)) void qmm_tile(const qmm_args* A, int64_t t, int64_t r0, int rows) {
@@ -260,30 +274,33 @@ static inline __attribute__((always_inline)) void qmm_tile(const qmm_args* A, in
   int32_t sums[QR][QC][16] __attribute__((aligned(64)));
   for (int r = 0; r < QR; r++)
     for (int c = 0; c < QC; c++) _mm512_store_si512(sums[r][c], acc[r][c]);
-  float xo[QR][QMAX_O];  /* the rows' outlier channels */
-  for (int r = 0; r < rows; r++)
-    for (int64_t j = 0; j < A->o; j++) xo[r][j] = A->x[(r0 + r) * A->k + A->idx[j]];
   for (int c = 0; c < QC; c++) {
     const int64_t col = n0 + c * 16;
     if (col >= A->n) break;
     const __mmask16 mk = A->n - col >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (A->n - col)) - 1);
-    __m512 d[QR];
-    for (int r = 0; r < QR; r++) d[r] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < A->o; j++) {
-      const __m512 wo = _mm512_maskz_loadu_ps(mk, A->wo + j * A->n + col);
+    __m512i d[QR];
+    for (int r = 0; r < QR; r++) d[r] = _mm512_setzero_si512();
+    for (int64_t p = 0; p < A->op / 2; p++) {  /* two outlier channels a step: int16 pairs */
+      const __m512i wo = _mm512_loadu_si512(A->wo + (p * A->np + col) * 2);
       for (int r = 0; r < QR; r++)
-        if (r < rows) d[r] = _mm512_fmadd_ps(_mm512_set1_ps(xo[r][j]), wo, d[r]);
+        if (r < rows) {
+          int32_t two;
+          memcpy(&two, A->xo + (r0 + r) * A->op + 2 * p, 4);
+          d[r] = _mm512_dpwssd_epi32(d[r], _mm512_set1_epi32(two), wo);
+        }
     }
     const __m512i comp = _mm512_maskz_loadu_epi32(mk, A->comp + col);
     const __m512 ws = _mm512_maskz_loadu_ps(mk, A->w_scale + col);
+    const __m512 wos = A->op ? _mm512_maskz_loadu_ps(mk, A->wo_scale + col) : _mm512_setzero_ps();
     const __m512 bias = A->bias ? _mm512_maskz_loadu_ps(mk, A->bias + col) : _mm512_setzero_ps();
     for (int r = 0; r < QR; r++) {
       if (r >= rows) break;
+      const int64_t i = r0 + r;
       __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(sums[r][c]), comp));
-      v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(A->scale[r0 + r])), ws);
-      if (A->o) v = _mm512_add_ps(v, d[r]);
+      v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(A->scale[i])), ws);
+      if (A->op) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d[r]), _mm512_set1_ps(A->xs[i])), wos));
       if (A->bias) v = _mm512_add_ps(v, bias);
-      _mm512_mask_storeu_ps(A->y + (r0 + r) * A->n + col, mk, v);
+      _mm512_mask_storeu_ps(A->y + i * A->n + col, mk, v);
     }
   }
 }
@@ -293,16 +310,19 @@ static void qmm_cols(const qmm_args* A, int64_t t) {  /* one column tile, every 
   if (r0 < A->m) qmm_tile(A, t, r0, (int)(A->m - r0));
 }
 void lc_qlinear(const float* x, const float* inv, int64_t m, int64_t k, int64_t ldq, uint8_t* q, float* scale,
-                const int8_t* wp, const int32_t* comp, const float* w_scale, int64_t n, const int64_t* idx,
-                int64_t o, const float* wo, const float* bias, float* y, int nt) {
+                const int8_t* wp, const int32_t* comp, const float* w_scale, int64_t n, int64_t np, const int64_t* idx,
+                int64_t o, int64_t op, float lim, const int16_t* wo, const float* wo_scale, int16_t* xo, float* xs,
+                const float* bias, float* y, int nt) {
   ROWS_OF(m, nt, m * k, i, quantise_row(x, inv, i, k, (int8_t*)q, scale, ldq, 1))
-  const qmm_args A = {x, scale, w_scale, wo, bias, q, wp, comp, idx, m, k, ldq, n, o, y};
+  for (int64_t i = 0; op && i < m; i++) outliers_row(x, i, k, idx, o, op, lim, xo, xs);
+  const qmm_args A = {scale, w_scale, wo_scale, xs, bias, q, wp, comp, xo, wo, m, ldq, n, np, op, y};
   const int64_t tiles = (n + QC * 16 - 1) / (QC * 16);
   ROWS_OF(tiles, nt, n * ldq, t, qmm_cols(&A, t))  /* work: the weights read */
 }
 #else
 int lc_vnni(void) { return 0; }
 void lc_qlinear(const float* x, const float* inv, int64_t m, int64_t k, int64_t ldq, uint8_t* q, float* scale,
-                const int8_t* wp, const int32_t* comp, const float* w_scale, int64_t n, const int64_t* idx,
-                int64_t o, const float* wo, const float* bias, float* y, int nt) {}
+                const int8_t* wp, const int32_t* comp, const float* w_scale, int64_t n, int64_t np, const int64_t* idx,
+                int64_t o, int64_t op, float lim, const int16_t* wo, const float* wo_scale, int16_t* xo, float* xs,
+                const float* bias, float* y, int nt) {}
 #endif

@@ -14,10 +14,12 @@ not equal.
 Where the CPU has AVX-512 VNNI, an int8 group's whole product is one call (``qlinear``): the quantisation
 above writing unsigned bytes, the integer product on weights packed for VNNI's dot-product instruction
 (``Packed``: 48 output columns a tile, 4 input channels a 64-byte vector, read in the order the loop
-walks them), the dequantisation and the float outlier channels on each tile while its sums are in
-registers, then the bias. Its integers are ``torch._int_mm``'s; at a decode step of 32 rows on a 2-core
-AMD EPYC it took the int8 layers from 30 ms (the loops above around ``torch._int_mm``, and ``addmm_`` for the
-outlier channels) to 18 (``bench/int8_kernels.py``).
+walks them), the float outlier channels as int16 (a scale per row and per column; VNNI's 16-bit dot product,
+half the instructions and bytes of float32 ones), and the dequantisation on each tile while its sums are in
+registers, then the bias. Its integers are ``torch._int_mm``'s and its result ``torch_qlinear``'s bits. On a
+2-core AMD EPYC (weights hot in cache, ``bench/int8_kernels.py``) the int8 layers of a 32-row decode step
+took 15.3 ms this way, 24.1 with the loops above around ``torch._int_mm`` (and float outlier channels),
+28.0 with torch's ops alone.
 
 The source, ``kernels.c``, is compiled here with the system C compiler (``cc -O3 -march=native -fopenmp``,
 a fraction of a second) into the cache directory, keyed by source, CPU and compiler, and called through
@@ -36,6 +38,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -67,7 +70,8 @@ class Kernels:
         self._a.argtypes = [p, i, i, p, i, i, p, i, i, p, p, i, i, p, p, i, i, i, i, i, ctypes.c_float, i, p, p, n, n]
         self._a.restype = None
         self._l = lib.lc_qlinear
-        self._l.argtypes, self._l.restype = [p, p, i, i, i, p, p, p, p, p, i, p, i, p, p, p, n], None
+        self._l.argtypes = [p, p, i, i, i, p, p, p, p, p, i, i, p, i, i, ctypes.c_float, p, p, p, p, p, p, n]
+        self._l.restype = None
         lib.lc_vnni.restype = n
         self.vnni = bool(lib.lc_vnni())  # built with AVX-512 VNNI: int8 groups take qlinear on packed weights
         # the loops' OpenMP teams are torch's own threads only where torch's libgomp is the one loaded
@@ -95,22 +99,25 @@ class Kernels:
         return out
 
     def qlinear(self, x: torch.Tensor, inv: torch.Tensor, packed: Packed, w_scale: torch.Tensor,
-                outliers: torch.Tensor | None, w_outliers: torch.Tensor | None,
-                bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+                outliers: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
         """An int8 group's product in one call: ``x`` [m, k] float32 contiguous, quantised as ``quantise``, times
         the ``packed`` weights (the integers exactly ``torch._int_mm``'s), dequantised as ``dequantise``, plus
-        the ``outliers`` columns of ``x`` times ``w_outliers`` [o, n] and ``bias``. -> [m, n] float32. The
-        outlier sum runs in another order than torch's matmul: close, not its bits."""
+        the ``outliers`` columns of ``x`` (int16, a scale per row) times the packed outlier weights, and ``bias``.
+        -> [m, n] float32, ``torch_qlinear``'s bits."""
         m, k = x.shape
         assert k == packed.k and x.is_contiguous() and x.dtype == inv.dtype == torch.float32
         q = torch.empty(m, packed.ldq, dtype=torch.uint8)
-        scale = torch.empty(m)
+        scale, xs = torch.empty(m), torch.empty(m)
+        xo = torch.empty(m, packed.op, dtype=torch.int16)
         y = torch.empty(m, packed.n)
-        o = 0 if outliers is None or w_outliers is None else outliers.shape[0]
+        o = packed.o if outliers is not None and packed.wo is not None else 0
+        wo, wo_scale = (packed.wo, packed.wo_scale) if o else (None, None)
         self._l(x.data_ptr(), inv.data_ptr(), m, k, packed.ldq, q.data_ptr(), scale.data_ptr(),
-                packed.weights.data_ptr(), packed.comp.data_ptr(), w_scale.data_ptr(), packed.n,
-                outliers.data_ptr() if o else None, o, w_outliers.data_ptr() if o else None,  # type: ignore[union-attr]
-                None if bias is None else bias.data_ptr(), y.data_ptr(), self.threads())  # fmt: skip
+                packed.weights.data_ptr(), packed.comp.data_ptr(), w_scale.data_ptr(), packed.n, packed.np,
+                outliers.data_ptr() if o else None, o, packed.op if o else 0, packed.lim,  # type: ignore[union-attr]
+                wo.data_ptr() if o else None, wo_scale.data_ptr() if o else None,  # type: ignore[union-attr]
+                xo.data_ptr(), xs.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+                self.threads())  # fmt: skip
         return y
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: torch.Tensor,
@@ -163,25 +170,53 @@ class Packed:
     """An int8 weight [n, k] laid out for ``Kernels.qlinear``: tiles of ``TILE`` output columns (n padded
     with zero columns), and in each, for every 4 input channels (k padded with zeros to ``ldq``), the tile's
     16-column vectors of 4 bytes per column in turn; ``comp`` holds 128 x each column's sum (the activations
-    go in offset by 128)."""
+    go in offset by 128). The float weights of the outlier channels ``w_outliers`` [o, n] become int16 with a
+    scale per column (``wo_scale``), within +-``lim`` so that o products of two such numbers add up in int32
+    (32 channels: 8191, ~1e-4 of each column's largest), as pairs of channels: [op / 2, np, 2]."""
 
     TILE = 48  # QC x 16 in kernels.c
 
-    def __init__(self, w: torch.Tensor) -> None:
+    def __init__(self, w: torch.Tensor, w_outliers: torch.Tensor | None = None) -> None:
         n, k = w.shape
-        self.n, self.k, self.ldq = n, k, -(-k // 4) * 4
+        self.n, self.k, self.ldq, self.np = n, k, -(-k // 4) * 4, -(-n // 16) * 16
         tiles = -(-n // self.TILE)
         padded = torch.zeros(tiles * self.TILE, self.ldq, dtype=torch.int8)
         padded[:n, :k] = w
         blocks = padded.view(tiles, self.TILE // 16, 16, self.ldq // 4, 4).permute(0, 3, 1, 2, 4)
         self.weights = blocks.contiguous()
         self.comp = (w.sum(1, dtype=torch.int32) * 128).contiguous()
+        self.o = 0 if w_outliers is None else w_outliers.shape[0]
+        self.op = self.o + self.o % 2
+        self.lim = float(min(32767, math.isqrt((2**31 - 1) // max(self.op, 1))))
+        self.wo: torch.Tensor | None = None
+        self.wo_scale: torch.Tensor | None = None
+        if w_outliers is not None and self.o:
+            wo = w_outliers.float()
+            self.wo_scale = wo.abs().amax(0) / self.lim
+            q = torch.where(self.wo_scale > 0, wo / self.wo_scale, 0.0).round().to(torch.int16)
+            pairs = torch.zeros(self.op, self.np, dtype=torch.int16)
+            pairs[: self.o, :n] = q
+            self.wo = pairs.view(self.op // 2, 2, self.np).transpose(1, 2).contiguous()
 
     def unpack(self) -> torch.Tensor:
         """The weight [n, k] back."""
         tiles = self.weights.shape[0]
         full = self.weights.permute(0, 2, 3, 1, 4).reshape(tiles * self.TILE, self.ldq)
         return full[: self.n, : self.k].contiguous()
+
+
+def torch_qlinear(x: torch.Tensor, inv: torch.Tensor, w: torch.Tensor, packed: Packed, w_scale: torch.Tensor,
+                  outliers: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """What ``Kernels.qlinear`` computes, as torch ops, with its bits (``w``: the int8 weight [n, k])."""
+    q, scale = torch_quantise(x, inv)
+    y = (q.double() @ w.double().t()).to(torch.int32) * scale * w_scale  # the integer sums exact in float64
+    if outliers is not None and packed.wo is not None and packed.wo_scale is not None:
+        xo = x[:, outliers]
+        xs = xo.abs().amax(1, keepdim=True) / packed.lim
+        xq = torch.where(xs > 0, xo / xs, 0.0).round()
+        wq = packed.wo.transpose(1, 2).reshape(packed.op, packed.np)[: packed.o, : packed.n]
+        y = y + (xq.double() @ wq.double()).to(torch.int32) * xs * packed.wo_scale
+    return y if bias is None else y + bias
 
 
 def torch_quantise(x: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,21 +281,19 @@ def _agrees(k: Kernels) -> bool:
 
 
 def _qlinear_agrees(k: Kernels, gen: torch.Generator) -> bool:
-    """``qlinear``'s integers are ``torch._int_mm``'s (its float part close to torch's), at sizes that leave
-    partial tiles, rows, 4-channel groups, and with and without outlier channels and bias."""
+    """``qlinear`` gives ``torch_qlinear``'s bits at sizes that leave partial tiles, rows, 4-channel groups and
+    channel pairs, with and without outlier channels and bias."""
     ok = True
     for m, n, o in ((11, 101, 3), (3, 37, 0)):
-        x = torch.randn(m, 83, generator=gen)
+        x = torch.randn(m, 83, generator=gen) * 10
         inv = torch.rand(83, generator=gen)
         w = torch.randint(-127, 128, (n, 83), dtype=torch.int8, generator=gen)
         ws, bias = torch.rand(n, generator=gen), torch.randn(n, generator=gen) if o else None
         idx, wo = torch.randperm(83, generator=gen)[:o].sort().values, torch.randn(o, n, generator=gen)
-        packed = Packed(w)
-        got = k.qlinear(x, inv, packed, ws, idx if o else None, wo if o else None, bias)
-        q, scale = torch_quantise(x, inv)
-        ref = (q.double() @ w.double().t()).float() * scale * ws  # the integers exact in float64
-        ref = ref + x[:, idx] @ wo + (0 if bias is None else bias)
-        ok &= torch.equal(packed.unpack(), w) and torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+        packed = Packed(w, wo if o else None)
+        got = k.qlinear(x, inv, packed, ws, idx if o else None, bias)
+        ref = torch_qlinear(x, inv, w, packed, ws, idx if o else None, bias)
+        ok &= torch.equal(packed.unpack(), w) and torch.equal(got, ref)
     return ok
 
 

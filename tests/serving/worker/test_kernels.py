@@ -119,11 +119,11 @@ def test_a_quantised_model_gives_the_same_logits_with_and_without_the_kernels(ti
     fused = logits(loops, False)  # 2 x ~8 rows: within kernels.ROWS, the C loops run around torch._int_mm
     plain = logits(None, False)
     assert torch.equal(fused, plain)
-    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)  # the outlier sums in another order
+    torch.testing.assert_close(packed, plain, rtol=1e-3, atol=2e-2)  # the outlier channels in int16 there
     assert torch.equal(logits(loops, True), packed)  # unpacked and packed again: the same weights
 
 
-def test_the_vnni_loop_gives_int_mm_integers_and_the_float_parts_closely(tmp_path: Path) -> None:
+def test_the_vnni_loop_gives_int_mm_integers_and_the_torch_ops_bits(tmp_path: Path) -> None:
     k = kernels.load(tmp_path)
     assert k is not None
     from runtime.hardware import cpu_info
@@ -132,22 +132,28 @@ def test_the_vnni_loop_gives_int_mm_integers_and_the_float_parts_closely(tmp_pat
     if not k.vnni:  # elsewhere the groups keep torch._int_mm (the test above)
         return
     gen = torch.Generator().manual_seed(2)
-    for rows, n, cols, o in ((33, 100, 83, 0), (1, 49, 576, 32), (40, 96, 1536, 5)):
+    for rows, n, cols, o in ((33, 100, 83, 0), (1, 49, 576, 32), (40, 96, 1536, 5), (9, 3000, 576, 32)):
         x = torch.randn(rows, cols, generator=gen) * torch.rand(cols, generator=gen) * 30
+        x[0, :40] = 0  # a row whose outlier channels may all be zero
         inv = torch.rand(cols, generator=gen)
         w = torch.randint(-127, 128, (n, cols), dtype=torch.int8, generator=gen)
         ws, bias = torch.rand(n, generator=gen) / 100, torch.randn(n, generator=gen)
-        idx, wo = torch.randperm(cols, generator=gen)[:o].sort().values, torch.randn(o, n, generator=gen)
-        packed = kernels.Packed(w)
+        idx = torch.randperm(cols, generator=gen)[:o].sort().values
+        wo = torch.randn(o, n, generator=gen) * torch.logspace(-3, 2, n)  # columns of very different sizes
+        packed = kernels.Packed(w, wo if o else None)
         assert torch.equal(packed.unpack(), w) and packed.weights.numel() % (48 * 4) == 0
         q, scale = k.quantise(x, inv)
-        exact = (q.long() @ w.long().t()).float()  # the integer product (torch._int_mm's, for any row count)
-        if o == 0:  # no float part: torch's dequantisation bits exactly
-            got = k.qlinear(x, inv, packed, ws, None, None, None)
-            assert torch.equal(got, k.dequantise(exact.int(), scale, ws))
-        got = k.qlinear(x, inv, packed, ws, idx, wo, bias)
-        ref = k.dequantise(exact.int(), scale, ws) + x[:, idx] @ wo + bias
-        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        exact = (q.long() @ w.long().t()).int()  # the integer product (torch._int_mm's, for any row count)
+        if o == 0:  # no outliers, no bias: torch's dequantisation bits exactly
+            assert torch.equal(k.qlinear(x, inv, packed, ws, None, None), k.dequantise(exact, scale, ws))
+        got = k.qlinear(x, inv, packed, ws, idx if o else None, bias)
+        assert torch.equal(got, kernels.torch_qlinear(x, inv, w, packed, ws, idx if o else None, bias))
+        if o:  # the int16 outlier channels: within half a step of each side's scale, times the other side
+            xo = x[:, idx]
+            exact_float = k.dequantise(exact, scale, ws) + xo @ wo + bias
+            x_step, w_step = xo.abs().amax(1, keepdim=True) / packed.lim, wo.abs().amax(0) / packed.lim
+            bound = (x_step * wo.abs().sum(0) + xo.abs().sum(1, keepdim=True) * w_step) / 2 + (x_step * w_step) * o
+            assert bool(((got - exact_float).abs() <= bound * 1.01 + 1e-4 * exact_float.abs() + 1e-5).all())
 
 
 def test_without_a_working_compiler_the_torch_ops_are_used(
