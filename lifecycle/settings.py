@@ -210,6 +210,11 @@ class Settings(BaseSettings):
         "auto", description="dtype of evaluation and serving; auto: measured per device (runtime/hardware.py)."
     )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N.")
+    stream_interval: float = Field(
+        0.05, ge=0, le=5,
+        description="Seconds a worker's stream waits at least between two messages of one answer: tokens made "
+        "meanwhile go out together (0: a message every token). The first token and the last go out at once.",
+    )  # fmt: skip
     serve_weights: Literal["auto", "float", "int8"] = Field(
         "auto",
         description="Weights of a worker's resident base: int8 (int8 weights and activations, SmoothQuant, "

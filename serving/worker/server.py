@@ -156,12 +156,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except QueueFullError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
+            interval, last, held = self.settings.stream_interval, float("-inf"), ""
             while True:
                 d = await queue.get()
                 while not d.finish_reason and not queue.empty():  # what came meanwhile goes out as one message
                     later = queue.get_nowait()
-                    error = later.finish_reason == "error"
-                    d = later if error else dataclasses.replace(later, text=d.text + later.text)
+                    d = (
+                        later
+                        if later.finish_reason == "error"
+                        else dataclasses.replace(later, text=d.text + later.text)
+                    )
+                if d.finish_reason != "error":
+                    d, held = dataclasses.replace(d, text=held + d.text), ""
+                if not d.finish_reason and loop.time() - last < interval:  # too soon: held for the next message
+                    held = d.text
+                    continue
+                last = loop.time()
                 if d.finish_reason == "error":
                     await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {d.error}")
                 usage = inference_pb2.Usage(prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens)

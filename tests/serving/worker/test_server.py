@@ -96,7 +96,7 @@ def test_tokens_made_while_the_loop_was_busy_go_out_as_one_message(tiny_llama_di
     slot = ModelSlot("m", "1", model, tok)
     slot.eos_ids = set()  # every answer runs to max_tokens
     engine.swap(slot)
-    settings = load_settings()
+    settings = load_settings(stream_interval=0)  # a message a token, unless the loop falls behind
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -134,3 +134,46 @@ def test_tokens_made_while_the_loop_was_busy_go_out_as_one_message(tiny_llama_di
     # the tokens made while the loop was busy (all but the few before it was) came in one message
     assert len(rest) < len(free) / 2 and rest[-1].finish_reason == "length" and rest[-1].usage.completion_tokens == 32
     assert first.text + "".join(r.text for r in rest) == "".join(r.text for r in free)
+
+
+def test_a_stream_sends_its_first_token_at_once_and_the_rest_no_more_often_than_the_interval(
+    tiny_llama_dir: Path,
+) -> None:
+    model, tok = load_model(str(tiny_llama_dir))
+    engine = Engine(max_batch=2)
+    slot = ModelSlot("m", "1", model, tok)
+    slot.eos_ids = set()
+    engine.swap(slot)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    answers = {}
+    servers = []
+    try:
+        for interval in (0.0, 5.0):  # 5 s: longer than the whole answer takes here
+
+            async def start(interval: float = interval) -> tuple[grpc.aio.Server, int]:
+                settings = load_settings(stream_interval=interval)
+                servicer = InferenceServicer(settings, "w", engine, lambda slot: None, Resident(settings, engine))
+                server, port = create_server(servicer, health.HealthServicer(), 0)
+                await server.start()
+                return server, port
+
+            server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+            servers.append(server)
+            if interval == 0.0:
+                engine.start()
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                ask = inference_pb2.GenerateRequest(prompt="Once upon a time", max_tokens=24)
+                answers[interval] = list(stub.Generate(ask, timeout=60))
+    finally:
+        engine.stop()
+        for server in servers:
+            asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    every, paced = answers[0.0], answers[5.0]
+    assert len(every) > 2 and "".join(r.text for r in every) == "".join(r.text for r in paced)
+    assert len(paced) == 2 and paced[0].text == every[0].text  # the first token alone, then the rest at the end
+    assert paced[-1].finish_reason == "length" and paced[-1].usage.completion_tokens == 24
