@@ -357,6 +357,7 @@ def apply(
         report.reason = f"int8 too far from float ({measured}; {limits}): float kept"
     else:
         _swap(model, new)
+        old.clear()  # the float layers (the check's closure holds this dict): freed before the heap is trimmed
         _own_memory(model)
         report.reason = f"int8 weights and activations: {measured}"
     log.info("%s: %s, %d layers in %d groups", what or "model", report.reason, report.layers, report.groups)
