@@ -104,14 +104,22 @@ typedef struct {
   float scaling;
   float *work, *out;
 } attend_args;
+#ifdef __FLT16_MAX__
+typedef _Float16 lc_half_t;
+#define LC_HALF 1
+#else
+typedef uint16_t lc_half_t; /* a compiler without a float16 type (GCC < 12 on x86): no float16 storage */
+#define LC_HALF 0
+#endif
+int lc_half(void) { return LC_HALF; }  /* whether lc_attend takes float16 storage */
 /* element idx of a storage of float32, or of float16 (half: half the bytes to read, ~3 decimal digits) */
 static inline __attribute__((always_inline)) float kv_at(const void* base, int64_t idx, const int half) {
-  return half ? (float)((const _Float16*)base)[idx] : ((const float*)base)[idx];
+  return half ? (float)((const lc_half_t*)base)[idx] : ((const float*)base)[idx];
 }
 #ifdef __AVX512F__
 #include <immintrin.h>
 static inline __attribute__((always_inline)) __m512 half16(const void* base, int64_t idx) {  /* 16 float16 */
-  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)((const _Float16*)base + idx)));
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)((const lc_half_t*)base + idx)));
 }
 #endif
 static inline __attribute__((always_inline)) const void* kv_ptr(const void* base, int64_t idx, const int half) {
@@ -202,10 +210,10 @@ void lc_attend(const float* q, int64_t qr, int64_t qh, const float* kn, int64_t 
       const int64_t at = (row ? row[i] : i) * kr + h * kh + pos[i] * dim;
       const float *kf = kn + i * nr + h * nh, *vf = vn + i * vr + h * vh;
       if (half) {
-        _Float16 *kd = (_Float16*)k + at, *vd = (_Float16*)v + at;
+        lc_half_t *kd = (lc_half_t*)k + at, *vd = (lc_half_t*)v + at;
         for (int64_t d = 0; d < dim; d++) {
-          kd[d] = (_Float16)kf[d];
-          vd[d] = (_Float16)vf[d];
+          kd[d] = (lc_half_t)kf[d];
+          vd[d] = (lc_half_t)vf[d];
         }
       } else {
         memcpy((float*)k + at, kf, dim * sizeof(float));

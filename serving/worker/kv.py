@@ -368,11 +368,8 @@ class Group:
         self.window = sliding_window(model)
         # float16 keys and values where the base runs int8 on the CPU with the C loops (exactness is given up
         # there already): at 32 rows x ~100 columns a decode step reads as many bytes of them as of weights
-        half = (
-            param.device.type == "cpu"
-            and loops() is not None
-            and any(isinstance(m, int8.Group) for m in model.modules())
-        )
+        c = loops() if param.device.type == "cpu" else None
+        half = c is not None and c.half and any(isinstance(m, int8.Group) for m in model.modules())
         self.store = KVStore(model, rows, torch.float16 if half else None)
         self.rows: list[Request | None] = [None] * rows
         self.pos = [0] * rows  # tokens in each row's KV storage
