@@ -119,10 +119,6 @@ class Group(torch.nn.Module):
         self.packed: kernels.Packed | None = None
         self._hold()
 
-    def unpacked(self) -> torch.Tensor:
-        """The int8 weight [out, in] (the ``wq`` buffer holds it packed where the VNNI loop runs)."""
-        return self.wq if self.packed is None else self.packed.unpack()
-
     def _hold(self) -> None:
         # With AVX-512 VNNI in the C loops (weights on the CPU) the buffer holds the weight packed for them in
         # place of [out, in]: one copy of the int8 weights either way. The tensors a call reads, as plain

@@ -4,19 +4,20 @@ not hold up the server's event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health
 
-from lifecycle.settings import load_settings
+from lifecycle.settings import Settings, load_settings
 from lifecycle.v1 import inference_pb2, inference_pb2_grpc
-from serving.worker.engine import Engine, ModelSlot
+from serving.worker.engine import Delta, Engine, ModelSlot
 from serving.worker.resident import Resident
-from serving.worker.server import InferenceServicer, create_server
+from serving.worker.server import InferenceServicer, _Mailbox, create_server
 from training.generation import load_model
 
 
@@ -37,39 +38,61 @@ class HeldTokenizer:
         return getattr(self.tok, name)
 
 
+@contextlib.contextmanager
+def served(engine: Engine, settings: Settings) -> Iterator[tuple[asyncio.AbstractEventLoop, int, InferenceServicer]]:
+    """A worker's gRPC server for ``engine`` on a port, its event loop in its own thread (as in the worker
+    process): (loop, port, servicer); stopped on leaving."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> tuple[grpc.aio.Server, int, InferenceServicer]:
+        servicer = InferenceServicer(settings, "w", engine, lambda slot: None, Resident(settings, engine))
+        server, port = create_server(servicer, health.HealthServicer(), 0)
+        await server.start()
+        return server, port, servicer
+
+    server, port, servicer = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        yield loop, port, servicer
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+class WatchedMailbox(_Mailbox):
+    """The server's mailbox, telling when an answer's last delta has been posted by the engine."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.finished = threading.Event()
+
+    def post(self, queue: asyncio.Queue[Delta], d: Delta) -> None:
+        super().post(queue, d)
+        if d.finish_reason:
+            self.finished.set()
+
+
 def test_status_is_answered_while_a_prompt_is_being_tokenized(tiny_llama_dir: Path) -> None:
     model, tok = load_model(str(tiny_llama_dir))
     held = HeldTokenizer(tok)
     engine = Engine(max_batch=4)
     engine.swap(ModelSlot("m", "1", model, held))
-    settings = load_settings()
-    loop = asyncio.new_event_loop()  # the server's own loop in its own thread, as in the worker process
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[grpc.aio.Server, int]:
-        servicer = InferenceServicer(settings, "w", engine, lambda slot: None, Resident(settings, engine))
-        server, port = create_server(servicer, health.HealthServicer(), 0)
-        await server.start()
-        return server, port
-
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    engine.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            call = stub.Generate(inference_pb2.GenerateRequest(prompt="HOLD this", max_tokens=2), timeout=60)
-            assert held.entered.wait(20)  # the worker is tokenizing the prompt now
-            status = stub.ModelStatus(inference_pb2.ModelStatusRequest(), timeout=10)
-            assert status.worker == "w"  # answered while the prompt was held
+    with served(engine, load_settings()) as (_, port, _servicer):
+        engine.start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                call = stub.Generate(inference_pb2.GenerateRequest(prompt="HOLD this", max_tokens=2), timeout=60)
+                assert held.entered.wait(20)  # the worker is tokenizing the prompt now
+                status = stub.ModelStatus(inference_pb2.ModelStatusRequest(), timeout=10)
+                assert status.worker == "w"  # answered while the prompt was held
+                held.release.set()
+                assert list(call)[-1].finish_reason in ("stop", "length")
+        finally:
             held.release.set()
-            assert list(call)[-1].finish_reason in ("stop", "length")
-    finally:
-        held.release.set()
-        engine.stop()
-        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+            engine.stop()
 
 
 def test_load_model_needs_an_admin_key_and_may_name_only_known_folders(tmp_path: Path) -> None:
@@ -96,40 +119,26 @@ def test_tokens_made_while_the_loop_was_busy_go_out_as_one_message(tiny_llama_di
     slot = ModelSlot("m", "1", model, tok)
     slot.eos_ids = set()  # every answer runs to max_tokens
     engine.swap(slot)
-    settings = load_settings(stream_interval=0)  # a message a token, unless the loop falls behind
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start() -> tuple[grpc.aio.Server, int]:
-        servicer = InferenceServicer(settings, "w", engine, lambda slot: None, Resident(settings, engine))
-        server, port = create_server(servicer, health.HealthServicer(), 0)
-        await server.start()
-        return server, port
-
-    server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    engine.start()
     busy = threading.Event()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            ask = inference_pb2.GenerateRequest(prompt="Once upon a time", max_tokens=32)
-            free = list(stub.Generate(ask, timeout=60))
-            call = stub.Generate(ask, timeout=60)
-            first = next(call)
-            loop.call_soon_threadsafe(busy.wait, 30)  # the loop busy: the deltas wait in the mailbox
-            deadline = time.monotonic() + 30
-            while engine.running() and time.monotonic() < deadline:  # polled until the answer is complete
-                time.sleep(0.01)
-            assert not engine.running()
+    # a message a token, unless the loop falls behind
+    with served(engine, load_settings(stream_interval=0)) as (loop, port, servicer):
+        mailbox = servicer._mailbox = WatchedMailbox(loop)
+        engine.start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                ask = inference_pb2.GenerateRequest(prompt="Once upon a time", max_tokens=32)
+                free = list(stub.Generate(ask, timeout=60))
+                mailbox.finished.clear()
+                call = stub.Generate(ask, timeout=60)
+                first = next(call)
+                loop.call_soon_threadsafe(busy.wait, 30)  # the loop busy: the deltas wait in the mailbox
+                assert mailbox.finished.wait(30)  # the engine has posted the whole answer meanwhile
+                busy.set()
+                rest = list(call)
+        finally:
             busy.set()
-            rest = list(call)
-    finally:
-        busy.set()
-        engine.stop()
-        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+            engine.stop()
     assert len(free) > 16 and free[-1].usage.completion_tokens == 32  # a message a token, or nearly
     # the tokens made while the loop was busy (all but the few before it was) came in one message
     assert len(rest) < len(free) / 2 and rest[-1].finish_reason == "length" and rest[-1].usage.completion_tokens == 32
@@ -144,35 +153,18 @@ def test_a_stream_sends_its_first_token_at_once_and_the_rest_no_more_often_than_
     slot = ModelSlot("m", "1", model, tok)
     slot.eos_ids = set()
     engine.swap(slot)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     answers = {}
-    servers = []
+    engine.start()
     try:
         for interval in (0.0, 5.0):  # 5 s: longer than the whole answer takes here
-
-            async def start(interval: float = interval) -> tuple[grpc.aio.Server, int]:
-                settings = load_settings(stream_interval=interval)
-                servicer = InferenceServicer(settings, "w", engine, lambda slot: None, Resident(settings, engine))
-                server, port = create_server(servicer, health.HealthServicer(), 0)
-                await server.start()
-                return server, port
-
-            server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-            servers.append(server)
-            if interval == 0.0:
-                engine.start()
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with served(engine, load_settings(stream_interval=interval)) as (_, port, _servicer):
+                channel = grpc.insecure_channel(f"127.0.0.1:{port}")
                 stub = inference_pb2_grpc.InferenceServiceStub(channel)
                 ask = inference_pb2.GenerateRequest(prompt="Once upon a time", max_tokens=24)
                 answers[interval] = list(stub.Generate(ask, timeout=60))
+                channel.close()
     finally:
         engine.stop()
-        for server in servers:
-            asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
     every, paced = answers[0.0], answers[5.0]
     assert len(every) > 2 and "".join(r.text for r in every) == "".join(r.text for r in paced)
     assert len(paced) == 2 and paced[0].text == every[0].text  # the first token alone, then the rest at the end
