@@ -67,8 +67,12 @@ class WatchedMailbox(_Mailbox):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.finished = threading.Event()
+        self.hold: threading.Event | None = None  # set: the loop is kept busy from the next delta until it is set
 
     def post(self, queue: asyncio.Queue[Delta], d: Delta) -> None:
+        if self.hold is not None:  # queued before this delta's delivery: nothing of the answer is sent meanwhile
+            self.loop.call_soon_threadsafe(self.hold.wait, 30)
+            self.hold = None
         super().post(queue, d)
         if d.finish_reason:
             self.finished.set()
@@ -130,19 +134,18 @@ def test_tokens_made_while_the_loop_was_busy_go_out_as_one_message(tiny_llama_di
                 ask = inference_pb2.GenerateRequest(prompt="Once upon a time", max_tokens=32)
                 free = list(stub.Generate(ask, timeout=60))
                 mailbox.finished.clear()
+                mailbox.hold = busy  # the loop busy from the first delta on: the deltas wait in the mailbox
                 call = stub.Generate(ask, timeout=60)
-                first = next(call)
-                loop.call_soon_threadsafe(busy.wait, 30)  # the loop busy: the deltas wait in the mailbox
                 assert mailbox.finished.wait(30)  # the engine has posted the whole answer meanwhile
                 busy.set()
-                rest = list(call)
+                held = list(call)
         finally:
             busy.set()
             engine.stop()
-    assert len(free) > 16 and free[-1].usage.completion_tokens == 32  # a message a token, or nearly
-    # the tokens made while the loop was busy (all but the few before it was) came in one message
-    assert len(rest) < len(free) / 2 and rest[-1].finish_reason == "length" and rest[-1].usage.completion_tokens == 32
-    assert first.text + "".join(r.text for r in rest) == "".join(r.text for r in free)
+    assert len(free) > 1 and free[-1].usage.completion_tokens == 32  # the loop kept up, at least in part
+    # every token was made while the loop was busy: the answer came in one message
+    assert len(held) == 1 and held[0].finish_reason == "length" and held[0].usage.completion_tokens == 32
+    assert held[0].text == "".join(r.text for r in free)
 
 
 def test_a_stream_sends_its_first_token_at_once_and_the_rest_no_more_often_than_the_interval(
@@ -167,5 +170,6 @@ def test_a_stream_sends_its_first_token_at_once_and_the_rest_no_more_often_than_
         engine.stop()
     every, paced = answers[0.0], answers[5.0]
     assert len(every) > 2 and "".join(r.text for r in every) == "".join(r.text for r in paced)
-    assert len(paced) == 2 and paced[0].text == every[0].text  # the first token alone, then the rest at the end
+    # the first message at once (a token, or the few a busy loop let pile up), then the rest at the end
+    assert len(paced) == 2 and paced[0].text and "".join(r.text for r in every).startswith(paced[0].text)
     assert paced[-1].finish_reason == "length" and paced[-1].usage.completion_tokens == 24
