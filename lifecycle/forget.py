@@ -240,7 +240,7 @@ def _stop_rollouts(settings: Settings, store: Store, name: str, version: int, di
     for doc in store.db[ROLLOUTS].find(
         {"model_name": name, "version": version, "state": {"$in": list(rollout.ACTIVE)}}
     ):
-        store.update(ROLLOUTS, doc["_id"], {"tainted": did})
+        store.update_checked(ROLLOUTS, doc["_id"], {"tainted": did})
         if rollout.abort_tainted(settings, store, doc["_id"], did):
             stopped.append(doc["_id"])
     return stopped

@@ -16,7 +16,10 @@ stage) and its event, unpublished; the change is then ``$set`` on the rollout (i
 re-applied by the next ``tick`` if a crash came between), the event published to
 ``lifecycle.model-events`` and marked published — an event left unpublished is published by the next
 ``tick`` of any process, with the same event id (followers drop duplicates by ``seq``). Pausing is a
-flag beside the state, not a state change, so it never races a decision. Promotion moves
+flag beside the state, not a state change, so it never races a decision; it is written until it
+holds (``Store.update_checked``), and what each ``tick`` sees is written apart (``rollout_looks``), not
+on the rollout: FerretDB's SQLite backend loses one of two updates of a document at once, and a tick
+every second would have overwritten an operator's pause with what it had read. Promotion moves
 ``champion`` (after a ``ModelPromoted`` for workers); a rollback or abort leaves ``champion`` alone and
 takes ``challenger`` off the version.
 """
@@ -29,7 +32,7 @@ from typing import Any
 from lifecycle import events, tally, topics
 from lifecycle.sequential import Arm, Policy, decide
 from lifecycle.settings import Settings
-from lifecycle.store import MODEL_CONFIGS, ROLLOUT_DECISIONS, ROLLOUTS, TALLIES, Store, now
+from lifecycle.store import MODEL_CONFIGS, ROLLOUT_DECISIONS, ROLLOUT_LOOKS, ROLLOUTS, TALLIES, Store, now
 from lifecycle.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -93,12 +96,20 @@ def load(store: Store, rid: str) -> dict[str, Any] | None:
     doc = store.get(ROLLOUTS, rid)
     if doc is None:
         return None
+    doc = with_looks(store, [doc])[0]
     doc["decisions"] = list(store.db[ROLLOUT_DECISIONS].find({"rollout": rid}, sort=[("seq", 1)]))
     last = doc["decisions"][-1] if doc["decisions"] else None
     if last is not None and last["seq"] > doc["seq"]:
         _apply(store, rid, last)
         doc.update({**last.get("change", {}), "seq": last["seq"]})
     return doc
+
+
+def with_looks(store: Store, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rollouts with what their last look saw (``evidence``, ``verdict``; the rollout's own verdict,
+    when it has one, wins)."""
+    looks = {d["_id"]: d for d in store.db[ROLLOUT_LOOKS].find({"_id": {"$in": [d["_id"] for d in docs]}})}
+    return [{**{k: v for k, v in looks.get(d["_id"], {}).items() if k in ("evidence", "verdict")}, **d} for d in docs]
 
 
 def view(doc: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +155,8 @@ def tick(settings: Settings, store: Store, models: list[str] | None = None) -> l
         challenger, champion, stage_n = evidence(store, doc, policy.baseline)
         verdict = decide(challenger, champion, stage_n, policy)
         seen = {"challenger": challenger.summary(), "champion": champion.summary(), "tests": verdict.tests}
-        store.update(ROLLOUTS, doc["_id"], {"evidence": seen, "verdict": verdict.reason})
+        look = {"evidence": seen, "verdict": verdict.reason, "updated_at": now()}
+        store.upsert(ROLLOUT_LOOKS, doc["_id"], {"$set": look})
         if verdict.action == "rollback":
             if _decide(settings, store, doc, "RolloutRolledBack", "rolled_back", verdict.reason, seen):
                 out.append(f"{doc['_id']}: rolled back ({verdict.reason})")
@@ -192,7 +204,7 @@ def control(settings: Settings, store: Store, name: str, action: str, version: i
         pause = action == "pause"
         if doc["state"] != "running" or bool(doc.get("paused")) == pause:
             raise RolloutError(f"rollout {doc['_id']} is {view(doc)['state']}; nothing to {action}")
-        store.update(ROLLOUTS, doc["_id"], {"paused": pause})
+        store.update_checked(ROLLOUTS, doc["_id"], {"paused": pause})
     elif action == "abort":
         if not _decide(settings, store, doc, "RolloutRolledBack", "aborted", "aborted by an operator"):
             raise RolloutError(f"rollout {doc['_id']} changed meanwhile; look again")

@@ -29,6 +29,8 @@ PIPELINE_EVENTS = "pipeline_events"
 #: Rollouts of challengers (lifecycle/rollout.py) and the feedback users give on answers.
 ROLLOUTS = "rollouts"
 ROLLOUT_DECISIONS = "rollout_decisions"
+#: What each rollout's last look saw (evidence, verdict): written every tick, so kept apart from the rollout.
+ROLLOUT_LOOKS = "rollout_looks"
 FEEDBACK = "feedback"
 #: Running counts of each rollout's evidence, by stage and arm (lifecycle/tally.py).
 TALLIES = "rollout_tallies"
@@ -107,3 +109,22 @@ class Store:
         if push:
             change["$push"] = push
         self.db[collection].update_one({"_id": doc_id}, change)
+
+    def upsert(self, collection: str, doc_id: str, change: Doc) -> None:
+        """``update_one`` with upsert; when another writer created the document meanwhile (FerretDB
+        answers two upserts at once with a duplicate key), applied to the one it created."""
+        try:
+            self.db[collection].update_one({"_id": doc_id}, change, upsert=True)
+        except DuplicateKeyError:
+            self.db[collection].update_one({"_id": doc_id}, change, upsert=True)
+
+    def update_checked(self, collection: str, doc_id: str, fields: Doc, tries: int = 5) -> None:
+        """``update``, read back and repeated until ``fields`` hold. FerretDB's SQLite backend applies an
+        update as a read-modify-write outside any transaction: of two updates of one document at once
+        (even of different fields) one is lost. MongoDB needs the one try."""
+        for _ in range(tries):
+            self.update(collection, doc_id, fields)
+            doc = self.get(collection, doc_id)
+            if doc is None or all(doc.get(k) == v for k, v in fields.items()):
+                return
+        raise RuntimeError(f"{collection} {doc_id}: {sorted(fields)} did not hold after {tries} writes")

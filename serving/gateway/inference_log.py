@@ -3,8 +3,11 @@ thread drains in batches. When the buffer is full a record is dropped and counte
 a slow or down Mongo never slows a request. Each batch's records are counted into the evidence
 tallies of their rollout or version (``lifecycle/tally.py``) after they are written. Records older
 than ``LIFECYCLE_INFERENCE_LOG_DAYS`` are deleted by the same thread (a sweep rather than a TTL index:
-FerretDB 1.x does not expire documents); with ``LIFECYCLE_INFERENCE_LOG_CONTENT=metadata`` no
-prompt or answer is stored, only their sha256."""
+FerretDB 1.x does not expire documents). Tallies are written by one thread at a time in a gateway
+(``tally_inc``): FerretDB's SQLite backend runs an ``$inc`` as a read-modify-write outside any
+transaction, and of two at once on one document one was lost (two threads, 100 each: 100 counted).
+Two gateways on FerretDB can still lose a count; on MongoDB nothing is lost. With
+``LIFECYCLE_INFERENCE_LOG_CONTENT=metadata`` no prompt or answer is stored, only their sha256."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import hashlib
 import json
 import logging
 import queue
+import threading
 import time
 import uuid
 from typing import Any
@@ -24,6 +28,13 @@ from lifecycle.store import INFERENCE_LOG, TALLIES, Store, now
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 3600.0  # between deletions of expired records (the first at start)
+_TALLY_LOCK = threading.Lock()
+
+
+def tally_inc(store: Store, key: str, inc: dict[str, Any]) -> None:
+    """``$inc`` a rollout's or version's tally, one writer at a time in this process (see above)."""
+    with _TALLY_LOCK:
+        store.upsert(TALLIES, key, {"$inc": inc})
 
 
 class InferenceLog:
@@ -76,7 +87,7 @@ class InferenceLog:
                 store.db[INFERENCE_LOG].insert_many(docs, ordered=False)
                 self.metrics.log_written.inc(len(docs))
                 for key, inc in tally.increments(docs).items():  # after the records: lost together, if lost
-                    store.db[TALLIES].update_one({"_id": key}, {"$inc": inc}, upsert=True)
+                    tally_inc(store, key, inc)
             except Exception as exc:  # noqa: BLE001 - logging must never take the gateway down
                 log.warning("inference log: %d records lost: %s", len(docs), exc)
                 self.metrics.log_dropped.inc(len(docs))

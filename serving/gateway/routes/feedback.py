@@ -16,10 +16,11 @@ from fastapi import APIRouter, Depends, Request
 from pymongo.errors import PyMongoError
 
 from lifecycle import events, tally, topics
-from lifecycle.store import FEEDBACK, INFERENCE_LOG, TALLIES, now
+from lifecycle.store import FEEDBACK, INFERENCE_LOG, now
 from lifecycle.v1 import events_pb2
 from serving.gateway.body import body_doc, json_body
 from serving.gateway.errors import APIError, unavailable
+from serving.gateway.inference_log import tally_inc
 from serving.gateway.protocol import FeedbackReceipt, FeedbackRequest
 from serving.gateway.routes.deps import ERRORS, CompletionsDep, KeyId
 from serving.gateway.security import authorize
@@ -58,8 +59,7 @@ async def feedback(
             for k, v in (tally.rating_counts(before["rating"], -1) if before else {}).items():
                 inc[k] = inc.get(k, 0) + v
             path = f"s{int(meta.get('stage') or 0)}.{meta['arm']}."
-            store().db[TALLIES].update_one({"_id": meta["rollout"]}, {"$inc": {path + k: v for k, v in inc.items()}},
-                                           upsert=True)  # fmt: skip
+            tally_inc(store(), meta["rollout"], {path + k: v for k, v in inc.items()})
         return meta
 
     def announce(meta: dict[str, Any]) -> bool:

@@ -35,7 +35,10 @@ async def list_rollouts(request: Request, model: str | None = None, limit: int =
     query = {"model_name": model} if model else {}
     n = max(1, min(limit, 100))
     docs = await _in_thread(
-        request, lambda store: list(store.db[ROLLOUTS].find(query, sort=[("started_at", -1)], limit=n))
+        request,
+        lambda store: rollout.with_looks(
+            store, list(store.db[ROLLOUTS].find(query, sort=[("started_at", -1)], limit=n))
+        ),
     )
     return {"object": "list", "data": [view(d) for d in docs]}
 
