@@ -143,6 +143,29 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int, strea
     }
 
 
+ENGINE = ("prefill_passes", "prefill_seconds", "prefill_tokens", "decode_passes", "decode_rows", "decode_seconds")
+
+
+def engine_totals(gateway: str) -> dict[str, float]:
+    """The workers' engine totals (summed) from the gateway's /metrics."""
+    import httpx
+
+    out = dict.fromkeys(ENGINE, 0.0)
+    for line in httpx.get(gateway + "/metrics", timeout=30).text.splitlines():
+        for k in ENGINE:
+            if line.startswith(f"lifecycle_worker_{k}_total{{"):
+                out[k] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def engine_line(before: dict[str, float], after: dict[str, float]) -> str:
+    d = {k: after[k] - before[k] for k in ENGINE}
+    pp, dp = max(d["prefill_passes"], 1), max(d["decode_passes"], 1)
+    return (f"{d['prefill_passes']:.0f} prefill passes ({d['prefill_tokens'] / pp:.0f} tokens, "
+            f"{1000 * d['prefill_seconds'] / pp:.0f} ms each), {d['decode_passes']:.0f} decode passes "
+            f"({d['decode_rows'] / dp:.1f} rows, {1000 * d['decode_seconds'] / dp:.1f} ms each)")  # fmt: skip
+
+
 def wait_http(url: str, timeout: float = 300) -> None:
     import httpx
 
@@ -255,6 +278,7 @@ def main() -> None:
     cores = os.cpu_count() or 2
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, dict[int, dict[str, float]]] = {"ours": {}, "naive": {}}
+    engine: dict[int, str] = {}
     script = home / "naive.py"
     script.write_text(BASELINE)
     top = max(levels)
@@ -268,7 +292,9 @@ def main() -> None:
         asyncio.run(load(naive, 2, 2, 4, False))
         for c in levels:  # interleaved: the idle server takes no CPU while the other runs
             n = max(args.requests, c)
+            before = engine_totals(gateway_url(s))
             results["ours"][c] = asyncio.run(load(ours, c, n, args.max_tokens, True))
+            engine[c] = engine_line(before, engine_totals(gateway_url(s)))
             results["naive"][c] = asyncio.run(load(naive, c, n, args.max_tokens, False))
     finally:
         stop_serving(s, report=lambda m: None)
@@ -292,6 +318,8 @@ def main() -> None:
         for peer, by_level in others.items():
             if c in by_level:
                 print(f"| {c} | {peer} | {by_level[c]:.1f} | | | | |")
+    for c in levels:
+        print(f"c={c}: our workers ran {engine[c]}")
     for c in levels:
         mine = results["ours"][c]["tok_s"]
         ratios = [f"naive {mine / results['naive'][c]['tok_s']:.2f}x"]

@@ -95,7 +95,7 @@ class ModelStatusResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., ready: _Optional[bool] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., max_batch: _Optional[int] = ..., worker: _Optional[str] = ..., context_length: _Optional[int] = ..., max_tokens_limit: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedVersion, _Mapping]]] = ..., digest: _Optional[str] = ..., stats: _Optional[_Union[EngineStats, _Mapping]] = ...) -> None: ...
 
 class EngineStats(_message.Message):
-    __slots__ = ("decode_passes", "decode_seconds", "decode_rows", "prefill_tokens", "prefix_tokens", "prompt_tokens", "completion_tokens", "kv_bytes", "kv_rows_used", "kv_rows", "adapters")
+    __slots__ = ("decode_passes", "decode_seconds", "decode_rows", "prefill_tokens", "prefix_tokens", "prompt_tokens", "completion_tokens", "kv_bytes", "kv_rows_used", "kv_rows", "adapters", "prefill_passes", "prefill_seconds")
     DECODE_PASSES_FIELD_NUMBER: _ClassVar[int]
     DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DECODE_ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,8 @@ class EngineStats(_message.Message):
     KV_ROWS_USED_FIELD_NUMBER: _ClassVar[int]
     KV_ROWS_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_PASSES_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     decode_passes: int
     decode_seconds: float
     decode_rows: int
@@ -118,7 +120,9 @@ class EngineStats(_message.Message):
     kv_rows_used: int
     kv_rows: int
     adapters: int
-    def __init__(self, decode_passes: _Optional[int] = ..., decode_seconds: _Optional[float] = ..., decode_rows: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., prefix_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_rows_used: _Optional[int] = ..., kv_rows: _Optional[int] = ..., adapters: _Optional[int] = ...) -> None: ...
+    prefill_passes: int
+    prefill_seconds: float
+    def __init__(self, decode_passes: _Optional[int] = ..., decode_seconds: _Optional[float] = ..., decode_rows: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., prefix_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_rows_used: _Optional[int] = ..., kv_rows: _Optional[int] = ..., adapters: _Optional[int] = ..., prefill_passes: _Optional[int] = ..., prefill_seconds: _Optional[float] = ...) -> None: ...
 
 class LoadedVersion(_message.Message):
     __slots__ = ("model", "version", "digest", "running")

@@ -74,6 +74,8 @@ _COUNTERS = {
     "decode_passes": "Decode passes (one token for every running row)",
     "decode_seconds": "Seconds spent in decode passes (rate / rate of passes: decode step time)",
     "decode_rows": "Rows advanced by decode passes (rate / rate of passes: mean batch size)",
+    "prefill_passes": "Prefill passes (prompts written into their rows, one pass for all admitted at once)",
+    "prefill_seconds": "Seconds spent in prefill passes",
     "prefill_tokens": "Prompt tokens prefilled",
     "prefix_tokens": "Prompt tokens whose keys/values came from the prefix cache",
     "prompt_tokens": "Prompt tokens of finished requests",

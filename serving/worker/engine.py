@@ -291,7 +291,7 @@ class Engine:
     def _prefill(self, group: kv.Group, new: list[Request], context: list[list[int]], cached: list[int]) -> None:
         """Write the prompts (after their ``cached`` beginnings) into their rows, packed in one forward
         pass, and emit each request's first token."""
-        store = group.store
+        t0, store = time.perf_counter(), group.store
         self.prefix_tokens += sum(cached)
         lengths = [len(c) - p for c, p in zip(context, cached, strict=True)]
         self.totals["prefill_tokens"] += sum(lengths)
@@ -309,6 +309,8 @@ class Engine:
         chosen = sample(new, out.logits[0])
         for req, c, tok in zip(new, context, chosen.tolist(), strict=True):
             group.pos[req.row], group.last[req.row] = len(c), tok
+        self.totals["prefill_passes"] += 1
+        self.totals["prefill_seconds"] += time.perf_counter() - t0
         self._emit(group, new, chosen.tolist())
 
     def _decode(self, group: kv.Group, background: bool) -> None:

@@ -359,8 +359,9 @@ def engine_stats(engine: Any, adapters: int) -> inference_pb2.EngineStats:
     """The engine's running totals and its KV storage now, for ModelStatus (the gateway's metrics)."""
     t = engine.totals
     kv_bytes, used, rows = engine.kv_usage()
-    counts = ("decode_passes", "decode_rows", "prefill_tokens", "prompt_tokens", "completion_tokens")
+    counts = ("decode_passes", "decode_rows", "prefill_passes", "prefill_tokens", "prompt_tokens", "completion_tokens")
     return inference_pb2.EngineStats(
-        **{k: int(t[k]) for k in counts}, decode_seconds=float(t["decode_seconds"]), prefix_tokens=engine.prefix_tokens,
+        **{k: int(t[k]) for k in counts}, decode_seconds=float(t["decode_seconds"]),
+        prefill_seconds=float(t["prefill_seconds"]), prefix_tokens=engine.prefix_tokens,
         kv_bytes=kv_bytes, kv_rows_used=used, kv_rows=rows, adapters=adapters,
     )  # fmt: skip

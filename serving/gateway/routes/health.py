@@ -38,6 +38,7 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(authorize)])
 async def metrics(request: Request) -> PlainTextResponse:
     completions = request.app.state.completions
+    await completions.pool.refresh()  # the workers' totals as of now, not as of the last poll
     completions.metrics.observe_pool(completions.pool)
     text = generate_latest(completions.metrics.registry).decode()
     return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
