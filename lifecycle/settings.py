@@ -215,6 +215,12 @@ class Settings(BaseSettings):
         description="Seconds a worker's stream waits at least between two messages of one answer: tokens made "
         "meanwhile go out together (0: a message every token). The first token and the last go out at once.",
     )  # fmt: skip
+    stream_rate: float = Field(
+        200, ge=0,
+        description="Messages per second a worker's streams send at most together: with n answers streaming, each "
+        "waits at least n / this between two messages (and at least LIFECYCLE_STREAM_INTERVAL), so a full batch "
+        "sends a few tokens a message instead of a message a token. 0: no such limit.",
+    )  # fmt: skip
     serve_weights: Literal["auto", "float", "int8"] = Field(
         "auto",
         description="Weights of a worker's resident base: int8 (int8 weights and activations, SmoothQuant, "

@@ -59,6 +59,14 @@ def switcher(engine: Engine, health_servicer: health.HealthServicer, name: str) 
     return switch
 
 
+def stream_gap(least: float, rate: float, streams: int) -> float:
+    """Seconds a stream waits at least between two messages: ``least`` (LIFECYCLE_STREAM_INTERVAL), or its
+    share of ``rate`` messages a second (LIFECYCLE_STREAM_RATE, 0: none) among ``streams`` answers, if longer.
+    Each message costs the worker's loop, the gateway and the client a few hundred microseconds of the cores
+    the engine decodes on: a full batch sends a few tokens a message instead of a message a token."""
+    return max(least, streams / rate) if rate > 0 else least
+
+
 class _Mailbox:
     """Deltas from the engine thread to the gRPC event loop, one wake-up of the loop per batch: a decode
     step emits a token for every running request, and a wake-up each (a write to the loop's self-pipe, the
@@ -156,7 +164,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except QueueFullError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
-            interval, last, held = self.settings.stream_interval, float("-inf"), ""
+            least, rate, last, held = self.settings.stream_interval, self.settings.stream_rate, float("-inf"), ""
             while True:
                 d = await queue.get()
                 while not d.finish_reason and not queue.empty():  # what came meanwhile goes out as one message
@@ -168,7 +176,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     )
                 if d.finish_reason != "error":
                     d, held = dataclasses.replace(d, text=held + d.text), ""
-                if not d.finish_reason and loop.time() - last < interval:  # too soon: held for the next message
+                if not d.finish_reason and loop.time() - last < stream_gap(least, rate, engine.running()):
+                    # too soon: held for the next message
                     held = d.text
                     continue
                 last = loop.time()

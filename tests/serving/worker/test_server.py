@@ -17,7 +17,7 @@ from lifecycle.settings import Settings, load_settings
 from lifecycle.v1 import inference_pb2, inference_pb2_grpc
 from serving.worker.engine import Delta, Engine, ModelSlot
 from serving.worker.resident import Resident
-from serving.worker.server import InferenceServicer, _Mailbox, create_server
+from serving.worker.server import InferenceServicer, _Mailbox, create_server, stream_gap
 from training.generation import load_model
 
 
@@ -125,7 +125,7 @@ def test_tokens_made_while_the_loop_was_busy_go_out_as_one_message(tiny_llama_di
     engine.swap(slot)
     busy = threading.Event()
     # a message a token, unless the loop falls behind
-    with served(engine, load_settings(stream_interval=0)) as (loop, port, servicer):
+    with served(engine, load_settings(stream_interval=0, stream_rate=0)) as (loop, port, servicer):
         mailbox = servicer._mailbox = WatchedMailbox(loop)
         engine.start()
         try:
@@ -159,17 +159,28 @@ def test_a_stream_sends_its_first_token_at_once_and_the_rest_no_more_often_than_
     answers = {}
     engine.start()
     try:
-        for interval in (0.0, 5.0):  # 5 s: longer than the whole answer takes here
-            with served(engine, load_settings(stream_interval=interval)) as (_, port, _servicer):
+        # 5 s between messages, longer than the whole answer takes here: by the interval, or as the one
+        # stream's share of 0.2 messages a second
+        for interval, rate in ((0.0, 0.0), (5.0, 0.0), (0.0, 0.2)):
+            with served(engine, load_settings(stream_interval=interval, stream_rate=rate)) as (_, port, _servicer):
                 channel = grpc.insecure_channel(f"127.0.0.1:{port}")
                 stub = inference_pb2_grpc.InferenceServiceStub(channel)
                 ask = inference_pb2.GenerateRequest(prompt="Once upon a time", max_tokens=24)
-                answers[interval] = list(stub.Generate(ask, timeout=60))
+                answers[interval, rate] = list(stub.Generate(ask, timeout=60))
                 channel.close()
     finally:
         engine.stop()
-    every, paced = answers[0.0], answers[5.0]
-    assert len(every) > 2 and "".join(r.text for r in every) == "".join(r.text for r in paced)
-    # the first message at once (a token, or the few a busy loop let pile up), then the rest at the end
-    assert len(paced) == 2 and paced[0].text and "".join(r.text for r in every).startswith(paced[0].text)
-    assert paced[-1].finish_reason == "length" and paced[-1].usage.completion_tokens == 24
+    every = answers[0.0, 0.0]
+    for paced in (answers[5.0, 0.0], answers[0.0, 0.2]):
+        assert len(every) > 2 and "".join(r.text for r in every) == "".join(r.text for r in paced)
+        # the first message at once (a token, or the few a busy loop let pile up), then the rest at the end
+        assert len(paced) == 2 and paced[0].text and "".join(r.text for r in every).startswith(paced[0].text)
+        assert paced[-1].finish_reason == "length" and paced[-1].usage.completion_tokens == 24
+
+
+def test_the_gap_between_a_streams_messages_grows_with_the_streams_sharing_the_rate() -> None:
+    assert stream_gap(0.05, 200, 1) == 0.05  # the interval: one stream's share, 5 ms, is shorter
+    assert stream_gap(0.05, 200, 8) == 0.05
+    assert stream_gap(0.05, 200, 32) == 32 / 200  # a full batch: 0.16 s, a few tokens a message
+    assert stream_gap(0.05, 0, 32) == 0.05  # no rate: the interval alone
+    assert stream_gap(0, 0, 32) == 0
