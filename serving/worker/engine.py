@@ -215,8 +215,8 @@ class Engine:
             keep = kw.get("logits_to_keep")
             lora_set.set_plan(adapters, counts, keep if isinstance(keep, torch.Tensor) else None)
         try:
-            if group.fast is not None and not ctx.prefill:  # a decode step without HF's module tree (fused.py)
-                return group.fast(ids, pos, ctx)
+            if group.fast is not None:  # a step without Hugging Face's module tree (fused.py)
+                return group.fast(ids, pos, ctx, kw.get("logits_to_keep"))
             return group.model(input_ids=ids, position_ids=pos, use_cache=False, **{kv.NAME: ctx}, **kw)
         finally:
             if lora_set is not None:
