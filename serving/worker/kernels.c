@@ -189,8 +189,94 @@ static inline __attribute__((always_inline)) void attend_dim(const attend_args* 
     memcpy(A->out + (i * A->heads + a) * dim, o, dim * sizeof(float));
   }
 }
+#ifdef __AVX512F__
+#define HG 4   /* query heads taken together */
+#define KB 64  /* keys a block */
+/* A float16 store with 64-wide heads (SmolLM2's): the query heads of a KV head in one pass over its keys and one
+   over its values, each key and value widened once for up to HG heads, the softmax online over blocks of KB keys
+   (scores on the stack, rescaled when a block raises the maximum). Per (key, head) attend_dim widened the key
+   again and kept a score row per head: ~2x this in a decode step of 32 rows here. */
+static void attend_half64(const attend_args* A, int64_t ih) {
+  const int64_t i = ih / A->kv_heads, h = ih % A->kv_heads, g = A->heads / A->kv_heads;
+  const int64_t end = A->pos[i] + 1;
+  const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
+  const int64_t r = A->row ? A->row[i] : i;
+  const lc_half_t* kk = (const lc_half_t*)A->k + r * A->kr + h * A->kh;
+  const lc_half_t* vv = (const lc_half_t*)A->v + r * A->kr + h * A->kh;
+  const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1, nr = next < 0 ? 0 : next / A->kv_heads;
+  const int64_t at = (A->row ? A->row[nr] : nr) * A->kr + (next % A->kv_heads) * A->kh;
+  for (int64_t a0 = h * g; a0 < (h + 1) * g; a0 += HG) {
+    const int n = (int)((h + 1) * g - a0 < HG ? (h + 1) * g - a0 : HG);
+    __m512 q[HG][4], o[HG][4];
+    float top[HG], sum[HG], s[HG][KB];
+    for (int a = 0; a < n; a++) {
+      const float* qq = A->q + i * A->qr + (a0 + a) * A->qh;
+      for (int c = 0; c < 4; c++) {
+        q[a][c] = _mm512_mul_ps(_mm512_loadu_ps(qq + 16 * c), _mm512_set1_ps(A->scaling));
+        o[a][c] = _mm512_setzero_ps();
+      }
+      top[a] = -INFINITY;
+      sum[a] = 0.f;
+    }
+    for (int64_t j0 = start; j0 < end; j0 += KB) {
+      const int64_t nb = end - j0 < KB ? end - j0 : KB;
+      for (int64_t j = 0; j < nb; j++) {
+        if (next >= 0 && a0 == h * g)  /* the next task's keys and values, fetched while this one computes */
+          for (int64_t d = 0; d < 64; d += 32) {
+            __builtin_prefetch((const lc_half_t*)A->k + at + (j0 + j) * 64 + d);
+            __builtin_prefetch((const lc_half_t*)A->v + at + (j0 + j) * 64 + d);
+          }
+        const __m512 k0 = half16(kk, (j0 + j) * 64), k1 = half16(kk, (j0 + j) * 64 + 16);
+        const __m512 k2 = half16(kk, (j0 + j) * 64 + 32), k3 = half16(kk, (j0 + j) * 64 + 48);
+        for (int a = 0; a < n; a++) {
+          const __m512 lo = _mm512_fmadd_ps(q[a][1], k1, _mm512_mul_ps(q[a][0], k0));
+          const __m512 hi = _mm512_fmadd_ps(q[a][3], k3, _mm512_mul_ps(q[a][2], k2));
+          s[a][j] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+        }
+      }
+      for (int a = 0; a < n; a++) {
+        float m = top[a];
+        for (int64_t j = 0; j < nb; j++) m = m > s[a][j] ? m : s[a][j];
+        const float keep = lc_exp(top[a] - m);  /* what the earlier blocks' sums are worth now */
+        top[a] = m;
+        float add = 0.f;
+        #pragma omp simd reduction(+ : add)
+        for (int64_t j = 0; j < nb; j++) {
+          s[a][j] = lc_exp(s[a][j] - m);
+          add += s[a][j];
+        }
+        sum[a] = sum[a] * keep + add;
+        if (keep != 1.f)
+          for (int c = 0; c < 4; c++) o[a][c] = _mm512_mul_ps(o[a][c], _mm512_set1_ps(keep));
+      }
+      for (int64_t j = 0; j < nb; j++) {
+        const __m512 v0 = half16(vv, (j0 + j) * 64), v1 = half16(vv, (j0 + j) * 64 + 16);
+        const __m512 v2 = half16(vv, (j0 + j) * 64 + 32), v3 = half16(vv, (j0 + j) * 64 + 48);
+        for (int a = 0; a < n; a++) {
+          const __m512 p = _mm512_set1_ps(s[a][j]);
+          o[a][0] = _mm512_fmadd_ps(p, v0, o[a][0]);
+          o[a][1] = _mm512_fmadd_ps(p, v1, o[a][1]);
+          o[a][2] = _mm512_fmadd_ps(p, v2, o[a][2]);
+          o[a][3] = _mm512_fmadd_ps(p, v3, o[a][3]);
+        }
+      }
+    }
+    for (int a = 0; a < n; a++) {
+      const __m512 inv = _mm512_set1_ps(1.f / sum[a]);
+      float* out = A->out + (i * A->heads + a0 + a) * 64;
+      for (int c = 0; c < 4; c++) _mm512_storeu_ps(out + 16 * c, _mm512_mul_ps(o[a][c], inv));
+    }
+  }
+}
+#endif
 static void attend_one(const attend_args* A, int64_t ih, const int half) {  /* the common head sizes unrolled */
   if (half) {
+#ifdef __AVX512F__
+    if (A->dim == 64) {
+      attend_half64(A, ih);
+      return;
+    }
+#endif
     if (A->dim == 64) attend_dim(A, ih, 64, 1);
     else if (A->dim == 128) attend_dim(A, ih, 128, 1);
     else attend_dim(A, ih, A->dim, 1);

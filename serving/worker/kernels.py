@@ -264,13 +264,14 @@ def _agrees(k: Kernels) -> bool:
     t = torch.randn(5, 3 * 8, generator=gen)
     cos, sin = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
     rope = torch.equal(k.rope_(t.clone(), cos, sin, 8), torch_rope(t, cos, sin, 8))
-    # attention: 3 rows (one sees only its first column, one a window), 6 query heads on 2 KV heads
-    query = torch.randn(3, 6, 1, 16, generator=gen)
-    keys, values = torch.randn(2, 3, 2, 9, 16, generator=gen) * 3
-    new = torch.randn(2, 3, 2, 1, 16, generator=gen)
+    # attention: 3 rows (one sees only its first column, one a window), 6 query heads on 2 KV heads; 64-wide
+    # heads in a float16 store take a loop of their own
     pos = torch.tensor([0, 6, 8])
     attend = True
-    for window, half in ((None, False), (4, False), (4, True))[: 3 if k.half else 2]:
+    for window, half, dim in ((None, False, 16), (4, False, 16), (4, True, 16), (None, True, 64))[: 4 if k.half else 2]:
+        query = torch.randn(3, 6, 1, dim, generator=gen)
+        keys, values = torch.randn(2, 3, 2, 9, dim, generator=gen) * 3
+        new = torch.randn(2, 3, 2, 1, dim, generator=gen)
         dtype = torch.float16 if half else torch.float32
         stored = [t.to(dtype) for t in (keys, values)]  # a float16 store: torch's ops on what it holds
         got = k.attend(query, new[0], new[1], stored[0], stored[1], pos, window, 0.25, torch.empty(k.threads(), 9))
