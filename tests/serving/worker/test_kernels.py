@@ -69,12 +69,16 @@ def test_decode_attention_writes_the_new_keys_and_attends_as_sdpa(
     torch.testing.assert_close(own, seen_value[-1, :, 0].repeat_interleave(heads // kv_heads, 0), rtol=0, atol=0)
 
 
-def test_prefill_attention_writes_each_prompts_tokens_into_its_row_and_attends_causally(tmp_path: Path) -> None:
+@pytest.mark.parametrize("half", [False, True])
+def test_prefill_attention_writes_each_prompts_tokens_into_its_row_and_attends_causally(
+    tmp_path: Path, half: bool
+) -> None:
     k = kernels.load(tmp_path)
     assert k is not None
     gen = torch.Generator().manual_seed(7)
     heads, kv_heads, dim, columns = 6, 2, 64, 24
-    keys, values = torch.randn(2, 4, kv_heads, columns, dim, generator=gen)
+    dtype = torch.float16 if half else torch.float32
+    keys, values = torch.randn(2, 4, kv_heads, columns, dim, generator=gen).to(dtype)
     # packed prompts: row 3 with 5 new tokens after a 4-token cached prefix, row 1 with 7 tokens from column 0
     rows = torch.tensor([3] * 5 + [1] * 7)
     cols = torch.cat([torch.arange(4, 9), torch.arange(0, 7)])
@@ -83,15 +87,15 @@ def test_prefill_attention_writes_each_prompts_tokens_into_its_row_and_attends_c
     before = keys.clone(), values.clone()
     view = (t[0].transpose(0, 1)[:, :, None] for t in (q, key, value))
     out = k.attend(*view, keys, values, cols, None, 0.125, torch.empty(k.threads(), 9), rows=rows)
-    assert torch.equal(keys[rows, :, cols], key[0].transpose(0, 1))
-    assert torch.equal(values[rows, :, cols], value[0].transpose(0, 1))
+    assert torch.equal(keys[rows, :, cols], key[0].transpose(0, 1).to(dtype))
+    assert torch.equal(values[rows, :, cols], value[0].transpose(0, 1).to(dtype))
     untouched = torch.ones(4, columns, dtype=torch.bool)
     untouched[rows, cols] = False
     assert torch.equal(keys.transpose(1, 2)[untouched], before[0].transpose(1, 2)[untouched])
     for r, at in ((3, slice(0, 5)), (1, slice(5, 12))):  # each prompt: causal SDPA over its row up to its column
         n = cols[at].max().item() + 1
         rep = heads // kv_heads
-        kr, vr = (t[r, :, :n].repeat_interleave(rep, 0) for t in (keys, values))
+        kr, vr = (t[r, :, :n].float().repeat_interleave(rep, 0) for t in (keys, values))
         mask = torch.arange(n)[None] <= cols[at][:, None]
         ref = F.scaled_dot_product_attention(q[0, :, at], kr, vr, attn_mask=mask, scale=0.125)
         torch.testing.assert_close(out[at].view(-1, heads, dim), ref.transpose(0, 1), rtol=1e-5, atol=1e-6)
