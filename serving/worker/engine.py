@@ -63,8 +63,7 @@ class Engine:
         self.max_batch = max_batch
         self.background_share = background_share  # engine time background passes may take beside users
         self.threads = threads  # torch threads of the engine thread (0: as the process has them)
-        self.max_queue = max_queue
-        self.max_tokens_limit = max_tokens_limit
+        self.max_queue, self.max_tokens_limit = max_queue, max_tokens_limit
         self.prefill_tokens = prefill_tokens  # most prompt tokens prefilled in one pass (one prompt at least)
         self.share_tokens = share_tokens  # fewest prompt tokens a shared beginning must save to get a pass
         self.current: ModelSlot | None = None
@@ -184,11 +183,12 @@ class Engine:
                 self._fail_all(str(exc))
 
     def step(self) -> None:
-        """One iteration: admit waiting requests into free rows, then decode one token for each row."""
+        """One iteration: admit waiting requests (again if more came meanwhile), then decode a token a row."""
         with torch.inference_mode():
             for key, group in list(self._groups.items()):
                 t0 = time.perf_counter()
-                self._admit(group, False)
+                if self._admit(group, False) and group.waiting:  # a burst joins before the decode, not a step later
+                    self._admit(group, False)
                 if group.running(False):
                     self._decode(group, False)
                 self._background(group, time.perf_counter() - t0)

@@ -62,6 +62,29 @@ def test_requests_joining_at_different_steps_get_the_tokens_of_single_greedy_gen
         assert r["done"].completion_tokens <= 20
 
 
+def test_a_request_arriving_during_a_prefill_joins_before_the_decode_step(smol: Any) -> None:
+    model, tok = smol
+    eng = Engine(max_batch=8)
+    eng.swap(ModelSlot("m", "1", model, tok))
+    ask = [{"role": "user", "content": QUESTIONS[0]}], [{"role": "user", "content": QUESTIONS[2]}]
+    first, later = collect(eng, messages=ask[0], params=SamplingParams(max_tokens=8)), []
+    prefill = eng._prefill
+
+    def arriving(*args: Any) -> None:  # the gRPC loop submits a request while the engine prefills the first
+        if not later:
+            later.append(collect(eng, messages=ask[1], params=SamplingParams(max_tokens=8)))
+        prefill(*args)
+
+    eng._prefill = arriving  # type: ignore[method-assign]
+    eng.step()
+    # one step: both prefilled, then one decode pass for both (not a pass for the first alone)
+    assert eng.totals["prefill_passes"] == 2 and eng.totals["decode_passes"] == 1
+    assert len(first["req"].out_ids) == len(later[0]["req"].out_ids) == 2
+    run(eng)
+    assert first["text"] == hf_greedy(model, tok, QUESTIONS[0], 8)
+    assert later[0]["text"] == hf_greedy(model, tok, QUESTIONS[2], 8)
+
+
 def test_prompts_admitted_together_prefill_their_shared_system_prompt_once(smol: Any) -> None:
     model, tok = smol
     eng = Engine(max_batch=8)
