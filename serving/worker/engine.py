@@ -275,7 +275,7 @@ class Engine:
             req.row = row
             group.rows[row] = req
         # A prompt that begins like an earlier one starts from that prefix's keys and values.
-        cached = [group.prefixes.restore(store, r.row, r.slot.adapter, c) for r, c in zip(new, context, strict=True)]
+        cached = group.prefixes.restore(store, [(r.row, r.slot.adapter, c) for r, c in zip(new, context, strict=True)])
         # Prompts of this admission sharing a beginning (a system prompt) prefill it once: the first of
         # them in a pass of its own, the others copy its keys and values and prefill only the rest.
         share = kv.shared(context, cached, [r.slot.adapter for r in new], self.share_tokens)

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from serving.worker import int8, kernels
+from serving.worker.prefix import PrefixCache
 from serving.worker.slots import Request
 
 NAME = "lifecycle_kv"
@@ -148,55 +149,6 @@ def _prefill_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
         part, _ = sdpa_attention_forward(module, q, k, v, mask, is_causal=mask is None, **kw)
         out[0, idx] = part.reshape(-1, part.shape[2], part.shape[3])
     return out
-
-
-class PrefixCache:
-    """Keys and values of prompt beginnings seen before, in blocks of ``BLOCK`` tokens per adapter
-    (vLLM's automatic prefix caching, by copy): a prompt that starts like an earlier one (a shared
-    system prompt, a long conversation) copies those blocks into its row and prefills only the rest.
-    A block is keyed by every token up to its end, so a hit is exact."""
-
-    BLOCK = 16
-
-    def __init__(self, capacity: int = 128) -> None:
-        self.capacity = capacity  # blocks
-        self.layers: tuple[int, ...] = ()  # the layers each block holds, in order
-        self.blocks: collections.OrderedDict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = (
-            collections.OrderedDict()
-        )
-
-    def restore(self, store: KVStore, row: int, adapter: str | None, tokens: list[int]) -> int:
-        """Copy the longest cached beginning of ``tokens`` (one token at least left to prefill) into
-        ``row``; returns its length."""
-        found = []
-        for end in range(self.BLOCK, len(tokens), self.BLOCK):
-            block = self.blocks.get((adapter, *tokens[:end]))
-            if block is None:
-                break
-            found.append(block)
-        if not found:
-            return 0
-        n = len(found) * self.BLOCK
-        for i, layer in enumerate(self.layers):
-            if layer not in store.k:  # the storage was freed while idle: allocate it again
-                store.layer(layer, found[0][0][i][None])
-            store.k[layer][row, :, :n] = torch.cat([b[0][i] for b in found], dim=1)
-            store.v[layer][row, :, :n] = torch.cat([b[1][i] for b in found], dim=1)
-        return n
-
-    def save(self, store: KVStore, row: int, adapter: str | None, tokens: list[int]) -> None:
-        """Keep the blocks of a prompt just written into ``row``."""
-        layers = self.layers = tuple(sorted(store.k))
-        for end in range(self.BLOCK, len(tokens), self.BLOCK):
-            key = (adapter, *tokens[:end])
-            if key in self.blocks:
-                self.blocks.move_to_end(key)
-                continue
-            cols = slice(end - self.BLOCK, end)
-            self.blocks[key] = (torch.stack([store.k[x][row, :, cols] for x in layers]),
-                                torch.stack([store.v[x][row, :, cols] for x in layers]))  # fmt: skip
-            if len(self.blocks) > self.capacity:
-                self.blocks.popitem(last=False)
 
 
 def shared(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from serving.worker import kv
+from serving.worker.prefix import PrefixCache
 
 SYSTEM = list(range(100, 127))  # a 27-token system prompt
 
@@ -45,3 +46,31 @@ def test_copy_prefix_copies_only_the_shared_columns_of_every_layer() -> None:
         assert torch.equal(store.v[layer][3, :, :5], -before[layer][0, :, :5])
         assert torch.equal(store.k[layer][4, :, :2], before[layer][1, :, :2])
         assert torch.equal(store.k[layer][4, :, 2:], before[layer][4, :, 2:])
+
+
+class _Store:
+    """Two layers of keys and values [rows, kv_heads, columns, dim], as kv.KVStore holds them."""
+
+    def __init__(self, rows: int = 6, columns: int = 64) -> None:
+        gen = torch.Generator().manual_seed(3)
+        self.k = {i: torch.randn(rows, 2, columns, 4, generator=gen) for i in (0, 1)}
+        self.v = {i: torch.randn(rows, 2, columns, 4, generator=gen) for i in (0, 1)}
+
+    def layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[idx], self.v[idx]
+
+
+def test_the_prefix_cache_restores_every_prompts_cached_blocks_into_its_own_row() -> None:
+    store, cache = _Store(), PrefixCache()
+    long, short = list(range(1, 41)), list(range(50, 70))  # 40 tokens: 2 blocks cached; 20: 1
+    cache.save(store, 0, None, long)
+    cache.save(store, 1, "a", short)
+    written = {i: (store.k[i].clone(), store.v[i].clone()) for i in (0, 1)}
+    asks = [(3, None, [*long, 99]), (4, "a", [*short[:17]]), (5, None, short), (2, None, long[:33])]
+    assert cache.restore(store, asks) == [32, 16, 0, 32]  # another adapter's blocks are not this one's
+    for i in (0, 1):
+        for t, before in zip((store.k[i], store.v[i]), written[i], strict=True):
+            assert torch.equal(t[3, :, :32], before[0, :, :32]) and torch.equal(t[2, :, :32], before[0, :, :32])
+            assert torch.equal(t[4, :, :16], before[1, :, :16])
+            assert torch.equal(t[3, :, 32:], before[3, :, 32:]) and torch.equal(t[4, :, 16:], before[4, :, 16:])
+            assert torch.equal(t[5], before[5]) and torch.equal(t[:2], before[:2])  # no hit; the sources
