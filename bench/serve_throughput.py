@@ -20,6 +20,10 @@ FastAPI server and in-process peers, on the same model, prompts and token counts
   one sequence at a time; it reads the file's Q4_1 weights, where we run the same weights
   dequantised).
 
+At the highest level, ``--pairs`` more runs of ours alternate with the static batch (in this process, the
+servers idle meanwhile): the ratio of each pair, taken within seconds, is what a drift of the machine's
+speed leaves alone.
+
 Greedy, ``max_tokens`` per request. Prints tokens/s, p50/p99 latency and TTFT per level, and ratios.
 """
 
@@ -185,9 +189,8 @@ def wait_http(url: str, timeout: float = 300) -> None:
     raise SystemExit(f"{url} did not answer in {timeout}s")
 
 
-def static_batch(model: str, dtype: str, n: int, max_tokens: int) -> float:
-    """tokens/s of HF ``generate`` on a static batch of ``n`` prompts (run before the servers too: this
-    machine's speed drifts by tens of percent over minutes, and the baseline gets its best run)."""
+def hf_model(model: str, dtype: str) -> tuple[object, object]:
+    """The HF model and tokenizer the static batch runs on, warmed up."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -197,6 +200,14 @@ def static_batch(model: str, dtype: str, n: int, max_tokens: int) -> float:
     tok = AutoTokenizer.from_pretrained(model)
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
     hf_static(hf, tok, convs(2), 2, "cpu")  # warm-up
+    return hf, tok
+
+
+def static_batch(hf: object, tok: object, n: int, max_tokens: int) -> float:
+    """tokens/s of HF ``generate`` on a static batch of ``n`` prompts (run before the servers, beside ours
+    at the top level and after: this machine's speed drifts by tens of percent over minutes)."""
+    from engine_throughput import hf_static
+
     return hf_static(hf, tok, convs(n), max_tokens, "cpu")
 
 
@@ -268,6 +279,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker; 0: as `lifecycle serve`")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--pairs", type=int, default=3, help="top level: runs of ours alternating with the static batch")
     args = p.parse_args()
     if not args.model:
         from training.base_model import default_model_dir
@@ -287,7 +299,9 @@ def main() -> None:
     script = home / "naive.py"
     script.write_text(BASELINE)
     top = max(levels)
-    static_before = None if args.no_peers else static_batch(model, dtype, max(args.requests, top), args.max_tokens)
+    hf = None if args.no_peers else hf_model(model, dtype)
+    static_before = None if hf is None else static_batch(*hf, max(args.requests, top), args.max_tokens)
+    pairs: list[tuple[float, float]] = []
     naive_proc = subprocess.Popen([sys.executable, str(script), model, "18300", str(cores), dtype])
     start_serving(s, workers, model, threads=args.threads, events=False, report=lambda m: None)
     try:
@@ -301,6 +315,10 @@ def main() -> None:
             results["ours"][c] = asyncio.run(load(ours, c, n, args.max_tokens, True))
             engine[c] = engine_line(before, engine_totals(gateway_url(s)))
             results["naive"][c] = asyncio.run(load(naive, c, n, args.max_tokens, False))
+        n = max(args.requests, top)
+        for _ in range(args.pairs if hf is not None else 0):  # the servers idle while the static batch runs
+            static = static_batch(*hf, n, args.max_tokens) if hf is not None else 0.0
+            pairs.append((static, asyncio.run(load(ours, top, n, args.max_tokens, True))["tok_s"]))
     finally:
         stop_serving(s, report=lambda m: None)
         naive_proc.terminate()
@@ -325,6 +343,13 @@ def main() -> None:
                 print(f"| {c} | {peer} | {by_level[c]:.1f} | | | | |")
     for c in levels:
         print(f"c={c}: our workers ran {engine[c]}")
+    if pairs:
+        runs = ", ".join(f"{a:.1f} / {b:.1f}" for a, b in pairs)
+        ratios = sorted(b / a for a, b in pairs)
+        best = max(b for _, b in pairs) / max(a for a, _ in pairs)
+        print(f"c={top}, ours alternating with the static batch (static / ours tokens/s): {runs}; ours / static "
+              f"per pair: {', '.join(f'{r:.2f}x' for r in ratios)} (median {statistics.median(ratios):.2f}x); "
+              f"best / best {best:.2f}x")  # fmt: skip
     for c in levels:
         mine = results["ours"][c]["tok_s"]
         ratios = [f"naive {mine / results['naive'][c]['tok_s']:.2f}x"]
