@@ -21,8 +21,8 @@ FastAPI server and in-process peers, on the same model, prompts and token counts
   dequantised).
 
 At the highest level, ``--pairs`` more runs of ours alternate with the static batch (in this process, the
-servers idle meanwhile): the ratio of each pair, taken within seconds, is what a drift of the machine's
-speed leaves alone.
+servers idle meanwhile; static first in even pairs, ours first in odd ones): the ratio of each pair,
+taken within seconds, is what a drift of the machine's speed leaves alone.
 
 Greedy, ``max_tokens`` per request. Prints tokens/s, p50/p99 latency and TTFT per level, and ratios.
 """
@@ -279,7 +279,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker; 0: as `lifecycle serve`")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--no-peers", action="store_true")
-    p.add_argument("--pairs", type=int, default=3, help="top level: runs of ours alternating with the static batch")
+    p.add_argument("--pairs", type=int, default=4, help="top level: runs of ours alternating with the static batch")
     args = p.parse_args()
     if not args.model:
         from training.base_model import default_model_dir
@@ -316,9 +316,12 @@ def main() -> None:
             engine[c] = engine_line(before, engine_totals(gateway_url(s)))
             results["naive"][c] = asyncio.run(load(naive, c, n, args.max_tokens, False))
         n = max(args.requests, top)
-        for _ in range(args.pairs if hf is not None else 0):  # the servers idle while the static batch runs
+        for i in range(args.pairs if hf is not None else 0):  # the servers idle while the static batch runs
+            # in turn which goes first (static, ours; ours, static; ...): what one run leaves the next falls on both
+            mine = asyncio.run(load(ours, top, n, args.max_tokens, True))["tok_s"] if i % 2 else 0.0
             static = static_batch(*hf, n, args.max_tokens) if hf is not None else 0.0
-            pairs.append((static, asyncio.run(load(ours, top, n, args.max_tokens, True))["tok_s"]))
+            mine = mine or asyncio.run(load(ours, top, n, args.max_tokens, True))["tok_s"]
+            pairs.append((static, mine))
     finally:
         stop_serving(s, report=lambda m: None)
         naive_proc.terminate()
