@@ -317,11 +317,11 @@ def main() -> None:
             results["naive"][c] = asyncio.run(load(naive, c, n, args.max_tokens, False))
         n = max(args.requests, top)
         for i in range(args.pairs if hf is not None else 0):  # the servers idle while the static batch runs
+            run = {"static": lambda: static_batch(*hf, n, args.max_tokens),
+                    "ours": lambda: asyncio.run(load(ours, top, n, args.max_tokens, True))["tok_s"]}  # fmt: skip
             # in turn which goes first (static, ours; ours, static; ...): what one run leaves the next falls on both
-            mine = asyncio.run(load(ours, top, n, args.max_tokens, True))["tok_s"] if i % 2 else 0.0
-            static = static_batch(*hf, n, args.max_tokens) if hf is not None else 0.0
-            mine = mine or asyncio.run(load(ours, top, n, args.max_tokens, True))["tok_s"]
-            pairs.append((static, mine))
+            got = {name: run[name]() for name in (("ours", "static") if i % 2 else ("static", "ours"))}
+            pairs.append((got["static"], got["ours"]))
     finally:
         stop_serving(s, report=lambda m: None)
         naive_proc.terminate()
@@ -348,10 +348,10 @@ def main() -> None:
         print(f"c={c}: our workers ran {engine[c]}")
     if pairs:
         runs = ", ".join(f"{a:.1f} / {b:.1f}" for a, b in pairs)
-        ratios = sorted(b / a for a, b in pairs)
+        per_pair = sorted(b / a for a, b in pairs)
         best = max(b for _, b in pairs) / max(a for a, _ in pairs)
         print(f"c={top}, ours alternating with the static batch (static / ours tokens/s): {runs}; ours / static "
-              f"per pair: {', '.join(f'{r:.2f}x' for r in ratios)} (median {statistics.median(ratios):.2f}x); "
+              f"per pair: {', '.join(f'{r:.2f}x' for r in per_pair)} (median {statistics.median(per_pair):.2f}x); "
               f"best / best {best:.2f}x")  # fmt: skip
     for c in levels:
         mine = results["ours"][c]["tok_s"]

@@ -125,18 +125,22 @@ static inline __attribute__((always_inline)) __m512 half16(const void* base, int
 static inline __attribute__((always_inline)) const void* kv_ptr(const void* base, int64_t idx, const int half) {
   return (const char*)base + idx * (half ? 2 : 4);
 }
+/* where task ih's keys and values begin in the storage, in elements (its token's row, its KV head); -1: no task */
+static inline int64_t task_at(const attend_args* A, int64_t ih) {
+  if (ih >= A->tasks) return -1;
+  const int64_t i = ih / A->kv_heads;
+  return (A->row ? A->row[i] : i) * A->kr + (ih % A->kv_heads) * A->kh;
+}
 static inline __attribute__((always_inline)) void attend_dim(const attend_args* A, int64_t ih, const int64_t dim,
                                                              const int half) {
   const int64_t i = ih / A->kv_heads, h = ih % A->kv_heads, g = A->heads / A->kv_heads;
   const int64_t end = A->pos[i] + 1;
   const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
-  const int64_t r = A->row ? A->row[i] : i;
-  const void* kk = kv_ptr(A->k, r * A->kr + h * A->kh, half);
-  const void* vv = kv_ptr(A->v, r * A->kr + h * A->kh, half);
-  const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1, nr = next < 0 ? 0 : next / A->kv_heads;
-  const int64_t next_row = A->row ? A->row[nr] : nr, at = next_row * A->kr + (next % A->kv_heads) * A->kh;
-  const void* nk = next < 0 ? 0 : kv_ptr(A->k, at, half);
-  const void* nv = next < 0 ? 0 : kv_ptr(A->v, at, half);
+  const int64_t here = task_at(A, ih), at = task_at(A, ih + 1);
+  const void* kk = kv_ptr(A->k, here, half);
+  const void* vv = kv_ptr(A->v, here, half);
+  const void* nk = at < 0 ? 0 : kv_ptr(A->k, at, half);
+  const void* nv = at < 0 ? 0 : kv_ptr(A->v, at, half);
   const int64_t line = half ? 32 : 16;  /* elements per cache line */
   for (int64_t a = h * g; a < (h + 1) * g; a++) {
     const float* restrict qq = A->q + i * A->qr + a * A->qh;
@@ -200,11 +204,9 @@ static void attend_half64(const attend_args* A, int64_t ih) {
   const int64_t i = ih / A->kv_heads, h = ih % A->kv_heads, g = A->heads / A->kv_heads;
   const int64_t end = A->pos[i] + 1;
   const int64_t start = A->window > 0 && end > A->window ? end - A->window : 0;
-  const int64_t r = A->row ? A->row[i] : i;
-  const lc_half_t* kk = (const lc_half_t*)A->k + r * A->kr + h * A->kh;
-  const lc_half_t* vv = (const lc_half_t*)A->v + r * A->kr + h * A->kh;
-  const int64_t next = ih + 1 < A->tasks ? ih + 1 : -1, nr = next < 0 ? 0 : next / A->kv_heads;
-  const int64_t at = (A->row ? A->row[nr] : nr) * A->kr + (next % A->kv_heads) * A->kh;
+  const int64_t here = task_at(A, ih), at = task_at(A, ih + 1);
+  const lc_half_t* kk = (const lc_half_t*)A->k + here;
+  const lc_half_t* vv = (const lc_half_t*)A->v + here;
   for (int64_t a0 = h * g; a0 < (h + 1) * g; a0 += HG) {
     const int n = (int)((h + 1) * g - a0 < HG ? (h + 1) * g - a0 : HG);
     __m512 q[HG][4], o[HG][4];
@@ -221,7 +223,7 @@ static void attend_half64(const attend_args* A, int64_t ih) {
     for (int64_t j0 = start; j0 < end; j0 += KB) {
       const int64_t nb = end - j0 < KB ? end - j0 : KB;
       for (int64_t j = 0; j < nb; j++) {
-        if (next >= 0 && a0 == h * g)  /* the next task's keys and values, fetched while this one computes */
+        if (at >= 0 && a0 == h * g)  /* the next task's keys and values, fetched while this one computes */
           for (int64_t d = 0; d < 64; d += 32) {
             __builtin_prefetch((const lc_half_t*)A->k + at + (j0 + j) * 64 + d);
             __builtin_prefetch((const lc_half_t*)A->v + at + (j0 + j) * 64 + d);
